@@ -1,0 +1,244 @@
+"""The ``peftsum`` command line: a thin layer over the package.
+
+Errors a user can cause raise :class:`UserError`: one line on stderr, exit status 2, no traceback.
+Ctrl-C exits 130 (training saves a checkpoint first and says how to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import METHODS, PRESETS, TRAINED_METHODS, load_config, parse_override
+from .errors import UserError
+
+log = logging.getLogger("peftsum")
+
+
+def _common(p: argparse.ArgumentParser, method: bool = False) -> None:
+    p.add_argument("--preset", choices=PRESETS, help="start from a preset (demo: offline, tiny)")
+    p.add_argument("--config", help="YAML config file (sections model, data, method, train, eval)")
+    p.add_argument("--data", help="data source: Kaggle-style dir, CSV/JSON/JSONL/Parquet file, hub id, or demo")
+    p.add_argument("--model", help="model hub id or local directory (save_pretrained)")
+    p.add_argument("--text-column", help="article column of your data")
+    p.add_argument("--summary-column", help="summary column of your data")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=3e-4 (or --train.lr 3e-4)")
+    if method:
+        p.add_argument("--method", choices=METHODS, help="fine-tuning method or baseline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="peftsum", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compare", help="run every method and write the report (the main job)")
+    _common(p)
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    p.add_argument("--out", default="runs/compare", help="output directory")
+    p.add_argument("--max-steps", type=int, help="cap optimizer steps per method (quick runs)")
+
+    p = sub.add_parser("train", help="train (and evaluate) one method")
+    _common(p, method=True)
+    p.add_argument("--out", help="run directory (default runs/<method>)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+
+    p = sub.add_parser("eval", help="evaluate a finished run on a split")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=("validation", "test"), default="test")
+    p.add_argument("--limit", type=int)
+
+    p = sub.add_parser("summarize", help="summarize one article with a saved run (or zero-shot / lead-3)")
+    p.add_argument("run", help="run directory, or the name zero-shot / lead-3")
+    p.add_argument("file", nargs="?", default="-", help="article text file, or - for stdin")
+    p.add_argument("--model", help="model for zero-shot (default: the demo base)")
+    p.add_argument("--preset", choices=PRESETS)
+
+    p = sub.add_parser("data", help="print per-split statistics of a data source")
+    _common(p)
+
+    p = sub.add_parser("demo-data", help="write the synthetic demo corpus as train/validation/test CSV")
+    p.add_argument("dir")
+    p.add_argument("--train", type=int, default=2000)
+    p.add_argument("--validation", type=int, default=300)
+    p.add_argument("--test", type=int, default=300)
+    p.add_argument("--seed", type=int, default=1234)
+
+    p = sub.add_parser("report", help="rebuild the comparison report from the run directories")
+    p.add_argument("dir")
+    p.add_argument("--analysis", action="store_true", help="also fill docs/analysis.md's results section")
+    p.add_argument("--analysis-file", default="docs/analysis.md")
+
+    p = sub.add_parser("plan", help="time a few real steps here and project the whole protocol")
+    _common(p)
+    p.add_argument("--methods", default=",".join(TRAINED_METHODS))
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per method")
+    p.add_argument("--shape", choices=("real", "gpt2-small"), default="real",
+                   help="gpt2-small: random weights of GPT-2 small's shape (no download)")
+    return ap
+
+
+def _split_dotted(argv: list[str]) -> tuple[list[str], list[tuple[str, object]]]:
+    """Pull ``--section.key value`` pairs out of argv as overrides."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--") and "." in a.split("=", 1)[0] and not a[2:3].isdigit():
+            if "=" in a:
+                overrides.append(parse_override(a[2:]))
+            else:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{a} needs a value")
+                overrides.append(parse_override(f"{a[2:]}={argv[i + 1]}"))
+                i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
+def config_from_args(args, overrides, method: str | None = None, max_steps: int | None = None):
+    ov = list(overrides) + [parse_override(s) for s in args.set]
+    if getattr(args, "data", None):
+        ov.append(("data.source", args.data))
+    if getattr(args, "model", None):
+        ov.append(("model.name", args.model))
+        ov.append(("model.tokenizer", None))
+    if getattr(args, "text_column", None):
+        ov.append(("data.text_column", args.text_column))
+    if getattr(args, "summary_column", None):
+        ov.append(("data.summary_column", args.summary_column))
+    if method:
+        ov.append(("method.name", method))
+    if max_steps is not None:
+        ov.append(("train.max_steps", max_steps))
+    return load_config(args.preset, args.config, ov)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, overrides = _split_dotted(argv)
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        _quiet_libraries(args.verbose)
+        return dispatch(args, overrides)
+    except UserError as e:
+        print(f"peftsum: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("peftsum: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def dispatch(args, overrides) -> int:
+    cmd = args.command
+    if cmd == "demo-data":
+        from .data.demo import write_demo_corpus
+
+        out = write_demo_corpus(args.dir, {"train": args.train, "validation": args.validation, "test": args.test},
+                                args.seed)
+        print(f"wrote {args.train} / {args.validation} / {args.test} examples to {out}/{{train,validation,test}}.csv")
+        return 0
+    if cmd == "data":
+        from .data.stats import print_stats
+
+        print_stats(config_from_args(args, overrides))
+        return 0
+    if cmd == "train":
+        if not args.method and not any(k == "method.name" for k, _ in overrides):
+            raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
+        from .experiment import load_run_config, run_experiment
+
+        out = Path(args.out or f"runs/{args.method}")
+        if args.resume and (out / "config.yaml").is_file():
+            cfg = load_run_config(out)
+            if args.max_steps is not None:
+                cfg.train.max_steps = args.max_steps
+        else:
+            cfg = config_from_args(args, overrides, args.method, args.max_steps)
+        results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
+        _print_results(results, out)
+        return 0
+    if cmd == "eval":
+        from .experiment import evaluate_saved
+
+        res = evaluate_saved(Path(args.run_dir), args.split, args.limit)
+        for k, v in res.items():
+            print(f"{k:>12}: {v:.4f}" if isinstance(v, float) else f"{k:>12}: {v}")
+        return 0
+    if cmd == "summarize":
+        from .summarize import summarize_cli
+
+        print(summarize_cli(args))
+        return 0
+    if cmd == "compare":
+        from .report.compare import compare
+
+        cfg = config_from_args(args, overrides, max_steps=args.max_steps)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise UserError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(METHODS)}")
+        out = Path(args.out)
+        _interruptible(lambda: compare(cfg, methods, out), out)
+        return 0
+    if cmd == "report":
+        from .report.compare import build_report
+
+        paths = build_report(Path(args.dir), analysis_file=Path(args.analysis_file) if args.analysis else None)
+        for p in paths:
+            print(p)
+        return 0
+    if cmd == "plan":
+        from .report.plan import plan
+
+        cfg = config_from_args(args, overrides)
+        print(plan(cfg, [m.strip() for m in args.methods.split(",") if m.strip()], args.device, args.steps,
+                   args.shape))
+        return 0
+    raise UserError(f"unknown command {cmd}")
+
+
+def _interruptible(fn, out: Path):
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        print(f"peftsum: interrupted; the last checkpoint is in {out}. Resume with the same command and --resume "
+              "(compare resumes by itself)", file=sys.stderr)
+        raise
+
+
+def _print_results(r: dict, out: Path) -> None:
+    ev, p, c = r["eval"], r["params"], r["cost"]
+
+    def f(x, fmt=".4f"):
+        return "n/a" if x is None else format(x, fmt)
+
+    print(f"{r['method']}: val_loss {f(ev['val_loss'])}  test_loss {f(ev['test_loss'])}  "
+          f"ROUGE-1/2/L {ev['rouge1']:.2f}/{ev['rouge2']:.2f}/{ev['rougeL']:.2f}  "
+          f"trainable {p['trainable']:,}  train {c['train_seconds']:.1f}s")
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""One validated configuration tree: model, data, method, train, eval.
+
+Loaded from a preset (``peftsum/presets/*.yaml``), then an optional YAML file, then command-line
+overrides (``--train.lr 3e-4`` or ``--set train.lr=3e-4``).  Unknown keys and bad values raise
+:class:`UserError` with a message that lists what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+METHODS = ("zero-shot", "lead-3", "prompt-tuning", "lora", "last-layer", "full")
+TRAINED_METHODS = ("prompt-tuning", "lora", "last-layer", "full")
+PRESETS = ("demo", "assignment")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gpt2"  # hub id, local directory written by save_pretrained, or "demo"
+    tokenizer: str | None = None  # defaults to the model's own
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    source: str = "abisee/cnn_dailymail"  # hub id, Kaggle-style dir, a local file, or "demo"
+    hub_config: str = "3.0.0"
+    text_column: str = "article"
+    summary_column: str = "highlights"
+    id_column: str = "id"
+    train_size: int = 21000
+    val_size: int = 6000
+    test_size: int = 3000
+    seed: int = 42
+    template: str = "{article}\nTL;DR: {summary}"
+    max_source_tokens: int = 512
+    max_target_tokens: int = 128
+    group_by_length: bool = True
+    cache: bool = True
+
+
+@dataclass
+class PromptTuningConfig:
+    num_prompts: int = 20
+    init: str = "text"  # text | vocab | random
+    init_text: str = "[SUMMARIZE]"
+    lr: float = 3e-2
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["attn.c_attn"])
+    backend: str = "peftsum"  # peftsum | peft
+    lr: float = 2e-4
+
+
+@dataclass
+class LastLayerConfig:
+    blocks: int = 0  # also train the last N transformer blocks and ln_f
+    tied: bool = False  # the assignment's literal recipe: trains the tied input embeddings too
+    cache_features: bool = True  # frozen trunk: compute its hidden states once, train the head on them
+    lr: float = 1e-4
+
+
+@dataclass
+class FullConfig:
+    lr: float = 5e-5
+
+
+@dataclass
+class MethodConfig:
+    name: str = "lora"
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    last_layer: LastLayerConfig = field(default_factory=LastLayerConfig)
+    full: FullConfig = field(default_factory=FullConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float | None = None  # None: the method's own default (method.<name>.lr)
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    schedule: str = "linear"  # linear | cosine | constant
+    max_grad_norm: float = 1.0
+    patience: int = 2
+    min_delta: float = 0.0
+    eval_every_steps: int | None = None
+    val_limit: int | None = None  # validation examples used for early stopping (None: all)
+    checkpoint_every_steps: int = 200
+    seed: int = 42
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    max_new_tokens: int = 128
+    num_beams: int = 1
+    no_repeat_ngram_size: int = 3
+    limit: int | None = None
+    bootstrap: int = 1000
+
+
+@dataclass
+class Config:
+    preset: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # --- derived values -------------------------------------------------------------------
+    def method_section(self):
+        key = self.method.name.replace("-", "_")
+        return getattr(self.method, key, None)
+
+    def learning_rate(self) -> float:
+        if self.train.lr is not None:
+            return self.train.lr
+        section = self.method_section()
+        if section is None or not hasattr(section, "lr"):
+            raise UserError(f"method {self.method.name!r} trains nothing and has no learning rate")
+        return section.lr
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# --- loading and validation ----------------------------------------------------------------
+
+_CHOICES = {
+    "method.name": METHODS,
+    "method.prompt_tuning.init": ("text", "vocab", "random"),
+    "method.lora.backend": ("peftsum", "peft"),
+    "train.schedule": ("linear", "cosine", "constant"),
+    "train.optimizer": ("adamw",),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "preset": (*PRESETS, None),
+}
+_POSITIVE = {
+    "data.train_size", "data.val_size", "data.test_size", "data.max_source_tokens",
+    "data.max_target_tokens", "method.prompt_tuning.num_prompts", "method.lora.rank",
+    "method.lora.alpha", "method.prompt_tuning.lr", "method.lora.lr", "method.last_layer.lr",
+    "method.full.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
+    "train.lr", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
+    "eval.batch_size", "eval.max_new_tokens", "eval.num_beams", "eval.limit", "eval.bootstrap",
+    "train.max_grad_norm",
+}
+_NON_NEGATIVE = {"train.weight_decay", "train.warmup_ratio", "train.patience", "train.min_delta",
+                 "method.lora.dropout", "method.last_layer.blocks", "eval.no_repeat_ngram_size"}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"config key '{key}': expected a string, got {value!r}")
+    raise AssertionError(f"unsupported annotation {tp}")
+
+
+def _merge(obj, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(
+                f"unknown config key '{full}'; valid keys in '{prefix.rstrip('.') or '<root>'}': {', '.join(names)}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def validate(cfg: Config) -> Config:
+    flat = _flatten(cfg.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat.get(key) not in choices:
+            shown = ", ".join(str(c) for c in choices if c is not None)
+            raise UserError(f"config key '{key}': {flat.get(key)!r} is not one of: {shown}")
+    for key in _POSITIVE:
+        v = flat.get(key)
+        if v is not None and v <= 0:
+            raise UserError(f"config key '{key}' must be > 0, got {v!r}")
+    for key in _NON_NEGATIVE:
+        v = flat.get(key)
+        if v is not None and v < 0:
+            raise UserError(f"config key '{key}' must be >= 0, got {v!r}")
+    if cfg.train.warmup_ratio >= 1:
+        raise UserError(f"config key 'train.warmup_ratio' must be < 1, got {cfg.train.warmup_ratio}")
+    if "{article}" not in cfg.data.template or "{summary}" not in cfg.data.template:
+        raise UserError("config key 'data.template' must contain both {article} and {summary}")
+    if cfg.data.template.index("{article}") > cfg.data.template.index("{summary}"):
+        raise UserError("config key 'data.template': {article} must come before {summary}")
+    if cfg.method.lora.dropout >= 1:
+        raise UserError("config key 'method.lora.dropout' must be < 1")
+    return cfg
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def preset_dict(name: str) -> dict:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    text = resources.files("peftsum.presets").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    data["preset"] = name
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (model, data, method, train, eval)")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.lr=3e-4`` -> ('train.lr', 0.0003); values are read as YAML scalars."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like key=value, e.g. train.lr=3e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_numeric(value):  # YAML reads "3e-4" as a string
+        value = float(value)
+    return key.strip(), value
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def nest(key: str, value: Any) -> dict:
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: list[tuple[str, Any]] | None = None,
+) -> Config:
+    cfg = Config()
+    if file is not None:
+        data = read_yaml(file)
+        preset = preset or data.get("preset")
+    if preset is not None:
+        _merge(cfg, preset_dict(preset))
+    if file is not None:
+        _merge(cfg, data)
+    for key, value in overrides or []:
+        _merge(cfg, nest(key, value))
+    return validate(cfg)
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    _merge(cfg, data)
+    return validate(cfg)

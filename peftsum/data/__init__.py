@@ -1,0 +1,1 @@
+"""Data: raw sources -> cleaned, leak-free subsets -> tokenized examples -> padded batches."""

@@ -1,0 +1,154 @@
+"""Raw data sources, all read through ``datasets`` (Arrow, memory-mapped).
+
+``data.source`` may be:
+  * ``demo``: the synthetic corpus (written once as a Kaggle-style CSV directory in the cache);
+  * a Kaggle-style directory with ``train.csv``, ``validation.csv``, ``test.csv`` (or .jsonl/.json/.parquet);
+  * a local copy of a hub dataset repository (a folder with a README that declares its configs);
+  * one local CSV / JSON / JSONL / Parquet file, split here into test / validation / train;
+  * a hub id such as ``abisee/cnn_dailymail`` (config ``data.hub_config``).
+Every source comes back as a DatasetDict with the splits train / validation / test and the columns
+``id``, ``article``, ``highlights`` (mapped from ``data.id_column`` / ``text_column`` / ``summary_column``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import datasets
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def describe_source(source: str) -> str:
+    return "synthetic demo corpus" if source == "demo" else source
+
+
+def _find_split_files(folder: Path) -> dict[str, Path] | None:
+    found: dict[str, Path] = {}
+    for split, aliases in _SPLIT_ALIASES.items():
+        for alias in aliases:
+            for ext in _BUILDERS:
+                p = folder / f"{alias}{ext}"
+                if p.is_file():
+                    found.setdefault(split, p)
+    return found or None
+
+
+def _load_files(files: dict[str, Path]) -> datasets.DatasetDict:
+    exts = {p.suffix.lower() for p in files.values()}
+    if len(exts) != 1:
+        raise UserError(f"split files must share one format, found {sorted(exts)} in {next(iter(files.values())).parent}")
+    builder = _BUILDERS[exts.pop()]
+    for split, p in files.items():
+        if p.stat().st_size == 0:
+            raise UserError(f"data file {p} is empty; the {split} split needs a header row and examples")
+    try:
+        return datasets.load_dataset(builder, data_files={k: str(v) for k, v in files.items()})
+    except datasets.exceptions.DatasetGenerationError as e:
+        cause = e.__cause__ or e
+        raise UserError(f"could not read {', '.join(str(p) for p in files.values())}: {_first_line(cause)}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"could not read {', '.join(str(p) for p in files.values())}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def load_raw(cfg_data) -> datasets.DatasetDict:
+    """Load the source named by ``cfg_data.source`` and map its columns to id / article / highlights."""
+    source = cfg_data.source
+    if source == "demo":
+        from ..utils import cache_dir
+        from .demo import write_demo_corpus
+
+        folder = cache_dir() / "demo-corpus-v1"
+        if not all((folder / f"{s}.csv").is_file() for s in SPLITS):
+            write_demo_corpus(folder)
+        dd = _load_files(_find_split_files(folder))
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            files = _find_split_files(path)
+            if files:
+                dd = _load_files(files)
+            elif (path / "README.md").is_file() or any(path.glob("*/*.parquet")):
+                dd = _load_hub(str(path), cfg_data.hub_config)
+            else:
+                raise UserError(
+                    f"data directory {path} has no train/validation/test files (.csv, .jsonl, .json, .parquet) "
+                    "and is not a copy of a hub dataset"
+                )
+        elif path.is_file():
+            builder = _BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise UserError(f"data file {path}: unsupported format {path.suffix!r}; use .csv, .json, .jsonl or .parquet")
+            dd = _split_single(_load_files({"train": path})["train"], cfg_data)
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+            dd = _load_hub(source, cfg_data.hub_config)
+        else:
+            raise UserError(f"data source not found: {source!r} (give a directory, a data file, a hub id, or 'demo')")
+    return _map_columns(dd, cfg_data)
+
+
+def _load_hub(repo: str, config: str) -> datasets.DatasetDict:
+    try:
+        dd = datasets.load_dataset(repo, config)
+    except Exception as e:  # network, missing repo, bad config: one clear message
+        raise UserError(f"could not load dataset {repo!r} (config {config!r}): {_first_line(e)}") from None
+    return dd
+
+
+def _split_single(ds: datasets.Dataset, cfg_data) -> datasets.DatasetDict:
+    """Carve test, then validation, then train out of one file, in the ratio of the asked sizes."""
+    n = len(ds)
+    want = [cfg_data.test_size, cfg_data.val_size, cfg_data.train_size]
+    total = sum(want)
+    if total > n:
+        want = [max(1, int(n * w / total)) for w in want]
+        want[2] = n - want[0] - want[1]
+    ds = ds.shuffle(seed=cfg_data.seed)
+    test = ds.select(range(0, want[0]))
+    val = ds.select(range(want[0], want[0] + want[1]))
+    train = ds.select(range(want[0] + want[1], min(n, sum(want))))
+    log.info("split one file of %d rows into %d train / %d validation / %d test", n, len(train), len(val), len(test))
+    return datasets.DatasetDict(train=train, validation=val, test=test)
+
+
+def _map_columns(dd: datasets.DatasetDict, cfg_data) -> datasets.DatasetDict:
+    missing_splits = [s for s in SPLITS if s not in dd]
+    if missing_splits:
+        raise UserError(f"data source {cfg_data.source!r} has no {', '.join(missing_splits)} split (found: {', '.join(dd)})")
+    out = {}
+    for split in SPLITS:
+        ds = dd[split]
+        cols = ds.column_names
+        for flag, col in (("--data.text_column", cfg_data.text_column), ("--data.summary_column", cfg_data.summary_column)):
+            if col not in cols:
+                raise UserError(
+                    f"{split} split of {describe_source(cfg_data.source)} has no column {col!r}; columns found: "
+                    f"{', '.join(cols)}. Map yours with {flag} NAME"
+                )
+        keep = [cfg_data.text_column, cfg_data.summary_column]
+        has_id = cfg_data.id_column in cols
+        if has_id:
+            keep.append(cfg_data.id_column)
+        ds = ds.select_columns(keep)
+        rename = {cfg_data.text_column: "article", cfg_data.summary_column: "highlights"}
+        if has_id:
+            rename[cfg_data.id_column] = "id"
+        ds = ds.rename_columns({k: v for k, v in rename.items() if k != v})
+        if not has_id:
+            ds = ds.map(lambda _, i, s=split: {"id": f"{s}-{i}"}, with_indices=True, desc=f"ids for {split}")
+        ds = ds.cast_column("id", datasets.Value("string")) if ds.features["id"].dtype != "string" else ds
+        out[split] = ds
+    return datasets.DatasetDict(out)

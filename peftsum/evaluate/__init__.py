@@ -1,0 +1,1 @@
+"""Evaluation, one path for every method: summary-token loss, generation, ROUGE, cost metrics."""

@@ -1,0 +1,76 @@
+"""Evaluation loss and ROUGE.
+
+Loss: mean negative log-likelihood over *all* summary tokens of a split (token-weighted: the sum of
+NLLs divided by the number of tokens, not a mean of batch means), and its perplexity.
+ROUGE: Google's ``rouge-score`` (stemmer on), F1 x 100; ROUGE-Lsum on newline-separated sentences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+from rouge_score import rouge_scorer
+
+from ..data.collate import collate, sorted_batches
+from ..methods.baselines import split_sentences
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+@torch.no_grad()
+def evaluate_loss(lm, dataset, batch_size: int, device, pad_id: int, autocast=None, features=None) -> dict:
+    """Token-weighted NLL of the summary tokens over ``dataset`` (or over cached ``features``)."""
+    was_training = lm.training
+    lm.eval()
+    total, n = torch.zeros((), dtype=torch.float64), 0
+    ctx = autocast or contextlib.nullcontext
+    if features is not None:
+        for idx in sorted_batches(features.lengths, batch_size):
+            with ctx():
+                nll, k = lm(**features.batch(idx, device))
+            total += nll.double().cpu()
+            n += k
+    else:
+        lengths = [len(x) for x in dataset["input_ids"]]
+        for idx in sorted_batches(lengths, batch_size):
+            b = collate([dataset[i] for i in idx], pad_id)
+            with ctx():
+                nll, k = lm(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
+                            labels=b["labels"].to(device))
+            total += nll.double().cpu()
+            n += k
+    lm.train(was_training)
+    mean = (total / max(n, 1)).item()
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "tokens": n}
+
+
+_SCORER = None
+
+
+def scorer():
+    global _SCORER
+    if _SCORER is None:
+        _SCORER = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    return _SCORER
+
+
+def for_lsum(text: str) -> str:
+    """One sentence per line, as ROUGE-Lsum expects."""
+    return "\n".join(split_sentences(text))
+
+
+def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
+    out = {k: [] for k in ROUGE_KEYS}
+    sc = scorer()
+    for p, r in zip(predictions, references):
+        s = sc.score(for_lsum(r), for_lsum(p))
+        for k in ROUGE_KEYS:
+            out[k].append(s[k].fmeasure * 100)
+    return out
+
+
+def rouge_means(per_example: dict[str, list[float]]) -> dict[str, float]:
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in per_example.items()}

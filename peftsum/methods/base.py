@@ -1,0 +1,144 @@
+"""The interface every method implements, and the parameter bookkeeping they share.
+
+A method is a small object, not a training loop: it prepares a loaded base model (freeze, inject,
+untie), names its trainable parameters, may add a prefix to the input embeddings, and saves / loads
+its own weights in a run directory.  The shared loop (``peftsum.train.loop``) and the shared
+evaluation (``peftsum.evaluate``) serve all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+METHOD_FILE = "peftsum_method.json"
+
+
+def unique_params(params) -> list[nn.Parameter]:
+    """Parameters counted once even when shared (GPT-2's lm_head is wte)."""
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def count(params) -> int:
+    return sum(p.numel() for p in unique_params(params))
+
+
+class Method:
+    name: str = ""
+    trains: bool = True
+    uses_model: bool = True
+    num_virtual_tokens: int = 0
+    trunk_backward: bool = True  # do gradients flow back through the transformer blocks?
+    cache_features: bool = False  # frozen trunk: the loop may cache its final hidden states
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.base_total = 0
+
+    # --- preparing ------------------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Freeze / inject in place; remember the base model's size for the 'added' count."""
+        self.base_total = count(model.parameters())
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._prepare(model)
+        return model
+
+    def _prepare(self, model: nn.Module) -> None:
+        pass
+
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        seen, out = set(), []
+        for n, p in model.named_parameters(remove_duplicate=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append((n, p))
+        return out
+
+    def param_counts(self, model: nn.Module) -> dict:
+        total = count(model.parameters())
+        return {"total": total, "trainable": count(p for _, p in self.trainable_parameters(model)),
+                "added": total - self.base_total}
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Put the model in training mode for this method (dropout where it trains)."""
+        model.train()
+
+    # --- the forward hooks ----------------------------------------------------------------
+    def embed(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Input embeddings and mask the transformer sees; a soft prompt prepends rows here."""
+        return model.get_input_embeddings()(input_ids), attention_mask
+
+    # --- weights --------------------------------------------------------------------------
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The tensors this method trained (what a checkpoint must hold)."""
+        return {n: p.detach() for n, p in self.trainable_parameters(model)}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters(remove_duplicate=False))
+        missing = [k for k in self.state_dict(model) if k not in state]
+        if missing:
+            raise UserError(f"checkpoint lacks {len(missing)} tensors of method {self.name}, e.g. {missing[0]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                if k not in params:
+                    raise UserError(f"checkpoint tensor {k!r} does not belong to method {self.name}")
+                params[k].copy_(v)
+
+    def save(self, model: nn.Module, run_dir: Path) -> None:
+        """Write the method's weights to ``run_dir`` (atomically)."""
+
+    def load(self, model: nn.Module, run_dir: Path) -> None:
+        """Load weights written by :meth:`save` onto a prepared base model."""
+
+    def describe(self) -> dict:
+        """Hyperparameters of the method, for the report."""
+        section = self.cfg.method_section()
+        import dataclasses
+
+        return dataclasses.asdict(section) if section is not None else {}
+
+    def write_method_file(self, run_dir: Path, extra: dict | None = None) -> None:
+        from ..utils import write_json
+
+        write_json(Path(run_dir) / METHOD_FILE, {"method": self.name, "base_model": self.cfg.model.name,
+                                                 **self.describe(), **(extra or {})})
+
+
+def read_method_file(run_dir: Path) -> dict:
+    path = Path(run_dir) / METHOD_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no saved method weights ({METHOD_FILE} missing); train it first")
+    return json.loads(path.read_text())
+
+
+def safe_load_file(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupted file is a UserError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"weights file {path} is truncated or corrupted ({str(e).splitlines()[0]})") from None
+
+
+def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    from ..utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)

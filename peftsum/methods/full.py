@@ -1,0 +1,22 @@
+"""Full fine-tuning: every parameter trains (the upper reference). Saves the whole model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Method, safe_load_file, save_file_atomic
+
+
+class Full(Method):
+    name = "full"
+
+    def _prepare(self, model) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    def save(self, model, run_dir: Path) -> None:
+        save_file_atomic(self.state_dict(model), Path(run_dir) / "model.safetensors", {"format": "pt"})
+        self.write_method_file(run_dir)
+
+    def load(self, model, run_dir: Path) -> None:
+        self.load_state_dict(model, safe_load_file(Path(run_dir) / "model.safetensors"))

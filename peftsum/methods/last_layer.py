@@ -1,0 +1,70 @@
+"""Last-layer fine-tuning: train the LM head (and optionally the last N blocks), freeze the rest.
+
+GPT-2 ties ``lm_head.weight`` to ``transformer.wte.weight``.  The assignment's recipe (unfreeze
+``model.lm_head``) therefore trains all 38.6M input-embedding weights too, changes what every layer
+sees, and needs a full backward pass through the trunk.  By default we *untie*: the head becomes a
+new parameter initialised as a copy of wte, and only it trains; wte and the trunk stay bit-identical.
+With a frozen trunk its final hidden states do not change during training, so the loop may compute
+them once and train the head on the cache (``cache_features``): same loss, a fraction of the work.
+
+``blocks: N`` also trains the last N transformer blocks and ``ln_f``.  ``tied: true`` reproduces the
+assignment's literal recipe, with a warning that says what it trains.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import UserError
+from .base import Method, safe_load_file, save_file_atomic
+
+log = logging.getLogger(__name__)
+
+
+class LastLayer(Method):
+    name = "last-layer"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.c = cfg.method.last_layer
+        frozen_trunk = self.c.blocks == 0 and not self.c.tied
+        self.trunk_backward = not frozen_trunk
+        self.cache_features = frozen_trunk and self.c.cache_features
+
+    def _prepare(self, model: nn.Module) -> None:
+        head = model.get_output_embeddings()
+        wte = model.get_input_embeddings()
+        if self.c.tied:
+            log.warning("last_layer.tied: training lm_head as the assignment's recipe does; GPT-2 ties it to "
+                        "transformer.wte, so this also trains the %d input-embedding weights and needs a "
+                        "backward pass through the whole trunk", wte.weight.numel())
+        elif head.weight is wte.weight:
+            head.weight = nn.Parameter(wte.weight.detach().clone())
+            model.config.tie_word_embeddings = False
+        head.weight.requires_grad_(True)
+        if getattr(head, "bias", None) is not None:
+            head.bias.requires_grad_(True)
+        if self.c.blocks:
+            blocks = model.transformer.h
+            if self.c.blocks > len(blocks):
+                raise UserError(f"method.last_layer.blocks={self.c.blocks} but the model has {len(blocks)} blocks")
+            for block in list(blocks)[-self.c.blocks:]:
+                block.requires_grad_(True)
+            model.transformer.ln_f.requires_grad_(True)
+
+    def train_mode(self, model: nn.Module) -> None:
+        if self.trunk_backward:
+            model.train()
+        else:  # a frozen trunk is a fixed feature extractor: no dropout, as in the cached path
+            model.eval()
+
+    def save(self, model, run_dir: Path) -> None:
+        run_dir = Path(run_dir)
+        save_file_atomic(self.state_dict(model), run_dir / "last_layer.safetensors", {"format": "pt"})
+        self.write_method_file(run_dir)
+
+    def load(self, model, run_dir: Path) -> None:
+        self.load_state_dict(model, safe_load_file(Path(run_dir) / "last_layer.safetensors"))

@@ -1,0 +1,158 @@
+"""LoRA (Hu et al., 2021): a trainable low-rank update beside a frozen weight.
+
+For a frozen layer ``y = x W + b`` (W of shape [in, out]) LoRA learns
+
+    y = x W + b + (dropout(x) A B) * (alpha / r),     A: [in, r],  B: [r, out]
+
+A starts kaiming-uniform and B at zero, so at initialisation the model is exactly the base model
+and the update ΔW = A B (rank <= r) grows from nothing.  Only A and B train: r (in + out) numbers
+per adapted matrix instead of in x out.  ``merge()`` folds ΔW into W for inference at zero extra
+cost; ``unmerge()`` takes it out again.  transformers' GPT-2 uses ``Conv1D`` whose weight is stored
+[in, out]; ``nn.Linear`` stores [out, in]: both are handled.
+
+Saved in HF PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``, lora_A.weight
+= Aᵀ of shape [r, in], lora_B.weight = Bᵀ of shape [out, r]) so ``peft.PeftModel.from_pretrained``
+loads it.  ``method.lora.backend: peft`` injects PEFT's own LoRA layers instead of ours.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..errors import UserError
+from .base import Method, safe_load_file, save_file_atomic
+
+PEFT_PREFIX = "base_model.model."
+
+
+class LoRALayer(nn.Module):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float):
+        super().__init__()
+        if isinstance(base, Conv1D):
+            in_f, out_f = base.weight.shape
+        elif isinstance(base, nn.Linear):
+            out_f, in_f = base.weight.shape
+        else:
+            raise TypeError(f"LoRA wraps Conv1D or nn.Linear, not {type(base).__name__}")
+        self.base, self.rank, self.scaling = base, rank, alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(in_f, rank))
+        self.lora_B = nn.Parameter(torch.zeros(rank, out_f))
+        nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))  # as PEFT: fan_in = in_f
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW in the base layer's storage layout."""
+        d = (self.lora_A @ self.lora_B) * self.scaling  # [in, out]
+        return d if isinstance(self.base, Conv1D) else d.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + (self.dropout(x) @ self.lora_A.to(x.dtype) @ self.lora_B.to(x.dtype)) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+def matches(name: str, targets: list[str]) -> bool:
+    """Suffix match on module names, as PEFT does: 'attn.c_proj' matches only attention's
+    projection, a bare 'c_proj' matches attention's and the MLP's."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+class LoRA(Method):
+    name = "lora"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.c = cfg.method.lora
+
+    def _prepare(self, model: nn.Module) -> None:
+        targets = [(n, m) for n, m in model.named_modules() if matches(n, self.c.targets)]
+        if not targets:
+            raise UserError(f"method.lora.targets {self.c.targets} match no module of the model "
+                            "(GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)")
+        if self.c.backend == "peft":
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(self.peft_config(), model)
+            for n, p in model.named_parameters():
+                p.requires_grad_("lora_" in n)
+            return
+        for name, module in targets:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, LoRALayer(module, self.c.rank, self.c.alpha, self.c.dropout))
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.c.rank, lora_alpha=self.c.alpha, lora_dropout=self.c.dropout,
+                          target_modules=list(self.c.targets), fan_in_fan_out=True, task_type="CAUSAL_LM",
+                          base_model_name_or_path=self.cfg.model.name, bias="none")
+
+    def layers(self, model: nn.Module) -> dict[str, LoRALayer]:
+        return {n: m for n, m in model.named_modules() if isinstance(m, LoRALayer)}
+
+    def merge(self, model):
+        for m in self.layers(model).values():
+            m.merge()
+
+    def unmerge(self, model):
+        for m in self.layers(model).values():
+            m.unmerge()
+
+    # --- PEFT-format save / load ----------------------------------------------------------
+    def peft_state_dict(self, model) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.c.backend == "peft":
+            for n, p in model.named_parameters():
+                if "lora_" in n:  # transformer.h.0.attn.c_attn.lora_A.default.weight
+                    out[PEFT_PREFIX + n.replace(".default", "")] = p.detach()
+            return out
+        for n, m in self.layers(model).items():
+            out[f"{PEFT_PREFIX}{n}.lora_A.weight"] = m.lora_A.detach().T
+            out[f"{PEFT_PREFIX}{n}.lora_B.weight"] = m.lora_B.detach().T
+        return out
+
+    def load_peft_state_dict(self, model, state: dict[str, torch.Tensor]) -> None:
+        own = self.peft_state_dict(model)
+        if set(own) != set(state):
+            extra = sorted(set(state) - set(own))[:1] or sorted(set(own) - set(state))[:1]
+            raise UserError(f"adapter does not match method.lora.targets/backend of this run (e.g. {extra[0]})")
+        with torch.no_grad():
+            if self.c.backend == "peft":
+                params = dict(model.named_parameters())
+                for k, v in state.items():
+                    name = k[len(PEFT_PREFIX):].replace(".weight", ".default.weight")
+                    params[name].copy_(v)
+                return
+            layers = self.layers(model)
+            for k, v in state.items():
+                mod, ab = k[len(PEFT_PREFIX):].rsplit(".", 2)[:2]
+                getattr(layers[mod], ab).copy_(v.T)
+
+    def save(self, model, run_dir: Path) -> None:
+        run_dir = Path(run_dir)
+        save_file_atomic(self.peft_state_dict(model), run_dir / "adapter_model.safetensors", {"format": "pt"})
+        self.peft_config().save_pretrained(str(run_dir))
+        self.write_method_file(run_dir)
+
+    def load(self, model, run_dir: Path) -> None:
+        self.load_peft_state_dict(model, safe_load_file(Path(run_dir) / "adapter_model.safetensors"))

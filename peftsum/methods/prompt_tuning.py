@@ -1,0 +1,98 @@
+"""Soft-prompt tuning (Lester et al., 2021).
+
+A new embedding table P of shape [num_prompts, n_embd], separate from GPT-2's parameters, is
+prepended to the input embeddings of every sequence: the transformer sees [P; E(x)].  Every GPT-2
+parameter is frozen; the optimizer sees only P.  The attention mask is extended with ones, labels
+with -100 (the loop drops the prefix positions before the loss), positions run 0..P-1 over the
+prompt and continue over the text, in training and in generation alike.
+
+Initialisation: ``text`` (the embeddings of "[SUMMARIZE]" — 6 BPE tokens — cycled to num_prompts
+rows), ``vocab`` (embeddings of randomly drawn vocabulary tokens), ``random`` (uniform [-0.5, 0.5]).
+Saved in HF PEFT's prompt-tuning format (``prompt_embeddings``) so PEFT loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import Method, safe_load_file, save_file_atomic
+
+
+class SoftPrompt(nn.Module):
+    def __init__(self, num_prompts: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_prompts, dim))
+
+    def forward(self, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight.to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
+
+
+class PromptTuning(Method):
+    name = "prompt-tuning"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.c = cfg.method.prompt_tuning
+        self.num_virtual_tokens = self.c.num_prompts
+        self.tokenizer = None  # set by the caller for text initialisation
+
+    def _prepare(self, model: nn.Module) -> None:
+        wte = model.get_input_embeddings().weight
+        prompt = SoftPrompt(self.c.num_prompts, wte.shape[1]).to(wte.device)
+        with torch.no_grad():
+            prompt.weight.copy_(self.initial_prompt(wte))
+        model.soft_prompt = prompt  # a submodule: checkpoints, devices and DDP see it like any parameter
+
+    def initial_prompt(self, wte: torch.Tensor) -> torch.Tensor:
+        n = self.c.num_prompts
+        g = torch.Generator().manual_seed(self.cfg.train.seed)
+        if self.c.init == "random":
+            return torch.rand(n, wte.shape[1], generator=g) * 1.0 - 0.5
+        if self.c.init == "vocab":
+            ids = torch.randint(0, min(wte.shape[0], 5000), (n,), generator=g)
+            return wte[ids].detach().float().cpu()
+        if self.tokenizer is None:
+            from ..model.loading import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.cfg.model.tokenizer or _model_path(self.cfg))
+        ids = self.tokenizer(self.c.init_text)["input_ids"]
+        ids = [ids[i % len(ids)] for i in range(n)]  # cycle (or cut) the text's tokens to n rows
+        return wte[torch.tensor(ids)].detach().float().cpu()
+
+    def embed(self, model, input_ids, attention_mask):
+        emb = model.get_input_embeddings()(input_ids)
+        B = input_ids.shape[0]
+        prefix = model.soft_prompt(B, emb.dtype)
+        ones = attention_mask.new_ones(B, self.c.num_prompts)
+        return torch.cat([prefix, emb], dim=1), torch.cat([ones, attention_mask], dim=1)
+
+    # --- PEFT-format save / load ----------------------------------------------------------
+    def peft_config(self, model):
+        from peft import PromptTuningConfig
+
+        cfg = model.config
+        return PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=self.c.num_prompts, token_dim=cfg.n_embd,
+            num_transformer_submodules=1, num_attention_heads=cfg.n_head, num_layers=cfg.n_layer,
+            prompt_tuning_init="RANDOM", base_model_name_or_path=self.cfg.model.name)
+
+    def save(self, model, run_dir: Path) -> None:
+        run_dir = Path(run_dir)
+        save_file_atomic({"prompt_embeddings": model.soft_prompt.weight}, run_dir / "adapter_model.safetensors",
+                         {"format": "pt"})
+        self.peft_config(model).save_pretrained(str(run_dir))
+        self.write_method_file(run_dir)
+
+    def load(self, model, run_dir: Path) -> None:
+        state = safe_load_file(Path(run_dir) / "adapter_model.safetensors")
+        with torch.no_grad():
+            model.soft_prompt.weight.copy_(state["prompt_embeddings"])
+
+
+def _model_path(cfg) -> str:
+    from ..model.loading import resolve_model_name
+
+    return resolve_model_name(cfg.model.name)

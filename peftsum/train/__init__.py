@@ -1,0 +1,1 @@
+"""Training: the summary-token loss every method shares, and the one training loop."""

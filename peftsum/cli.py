@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, overrides = _split_dotted(argv)
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+                            format="%(levelname)s %(name)s: %(message)s", force=True)
         _quiet_libraries(args.verbose)
         return dispatch(args, overrides)
     except UserError as e:

@@ -59,12 +59,13 @@ def prepare(cfg: Config, device=None):
 
     method = build_method(cfg)
     name = resolve_model_name(cfg.model.name) if method.uses_model or cfg.model.tokenizer is None else cfg.model.name
-    tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
     model = lm = None
     positions = 1024
     if method.uses_model:
         torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
         model = load_model(name, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
+    if method.uses_model:
         method.tokenizer = tokenizer
         method.prepare(model)
         positions = n_positions(model)
@@ -181,7 +182,8 @@ def build_results(cfg, run_dir, model, method, state, ev, eval_seconds, device, 
         training = {"epochs_run": epochs_run, "best_epoch": state.best_epoch, "steps": state.step,
                     "early_stopped": state.stopped_reason == "early_stopping",
                     "stopped_reason": state.stopped_reason, "best_step": state.best_step,
-                    "validation_history": state.history, "learning_rate": cfg.learning_rate()}
+                    "validation_history": state.history, "initial_val_loss": state.initial_val_loss,
+                    "learning_rate": cfg.learning_rate()}
     from . import __version__
 
     return {"method": method.name, "model": cfg.model.name, "preset": cfg.preset, "params": params,
@@ -207,12 +209,12 @@ def versions() -> dict:
 
 def load_trained(run_dir: Path):
     """Rebuild a finished run: config, model with the saved method weights, tokenizer, data."""
-    cfg = load_run_config(run_dir)
-    accelerator = accelerator_for(cfg)
-    model, tokenizer, method, lm, data, _ = prepare(cfg, accelerator.device)
     from .methods.base import read_method_file
 
-    read_method_file(run_dir)
+    cfg = load_run_config(run_dir)
+    read_method_file(run_dir)  # no weights saved: say so before loading anything
+    accelerator = accelerator_for(cfg)
+    model, tokenizer, method, lm, data, _ = prepare(cfg, accelerator.device)
     if method.trains:
         method.load(model, run_dir)
     return cfg, model, tokenizer, method, lm, data, accelerator

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def cache_dir() -> Path:
     """Where peftsum keeps tokenized data and the demo base model (``PEFTSUM_CACHE`` overrides)."""
@@ -31,6 +34,7 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -92,7 +92,9 @@ def load_raw(cfg_data) -> datasets.DatasetDict:
             builder = _BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise UserError(f"data file {path}: unsupported format {path.suffix!r}; use .csv, .json, .jsonl or .parquet")
-            dd = _split_single(_load_files({"train": path})["train"], cfg_data)
+            one = _load_files({"train": path})
+            _map_columns(datasets.DatasetDict(train=one["train"], validation=one["train"], test=one["train"]), cfg_data)
+            dd = _split_single(one["train"], cfg_data)
         elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
             dd = _load_hub(source, cfg_data.hub_config)
         else:
@@ -111,6 +113,9 @@ def _load_hub(repo: str, config: str) -> datasets.DatasetDict:
 def _split_single(ds: datasets.Dataset, cfg_data) -> datasets.DatasetDict:
     """Carve test, then validation, then train out of one file, in the ratio of the asked sizes."""
     n = len(ds)
+    if n < 3:
+        raise UserError(f"data file {cfg_data.source} has {n} rows; splitting it into train, validation and test "
+                        "needs at least 3")
     want = [cfg_data.test_size, cfg_data.val_size, cfg_data.train_size]
     total = sum(want)
     if total > n:

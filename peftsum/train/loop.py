@@ -9,10 +9,12 @@ stop early when validation loss stops improving.  The test split never enters th
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ class TrainState:
     metrics_lines: int = 0
     stopped_reason: str = ""
     history: list = field(default_factory=list)  # validation losses
+    initial_val_loss: float | None = None  # before the first step
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -134,12 +137,12 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
         ev = evaluate_loss(lm, val_ds, tc.batch_size * 2, device, pad_id, autocast, features=val_features)
         return ev["loss"]
 
-    def checkpoint(rng=None):
+    def checkpoint():
         if accelerator.is_main_process:
             state.metrics_lines = metrics_file.lines
             save_checkpoint(run_dir, {"weights": {k: v.cpu() for k, v in method.state_dict(model).items()},
                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                      "state": state.to_dict(), "rng": rng or rng_state()})
+                                      "state": state.to_dict(), "rng": rng_state()})
 
     def on_validation(val_loss: float) -> bool:
         """Record a validation loss; keep the best weights; True when patience is exhausted."""
@@ -154,13 +157,18 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
             state.bad_evals += 1
         return state.bad_evals > tc.patience
 
+    if ckpt is None:  # the starting point: validation loss before any training
+        state.initial_val_loss = validate()
+        metrics_file.write({"type": "eval", "split": "validation", "epoch": 0, "step": 0,
+                            "val_loss": state.initial_val_loss})
+
+    interrupt = DeferredInterrupt()
     bar = None
     if tc.progress and accelerator.is_main_process:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=state.step, desc=f"{method.name}", unit="step", dynamic_ncols=True)
 
-    snapshot = None
     try:
         stop = state.step >= total_steps
         while state.epoch < tc.epochs and not stop:
@@ -168,7 +176,6 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
             groups = [batches[i: i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
             while state.group < len(groups):
                 group = groups[state.group]
-                snapshot = (copy.deepcopy(state.to_dict()) | {"metrics_lines": metrics_file.lines}, rng_state())
                 method.train_mode(model)
                 t0 = time.perf_counter()
                 n_target = sum(target_lengths[i] for mb in group for i in mb)  # global, known to every rank
@@ -215,8 +222,10 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
                     if on_validation(validate()):
                         stop, state.stopped_reason = True, "early_stopping"
                         break
-                if state.step % tc.checkpoint_every_steps == 0:
+                if state.step % tc.checkpoint_every_steps == 0 or interrupt.requested:
                     checkpoint()
+                if interrupt.requested:
+                    raise KeyboardInterrupt
             if stop and state.stopped_reason == "early_stopping":
                 break
             # end of epoch (or of max_steps): validate, then move the data position to the next epoch
@@ -227,23 +236,40 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
             if not stop and state.epoch >= tc.epochs:
                 state.stopped_reason = "epochs"
             checkpoint()
-    except KeyboardInterrupt:
-        # Ctrl-C: save the state as it was at the start of the unfinished step, then re-raise
-        if snapshot is not None and accelerator.is_main_process:
-            snap_state, snap_rng = snapshot
-            state.__dict__.update(snap_state)
-            metrics_file.truncate_to(state.metrics_lines)
-            checkpoint(snap_rng)
+    finally:
+        interrupt.restore()
         if bar is not None:
             bar.close()
-        raise
-    if bar is not None:
-        bar.close()
     if not state.stopped_reason:
         state.stopped_reason = "epochs"
     if features is not None:
         state.__dict__["feature_cache_bytes"] = features.nbytes()
     return state
+
+
+class DeferredInterrupt:
+    """Ctrl-C during training: finish the current optimizer step, checkpoint, then stop.
+
+    The first SIGINT only sets a flag that the loop reads between steps, so a checkpoint is never
+    taken half-way through an update; a second SIGINT stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\npeftsum: interrupted; finishing this step and saving a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class MetricsFile:

@@ -1,0 +1,1 @@
+"""Report: run every method, then tables, plots, bootstrap intervals, Markdown / HTML / PDF."""

@@ -1,0 +1,89 @@
+"""The report's figures (PNG, matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"zero-shot": "#7f7f7f", "lead-3": "#bcbd22", "prompt-tuning": "#1f77b4", "lora": "#2ca02c",
+          "last-layer": "#ff7f0e", "full": "#d62728"}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_curves(curves: dict[str, dict], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for m, c in curves.items():
+        col = COLORS.get(m)
+        if c["train_steps"]:
+            ax.plot(c["train_steps"], c["train_loss"], color=col, alpha=0.35, lw=1)
+        if c["val_steps"]:
+            ax.plot(c["val_steps"], c["val_loss"], "o-", color=col, lw=2, label=f"{m} (validation)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("summary-token NLL")
+    ax.set_title("Training (thin) and validation (dots) loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def rouge_bars(rows: list[dict], out: Path) -> Path:
+    import numpy as np
+
+    keys = ["rouge1", "rouge2", "rougeL"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    w = 0.8 / max(len(rows), 1)
+    x = np.arange(len(keys))
+    for i, r in enumerate(rows):
+        means = [r["ci"][k][0] for k in keys]
+        err = [[r["ci"][k][0] - r["ci"][k][1] for k in keys], [r["ci"][k][2] - r["ci"][k][0] for k in keys]]
+        ax.bar(x + i * w - 0.4 + w / 2, means, w, yerr=err, capsize=3, label=r["method"],
+               color=COLORS.get(r["method"]))
+    ax.set_xticks(x, ["ROUGE-1", "ROUGE-2", "ROUGE-L"])
+    ax.set_ylabel("F1 x 100 (95% bootstrap CI)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)
+
+
+def quality_vs_cost(rows: list[dict], out: Path) -> Path:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
+    for r in rows:
+        col = COLORS.get(r["method"])
+        y = r["rougeL"]
+        if r["trainable"]:
+            a.scatter(r["trainable"], y, color=col, s=50)
+            a.annotate(r["method"], (r["trainable"], y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        if r["train_seconds"]:
+            b.scatter(r["train_seconds"], y, color=col, s=50)
+            b.annotate(r["method"], (r["train_seconds"], y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    a.set_xscale("log")
+    a.set_xlabel("trainable parameters (log)")
+    b.set_xlabel("training time (s)")
+    for ax in (a, b):
+        ax.set_ylabel("ROUGE-L")
+        ax.grid(alpha=0.3)
+    a.set_title("Quality vs trainable parameters")
+    b.set_title("Quality vs training time")
+    return _save(fig, out)
+
+
+def memory_bars(rows: list[dict], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    names = [r["method"] for r in rows]
+    vals = [(r["peak_memory_bytes"] or 0) / 2**20 for r in rows]
+    ax.bar(names, vals, color=[COLORS.get(n) for n in names])
+    ax.set_ylabel("peak memory (MiB)")
+    ax.set_title("Peak memory per method (CUDA max allocated, or process peak RSS on CPU)")
+    ax.grid(axis="y", alpha=0.3)
+    plt.setp(ax.get_xticklabels(), rotation=15)
+    return _save(fig, out)

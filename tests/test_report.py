@@ -1,0 +1,113 @@
+"""compare -> run directories -> results.csv, report.md / .html / .pdf, plots; bootstrap; resume-skip."""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from peftsum.cli import main
+from peftsum.report import bootstrap
+from tests.conftest import tiny_overrides
+
+ALL = "zero-shot,lead-3,prompt-tuning,lora,last-layer,full"
+
+
+def _args(tiny_model_dir, demo_dir, out):
+    ov = dict(tiny_overrides(tiny_model_dir, demo_dir, **{"train.max_steps": 3}))
+    sets = [f"--set={k}={'null' if v is None else v}" for k, v in ov.items()]
+    return ["compare", "--preset", "demo", "--methods", ALL, "--out", str(out), *sets]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_model_dir, demo_dir):
+    out = tmp_path_factory.mktemp("compare")
+    assert main(_args(tiny_model_dir, demo_dir, out)) == 0
+    return out
+
+
+def test_compare_writes_every_file(compared):
+    for f in ("results.csv", "report.md", "report.html", "report.pdf", "loss_curves.png", "rouge.png",
+              "quality_vs_cost.png", "memory.png"):
+        assert (compared / f).is_file() and (compared / f).stat().st_size > 0, f
+    for m in ALL.split(","):
+        assert (compared / m / "results.json").is_file()
+    pdf = (compared / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
+    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) >= 4  # the four plots are embedded
+    html = (compared / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "src=\"http" not in html
+    md = (compared / "report.md").read_text()
+    assert "not CNN/DailyMail results" in md and "not CNN/DailyMail results" in html
+
+
+def test_report_numbers_equal_results_json(compared):
+    rows = list(csv.DictReader(open(compared / "results.csv")))
+    assert [r["method"] for r in rows] == ALL.split(",")
+    md = (compared / "report.md").read_text()
+    for row in rows:
+        r = json.loads((compared / row["method"] / "results.json").read_text())
+        assert float(row["eval.rougeL"]) == pytest.approx(r["eval"]["rougeL"])
+        assert int(row["params.trainable"]) == r["params"]["trainable"]
+        line = next(x for x in md.splitlines() if x.startswith(f"| {row['method']} |") and "[" in x)
+        assert f"{r['eval']['rougeL']:.2f} [" in line
+        if r["eval"]["val_loss"] is not None:
+            assert f"| {r['eval']['val_loss']:.4f} |" in line
+        assert f"{r['params']['trainable']:,}" in line
+
+
+def test_report_rebuilds_without_training_and_fills_analysis(compared, tmp_path):
+    doc = tmp_path / "analysis.md"
+    doc.write_text("# A\n\ntheory\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\ntail\n")
+    before = {m: (compared / m / "results.json").stat().st_mtime_ns for m in ALL.split(",")}
+    (compared / "report.md").unlink()
+    assert main(["report", str(compared), "--analysis", "--analysis-file", str(doc)]) == 0
+    assert (compared / "report.md").is_file()
+    assert before == {m: (compared / m / "results.json").stat().st_mtime_ns for m in ALL.split(",")}
+    text = doc.read_text()
+    assert "old" not in text and text.startswith("# A\n\ntheory") and text.rstrip().endswith("tail")
+    lora = json.loads((compared / "lora" / "results.json").read_text())
+    assert f"{lora['eval']['rougeL']:.2f}" in text
+
+
+def test_compare_skips_finished_and_resumes(compared, tiny_model_dir, demo_dir, tmp_path, capsys):
+    out = tmp_path / "c"
+    shutil.copytree(compared, out)
+    shutil.rmtree(out / "full")
+    mtime = (out / "lora" / "results.json").stat().st_mtime_ns
+    assert main(_args(tiny_model_dir, demo_dir, out)) == 0
+    printed = capsys.readouterr().out
+    assert "[lora] finished earlier" in printed and "[full] running" in printed
+    assert (out / "lora" / "results.json").stat().st_mtime_ns == mtime
+    assert (out / "full" / "results.json").is_file()
+
+
+def test_bootstrap_interval_contains_estimate_and_shrinks():
+    rng = np.random.default_rng(0)
+    small, big = rng.normal(30, 10, 50), rng.normal(30, 10, 2000)
+    m1, lo1, hi1 = bootstrap.interval(small, bootstrap.resample_indices(50, 1000))
+    m2, lo2, hi2 = bootstrap.interval(big, bootstrap.resample_indices(2000, 1000))
+    assert lo1 < m1 < hi1 and lo2 < m2 < hi2
+    assert (hi2 - lo2) < (hi1 - lo1) / 3
+    a = rng.normal(30, 10, 300)
+    idx = bootstrap.resample_indices(300, 1000)
+    assert bootstrap.paired_difference(a + 2, a, idx)["significant"]  # paired: a constant gap is certain
+    assert not bootstrap.paired_difference(a + rng.normal(0, 0.1, 300), a, idx)["significant"]
+
+
+def test_report_html_images_load_in_chromium(compared, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    js = ("<script>window.onload=()=>{const i=[...document.images];document.title=i.length+':'+"
+          "i.filter(x=>x.complete&&x.naturalWidth>0).length}</script>")
+    page = tmp_path / "r.html"
+    page.write_text((compared / "report.html").read_text().replace("</head>", js + "</head>"))
+    res = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r"<title>(\d+):(\d+)</title>", res.stdout)
+    assert m and m.group(1) == m.group(2) == "4", res.stdout[:500]

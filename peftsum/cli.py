@@ -177,7 +177,8 @@ def dispatch(args, overrides) -> int:
         else:
             cfg = config_from_args(args, overrides, args.method, args.max_steps)
         results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
-        _print_results(results, out)
+        if int(os.environ.get("RANK", "0")) == 0:  # several processes: only rank 0 prints
+            _print_results(results, out)
         return 0
     if cmd == "eval":
         from .experiment import evaluate_saved

@@ -7,6 +7,7 @@ the validation and test splits with the shared evaluation path and writes the re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -38,7 +39,9 @@ def accelerator_for(cfg: Config):
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if mp not in _ACCELERATORS:
-        _ACCELERATORS[mp] = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False)
+        # cpu=True without CUDA: Accelerate then runs several CPU processes (torchrun) over gloo
+        _ACCELERATORS[mp] = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False,
+                                        cpu=not torch.cuda.is_available())
     return _ACCELERATORS[mp]
 
 
@@ -51,8 +54,17 @@ def load_run_config(run_dir: Path) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
-def prepare(cfg: Config, device=None):
-    """Model, tokenizer, method (model prepared), the tokenized splits and the data report."""
+def prepare(cfg: Config, device=None, accelerator=None):
+    """Model, tokenizer, method (model prepared), the tokenized splits and the data report.
+
+    Under several processes the main one goes first (it builds the demo base and the tokenized-data
+    cache; the others then read them)."""
+    first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
+    with first:
+        return _prepare(cfg, device)
+
+
+def _prepare(cfg: Config, device=None):
     from .data.tokenize import load_tokenized
     from .model.loading import load_model, load_tokenizer, n_positions, resolve_model_name
     from .train.loss import SummaryLM
@@ -89,7 +101,7 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False) -> di
         for stale in (RESULTS, "predictions.jsonl"):
             (run_dir / stale).unlink(missing_ok=True)
         write_text(run_dir / "config.yaml", cfg.to_yaml())
-    model, tokenizer, method, lm, data, report = prepare(cfg, device)
+    model, tokenizer, method, lm, data, report = prepare(cfg, device, accelerator)
     if main:
         write_json(run_dir / "data_report.json", report)
     metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=main)
@@ -214,7 +226,7 @@ def load_trained(run_dir: Path):
     cfg = load_run_config(run_dir)
     read_method_file(run_dir)  # no weights saved: say so before loading anything
     accelerator = accelerator_for(cfg)
-    model, tokenizer, method, lm, data, _ = prepare(cfg, accelerator.device)
+    model, tokenizer, method, lm, data, _ = prepare(cfg, accelerator.device, accelerator)
     if method.trains:
         method.load(model, run_dir)
     return cfg, model, tokenizer, method, lm, data, accelerator

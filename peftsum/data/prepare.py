@@ -45,7 +45,8 @@ def _clean_batch(batch):
     arts = [clean_text(a, keep_lines=True) for a in batch["article"]]
     sums = [clean_text(s, keep_lines=True) for s in batch["highlights"]]
     return {"article": arts, "highlights": sums, "hash": [article_hash(a) for a in arts],
-            "empty_article": [not a for a in arts], "empty_summary": [not s for s in sums]}
+            "empty_article": [not a for a in arts], "empty_summary": [not s for s in sums],
+            "replaced": ["\ufffd" in a or "\ufffd" in s for a, s in zip(arts, sums)]}
 
 
 def prepare_splits(raw: datasets.DatasetDict, cfg_data) -> tuple[datasets.DatasetDict, dict]:
@@ -61,13 +62,18 @@ def prepare_splits(raw: datasets.DatasetDict, cfg_data) -> tuple[datasets.Datase
         empty_summary = sum(ds["empty_summary"]) if n0 else 0
         ds = ds.filter(lambda a, s: [not (x or y) for x, y in zip(a, s)], input_columns=["empty_article", "empty_summary"],
                        batched=True, batch_size=10000, desc=f"dropping empty rows of {split}")
-        ds = ds.remove_columns(["empty_article", "empty_summary"])
+        replaced = sum(ds["replaced"]) if len(ds) else 0
+        if replaced:
+            log.warning("%s: %d rows held bytes that are not UTF-8; they were replaced by U+FFFD and the rows kept",
+                        split, replaced)
+        ds = ds.remove_columns(["empty_article", "empty_summary", "replaced"])
         if len(ds) == 0:
             raise UserError(
                 f"the {split} split has no usable rows: {n0} rows, {empty_article} with an empty article, "
                 f"{empty_summary} with an empty summary"
             )
-        report[split] = {"rows": n0, "empty_article": empty_article, "empty_summary": empty_summary}
+        report[split] = {"rows": n0, "empty_article": empty_article, "empty_summary": empty_summary,
+                         "non_utf8_rows": replaced}
         cleaned[split] = ds
     # leakage: test > validation > train
     seen_ids: set[str] = set()
@@ -93,6 +99,9 @@ def prepare_splits(raw: datasets.DatasetDict, cfg_data) -> tuple[datasets.Datase
         if n > len(ds):
             log.warning("%s: asked for %d examples but only %d are available; using all", split, n, len(ds))
             n = len(ds)
+        if n == 0:
+            raise UserError(f"the {split} split has no examples left: all {report[split]['rows']} rows were empty "
+                            "or also appear in a higher-priority split (test > validation > train)")
         ds = ds.shuffle(seed=cfg_data.seed).select(range(n)).flatten_indices()
         report[split]["kept"] = n
         out[split] = ds.remove_columns("hash")

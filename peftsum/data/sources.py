@@ -50,8 +50,9 @@ def _load_files(files: dict[str, Path]) -> datasets.DatasetDict:
     for split, p in files.items():
         if p.stat().st_size == 0:
             raise UserError(f"data file {p} is empty; the {split} split needs a header row and examples")
+    kwargs = {"encoding_errors": "replace"} if builder == "csv" else {}  # bad bytes -> U+FFFD, counted later
     try:
-        return datasets.load_dataset(builder, data_files={k: str(v) for k, v in files.items()})
+        return datasets.load_dataset(builder, data_files={k: str(v) for k, v in files.items()}, **kwargs)
     except datasets.exceptions.DatasetGenerationError as e:
         cause = e.__cause__ or e
         raise UserError(f"could not read {', '.join(str(p) for p in files.values())}: {_first_line(cause)}") from None

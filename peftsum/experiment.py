@@ -160,9 +160,9 @@ def evaluate_run(cfg, run_dir: Path, model, tokenizer, method, lm, data, acceler
 
 
 def _adapter_bytes(run_dir: Path) -> int:
-    names = ("adapter_model.safetensors", "last_layer.safetensors", "model.safetensors", "adapter_config.json",
-             "peftsum_method.json")
-    return sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file() and n != "peftsum_method.json")
+    """Bytes on disk of what the method saved (weights and adapter config)."""
+    names = ("adapter_model.safetensors", "last_layer.safetensors", "model.safetensors", "adapter_config.json")
+    return sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file())
 
 
 def build_results(cfg, run_dir, model, method, state, ev, eval_seconds, device, data) -> dict:
@@ -195,6 +195,7 @@ def build_results(cfg, run_dir, model, method, state, ev, eval_seconds, device, 
                     "early_stopped": state.stopped_reason == "early_stopping",
                     "stopped_reason": state.stopped_reason, "best_step": state.best_step,
                     "validation_history": state.history, "initial_val_loss": state.initial_val_loss,
+                    "feature_cache_bytes": state.feature_cache_bytes,
                     "learning_rate": cfg.learning_rate()}
     from . import __version__
 

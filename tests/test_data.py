@@ -44,12 +44,14 @@ def kaggle_dir(tmp_path, train, val, test, ext="csv"):
 
 
 def test_csv_with_newlines_quotes_commas_unicode_and_cleaning_counts(tmp_path):
-    d = kaggle_dir(tmp_path, TRICKY, TRICKY[:2], TRICKY[:1])
+    clean = {"id": "a5", "article": "A clean article.", "highlights": "Clean."}
+    d = kaggle_dir(tmp_path, [*TRICKY, clean], TRICKY[:2], TRICKY[:1])
     dd, report = prepare_splits(load_raw(cfg_for(d)), cfg_for(d))
     # test keeps a1; validation loses a1 (leaked from test); train loses a1, a2 (leaked) and a3, a4 (empty)
-    assert report["train"] == {"rows": 4, "empty_article": 1, "empty_summary": 1, "leaked": 2, "kept": 0} or \
-        report["train"]["empty_article"] == 1
+    assert report["train"] == {"rows": 5, "empty_article": 1, "empty_summary": 1, "non_utf8_rows": 0,
+                               "leaked": 2, "kept": 1}
     assert report["validation"]["leaked"] == 1 and report["test"]["kept"] == 1
+    assert dd["train"]["id"] == ["a5"]
     art = dd["test"][0]["article"]
     assert art == 'He said, "Hello, world."\nThen left — café ünïcode 東京.'
     assert dd["test"][0]["highlights"] == "Greeting given.\nHe left."  # newline between sentences kept
@@ -62,6 +64,13 @@ def test_jsonl_and_parquet_directories(tmp_path, ext):
     d = kaggle_dir(tmp_path, rows[:20], rows[20:25], rows[25:], ext=ext)
     dd, report = prepare_splits(load_raw(cfg_for(d)), cfg_for(d))
     assert [len(dd[s]) for s in ("train", "validation", "test")] == [20, 5, 5]
+
+
+def test_a_split_emptied_by_leakage_is_an_error(tmp_path):
+    rows = generate(4, seed=8)
+    d = kaggle_dir(tmp_path, rows[:2], rows[2:3], rows[:2] + rows[3:])  # every train row is also in test
+    with pytest.raises(UserError, match="the train split has no examples left"):
+        prepare_splits(load_raw(cfg_for(d)), cfg_for(d))
 
 
 def test_single_file_with_column_mapping(tmp_path):

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +64,8 @@ def test_results_json_has_every_key_with_sane_values(runs):
         assert on_disk["cost"]["peak_memory_bytes"] > 0
         for f in ("metrics.jsonl", "predictions.jsonl", "config.yaml", "peftsum_method.json"):
             assert (out / m / f).is_file(), (m, f)
+        base = json.loads((out / m / "peftsum_method.json").read_text())["base_model"]
+        assert (Path(base) / "config.json").is_file()  # the run restores alone
         assert not (out / m / "checkpoint.pt").exists()
         if m in TRAINED_METHODS:
             assert on_disk["training"]["steps"] == 6 and on_disk["training"]["stopped_reason"] == "max_steps"
@@ -179,3 +182,27 @@ def test_summarize_and_eval_on_saved_runs(runs, tmp_path, capsys):
     assert main(["eval", str(out / "lora"), "--split", "validation", "--limit", "4"]) == 0
     assert "rougeL" in capsys.readouterr().out
     assert json.loads((out / "lora" / "eval_validation.json").read_text())["examples"] == 4
+
+
+def test_resuming_a_finished_early_stopped_run_does_not_train_on(tiny_cfg, tmp_path, monkeypatch):
+    """An interruption after training ended (say during the final evaluation) resumes to evaluation only."""
+    from peftsum import experiment
+
+    cfg = tiny_cfg("lora", **{**FAST, "train.max_steps": None, "train.epochs": 5, "train.patience": 0,
+                              "train.min_delta": 100.0})  # no epoch can improve by 100: stops after epoch 2
+    calls = {"n": 0}
+    real = experiment.evaluate_run
+
+    def crash_once(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(experiment, "evaluate_run", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "r")
+    steps_before = len([r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["type"] == "train"])
+    res = run_experiment(cfg, tmp_path / "r", resume=True)
+    assert res["training"]["stopped_reason"] == "early_stopping" and res["training"]["early_stopped"]
+    assert res["training"]["steps"] == steps_before == 16  # 8 steps an epoch; epoch 2 fails to improve: stop

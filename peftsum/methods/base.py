@@ -108,10 +108,16 @@ class Method:
 
         return dataclasses.asdict(section) if section is not None else {}
 
+    def base_model_path(self) -> str:
+        """The base model's hub id or local path (the demo base's built directory), for restoring alone."""
+        from ..model.loading import resolve_model_name
+
+        return resolve_model_name(self.cfg.model.name)
+
     def write_method_file(self, run_dir: Path, extra: dict | None = None) -> None:
         from ..utils import write_json
 
-        write_json(Path(run_dir) / METHOD_FILE, {"method": self.name, "base_model": self.cfg.model.name,
+        write_json(Path(run_dir) / METHOD_FILE, {"method": self.name, "base_model": self.base_model_path(),
                                                  **self.describe(), **(extra or {})})
 
 

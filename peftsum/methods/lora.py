@@ -105,7 +105,7 @@ class LoRA(Method):
 
         return LoraConfig(r=self.c.rank, lora_alpha=self.c.alpha, lora_dropout=self.c.dropout,
                           target_modules=list(self.c.targets), fan_in_fan_out=True, task_type="CAUSAL_LM",
-                          base_model_name_or_path=self.cfg.model.name, bias="none")
+                          base_model_name_or_path=self.base_model_path(), bias="none")
 
     def layers(self, model: nn.Module) -> dict[str, LoRALayer]:
         return {n: m for n, m in model.named_modules() if isinstance(m, LoRALayer)}

@@ -77,7 +77,7 @@ class PromptTuning(Method):
         return PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=self.c.num_prompts, token_dim=cfg.n_embd,
             num_transformer_submodules=1, num_attention_heads=cfg.n_head, num_layers=cfg.n_layer,
-            prompt_tuning_init="RANDOM", base_model_name_or_path=self.cfg.model.name)
+            prompt_tuning_init="RANDOM", base_model_name_or_path=self.base_model_path())
 
     def save(self, model, run_dir: Path) -> None:
         run_dir = Path(run_dir)

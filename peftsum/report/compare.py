@@ -13,6 +13,7 @@ import copy
 import csv
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -41,6 +42,11 @@ DEFAULTS_WHY = {
 }
 
 
+def _say(text: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:  # several processes: only rank 0 prints
+        print(text, flush=True)
+
+
 def compare(cfg: Config, methods: list[str], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     order = [m for m in METHODS if m in methods]
@@ -48,18 +54,20 @@ def compare(cfg: Config, methods: list[str], out: Path) -> list[Path]:
     for m in order:
         run = out / m
         if is_finished(run):
-            print(f"[{m}] finished earlier: {run / 'results.json'} (skipped)")
+            _say(f"[{m}] finished earlier: {run / 'results.json'} (skipped)")
             continue
         mcfg = copy.deepcopy(cfg)
         mcfg.method.name = m
         resume = (run / "checkpoint.pt").is_file()
-        print(f"[{m}] {'resuming' if resume else 'running'} -> {run}", flush=True)
+        _say(f"[{m}] {'resuming' if resume else 'running'} -> {run}")
         r = run_experiment(mcfg, run, resume=resume)
         ev = r["eval"]
         loss = f"val_loss {ev['val_loss']:.4f}, " if ev["val_loss"] is not None else ""
-        print(f"[{m}] {loss}ROUGE-L {ev['rougeL']:.2f}, train {r['cost']['train_seconds']:.1f}s", flush=True)
+        _say(f"[{m}] {loss}ROUGE-L {ev['rougeL']:.2f}, train {r['cost']['train_seconds']:.1f}s")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return []
     paths = build_report(out)
-    print(f"compare finished in {time.perf_counter() - t0:.0f}s; report: {out / 'report.html'} (also .md, .pdf)")
+    _say(f"compare finished in {time.perf_counter() - t0:.0f}s; report: {out / 'report.html'} (also .md, .pdf)")
     return paths
 
 
@@ -268,6 +276,9 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
     parts += ["## Hyperparameters", "", md_table(hyper_table(runs)), "",
               "Why these defaults (per method, from the literature — not one shared learning rate):", ""]
     parts += [f"- **{m}**: {why}" for m, why in DEFAULTS_WHY.items() if any(r["method"] == m for r in runs)]
+    if demo:
+        parts += ["- The demo preset raises these rates (see the table): a run of a few hundred steps on a tiny "
+                  "model; it also uses fewer examples and epochs."]
     parts += ["", "Protocol shared by every method: same data subset and seed, AdamW, warmup then "
               f"{cfg['train']['schedule']} decay, gradient clipping at {cfg['train']['max_grad_norm']}, up to "
               f"{cfg['train']['epochs']} epochs with early stopping on validation loss (patience "

@@ -48,6 +48,7 @@ class TrainState:
     stopped_reason: str = ""
     history: list = field(default_factory=list)  # validation losses
     initial_val_loss: float | None = None  # before the first step
+    feature_cache_bytes: int = 0  # last-layer's cached trunk features
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -170,9 +171,11 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
         bar = tqdm(total=total_steps, initial=state.step, desc=f"{method.name}", unit="step", dynamic_ncols=True)
 
     try:
-        stop = state.step >= total_steps
+        stop = state.step >= total_steps or bool(state.stopped_reason)  # a resumed run may have finished
         while state.epoch < tc.epochs and not stop:
             batches = epoch_batches(lengths, global_batch, tc.seed, state.epoch, cfg.data.group_by_length)
+            if world > 1:  # every rank needs a share: drop a last batch smaller than the number of ranks
+                batches = [b for b in batches if len(b) >= world]
             groups = [batches[i: i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
             while state.group < len(groups):
                 group = groups[state.group]
@@ -243,7 +246,7 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
     if not state.stopped_reason:
         state.stopped_reason = "epochs"
     if features is not None:
-        state.__dict__["feature_cache_bytes"] = features.nbytes()
+        state.feature_cache_bytes = features.nbytes()
     return state
 
 

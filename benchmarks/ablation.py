@@ -3,7 +3,9 @@ examples): one change at a time, measured side by side in one run.
 
   A. fixed padding to 646 tokens, LM head and loss on every position (what a plain script does)
   B. fixed padding, LM head only on the summary positions
-  C. dynamic padding (to the longest of a length-grouped batch), LM head only on summary positions (peftsum)
+  C. dynamic padding (to the longest of a length-grouped batch), LM head only on summary positions,
+     attention mask passed to the model
+  D. as C, without the attention mask (right padding + causal attention make it redundant) (peftsum)
 
     python benchmarks/ablation.py [--batch 4] [--steps 3]
 """
@@ -62,11 +64,20 @@ def main():
         nll, n = lm(**b)
         (nll / n).backward()
 
+    def step_summary_only_with_mask(b):
+        h = model.transformer(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        keep = b["labels"][:, 1:] != -100
+        logits = model.lm_head(h[:, :-1][keep])
+        F.cross_entropy(logits, b["labels"][:, 1:][keep]).backward()
+
+    def dynamic(idx):
+        return {k: v for k, v in collate([ds[i] for i in idx], 50256).items() if k != "n_target_tokens"}
+
     variants = {
         "A fixed padding, head on all positions": (plain, fixed, step_all_positions),
-        "B fixed padding, head on summary only": (plain, fixed, step_summary_only),
-        "C dynamic padding, head on summary only": (grouped, lambda idx: {k: v for k, v in collate(
-            [ds[i] for i in idx], 50256).items() if k != "n_target_tokens"}, step_summary_only),
+        "B fixed padding, head on summary only": (plain, fixed, step_summary_only_with_mask),
+        "C dynamic padding, head on summary only": (grouped, dynamic, step_summary_only_with_mask),
+        "D as C, no attention mask (peftsum)": (grouped, dynamic, step_summary_only),
     }
     model.train()
     print(f"machine: {machine()}")

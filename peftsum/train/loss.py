@@ -21,6 +21,11 @@ def trunk(model: nn.Module) -> nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
+def right_padded(mask: torch.Tensor | None) -> bool:
+    """True when every row is ones followed only by zeros (padding at the end, or none)."""
+    return mask is not None and bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
 class SummaryLM(nn.Module):
     def __init__(self, model: nn.Module, method):
         super().__init__()
@@ -29,6 +34,12 @@ class SummaryLM(nn.Module):
 
     def hidden_states(self, input_ids, attention_mask) -> torch.Tensor:
         emb, mask = self.method.embed(self.model, input_ids, attention_mask)
+        if right_padded(mask):
+            # Causal attention already keeps every real token from seeing the padding after it, so
+            # the mask changes nothing where the loss reads (exactly: tests compare against unpadded
+            # one-at-a-time losses). Without it SDPA may pick mask-free causal kernels (FlashAttention on
+            # CUDA takes no mask); on the 2-core CPU the difference was within noise (docs/performance.md).
+            mask = None
         h = trunk(self.model)(inputs_embeds=emb, attention_mask=mask).last_hidden_state
         return h[:, self.method.num_virtual_tokens:]
 

@@ -165,16 +165,18 @@ def dispatch(args, overrides) -> int:
         print_stats(config_from_args(args, overrides))
         return 0
     if cmd == "train":
-        if not args.method and not any(k == "method.name" for k, _ in overrides):
-            raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
         from .experiment import load_run_config, run_experiment
 
         out = Path(args.out or f"runs/{args.method}")
-        if args.resume and (out / "config.yaml").is_file():
+        if args.resume and (out / "config.yaml").is_file():  # the run's own config, as it started
             cfg = load_run_config(out)
+            if args.method and args.method != cfg.method.name:
+                raise UserError(f"{out} is a {cfg.method.name} run; it cannot resume as {args.method}")
             if args.max_steps is not None:
                 cfg.train.max_steps = args.max_steps
         else:
+            if not args.method and not any(k == "method.name" for k, _ in overrides):
+                raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
             cfg = config_from_args(args, overrides, args.method, args.max_steps)
         results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
         if int(os.environ.get("RANK", "0")) == 0:  # several processes: only rank 0 prints

@@ -57,8 +57,8 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_result(tiny_model_dir, de
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "results.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "peftsum.cli", "train", "--method", "lora", "--out", str(out),
-                              "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    resumed = subprocess.run([sys.executable, "-m", "peftsum.cli", "train", "--out", str(out), "--resume"],
+                             capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert strip(read_jsonl(out / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "ref" / "metrics.jsonl"))
     a = json.loads((out / "results.json").read_text())
@@ -153,3 +153,24 @@ def test_prompt_tokens_over_the_positions_are_a_usage_error(tiny_model_dir, demo
     assert main(args) == 2
     assert "token budget does not fit" in capsys.readouterr().err
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_ctrl_c_checkpoints_says_how_to_resume_and_exits_130(tiny_model_dir, demo_dir, tmp_path):
+    out = tmp_path / "r"
+    args = cli_args(tiny_model_dir, demo_dir, "lora", out, **{"train.max_steps": 400, "train.epochs": 100,
+                                                             "train.checkpoint_every_steps": 1000})
+    proc = subprocess.Popen([sys.executable, "-m", "peftsum.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        rows = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+        if sum(r["type"] == "train" for r in rows) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    assert (out / "checkpoint.pt").is_file() and not (out / "results.json").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
+    assert state["step"] >= 2 and state["metrics_lines"] == len(read_jsonl(out / "metrics.jsonl"))

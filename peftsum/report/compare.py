@@ -141,7 +141,7 @@ def fmt(x, spec=".3f", none="–"):
 def human(n) -> str:
     if n is None:
         return "–"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
     return str(n)

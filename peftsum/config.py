@@ -185,14 +185,13 @@ def _coerce(value: Any, tp, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except UserError as e:
-                errors.append(str(e))
+            except UserError:
+                pass
         raise UserError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(tp)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import shutil
 import time
 from pathlib import Path
 
@@ -275,11 +273,3 @@ def read_metrics(run_dir: Path) -> list[dict]:
         return read_jsonl(path)
     except ValueError:
         return []
-
-
-def clean_run_dir(run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def finite(x) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)

@@ -29,7 +29,7 @@ from .sources import SPLITS
 
 log = logging.getLogger(__name__)
 
-TOKENIZE_VERSION = 2
+TOKENIZE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,13 @@ def _tokenize_batch(batch, tokenizer, template: Template, budget: Budget):
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    vocab = tokenizer.get_vocab()
-    blob = json.dumps([type(tokenizer).__name__, len(vocab), sorted(vocab.items())[:2000:7],
-                       tokenizer.eos_token], sort_keys=True)
+    """Hash of the whole tokenizer (vocabulary, merges, normalisation) where it can be serialised."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        blob = backend.to_str()
+    else:
+        blob = json.dumps(sorted(tokenizer.get_vocab().items()))
+    blob += f"|{type(tokenizer).__name__}|{tokenizer.eos_token}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

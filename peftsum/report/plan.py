@@ -98,6 +98,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         lm = SummaryLM(model, method)
         ex, mean_len, source = _examples(mcfg, tokenizer, positions, method.num_virtual_tokens,
                                          bs * tc.grad_accum * (steps + 1) + cfg.eval.batch_size, rng)
+        mean_target = float(np.mean([len(e["input_ids"]) - e["prompt_len"] for e in ex]))
         params = [p for _, p in method.trainable_parameters(model)]
         opt = torch.optim.AdamW(params, lr=mcfg.learning_rate())
         ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype else (lambda: torch.autocast(dev.type, enabled=False))
@@ -161,7 +162,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         tokens = total_steps * bs * tc.grad_accum * (mean_len + method.num_virtual_tokens)
         flops = costs.train_flops(counts["total"], counts["trainable"], int(tokens), mc.n_layer, mc.n_embd, mean_len,
                                   method.trunk_backward, model.get_output_embeddings().weight.numel(),
-                                  int(total_steps * bs * tc.grad_accum * 60),
+                                  int(total_steps * bs * tc.grad_accum * mean_target),
                                   n_train if method.cache_features else 0)
         rows.append({"method": m, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
                      "train_seconds": train_s, "validation_seconds": val_s, "final_eval_seconds": test_loss_s + gen_s,

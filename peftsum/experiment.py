@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, config_from_dict
+from .data.collate import seq_lengths
 from .errors import UserError
 from .evaluate import cost as costs
 from .evaluate.generate import generate_summaries
@@ -176,7 +177,7 @@ def build_results(cfg, run_dir, model, method, state, ev, eval_seconds, device, 
     training = {"epochs_run": 0, "best_epoch": None, "steps": 0, "early_stopped": False, "stopped_reason": "not trained"}
     if state is not None:
         mc = model.config
-        n_train_tokens = sum(len(x) for x in data["train"]["input_ids"])
+        n_train_tokens = sum(seq_lengths(data["train"]))
         head = model.get_output_embeddings().weight.numel()
         virtual = method.num_virtual_tokens * state.examples
         flops = costs.train_flops(

@@ -10,6 +10,14 @@ import numpy as np
 import torch
 
 
+def seq_lengths(dataset) -> list[int]:
+    """Token count of each example: the ``length`` column written at tokenization (cheap to read),
+    or counted from ``input_ids`` for datasets built elsewhere."""
+    if "length" in dataset.column_names:
+        return list(dataset["length"])
+    return [len(x) for x in dataset["input_ids"]]
+
+
 def collate(features: list[dict], pad_id: int, left_pad: bool = False, with_target: bool = True) -> dict:
     """Pad ``input_ids`` (or only the prompt when ``with_target`` is False, for generation).
 

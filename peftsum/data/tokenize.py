@@ -29,7 +29,7 @@ from .sources import SPLITS
 
 log = logging.getLogger(__name__)
 
-TOKENIZE_VERSION = 3
+TOKENIZE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,13 @@ def _tokenize_batch(batch, tokenizer, template: Template, budget: Budget):
     between = tokenizer(template.between)["input_ids"]
     arts = tokenizer(batch["article"])["input_ids"]
     sums = tokenizer([template.summary_text(s) for s in batch["highlights"]])["input_ids"]
-    out = {"input_ids": [], "prompt_len": [], "article_tokens": [], "summary_tokens": [],
+    out = {"input_ids": [], "length": [], "prompt_len": [], "article_tokens": [], "summary_tokens": [],
            "source_truncated": [], "target_truncated": []}
     for a, s in zip(arts, sums):
         prompt = before + a[: budget.source] + between
         target = s[: budget.target] + [eos]
         out["input_ids"].append(prompt + target)
+        out["length"].append(len(prompt) + len(target))
         out["prompt_len"].append(len(prompt))
         out["article_tokens"].append(len(a))
         out["summary_tokens"].append(len(s))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from rouge_score import rouge_scorer
 
-from ..data.collate import collate, sorted_batches
+from ..data.collate import collate, seq_lengths, sorted_batches
 from ..methods.baselines import split_sentences
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -34,7 +34,7 @@ def evaluate_loss(lm, dataset, batch_size: int, device, pad_id: int, autocast=No
             total += nll.double().cpu()
             n += k
     else:
-        lengths = [len(x) for x in dataset["input_ids"]]
+        lengths = seq_lengths(dataset)
         for idx in sorted_batches(lengths, batch_size):
             b = collate([dataset[i] for i in idx], pad_id)
             with ctx():

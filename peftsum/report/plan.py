@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data.collate import collate
+from ..data.collate import collate, seq_lengths
 from ..errors import UserError
 from ..evaluate import cost as costs
 from ..evaluate.generate import generate_ids
@@ -42,7 +42,7 @@ def _examples(cfg: Config, tokenizer, positions: int, num_virtual: int, n: int, 
         ds = dd["train"]
         idx = rng.choice(len(ds), size=min(n, len(ds)), replace=False)
         ex = [ds[int(i)] for i in idx]
-        lengths = [len(x) for x in ds["input_ids"]]
+        lengths = seq_lengths(ds)
         return ex, float(np.mean(lengths)), "the configured data (sampled)"
     except UserError:
         ex = _synthetic_examples(n, cfg, rng)

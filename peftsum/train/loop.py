@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import get_scheduler
 
-from ..data.collate import collate, epoch_batches, sorted_batches
+from ..data.collate import collate, epoch_batches, seq_lengths, sorted_batches
 from ..evaluate.metrics import evaluate_loss
 from ..methods.base import save_file_atomic
 from ..utils import rng_state, set_rng_state
@@ -60,7 +60,7 @@ class FeatureCache:
 
     def __init__(self, lm, dataset, batch_size: int, device, pad_id: int, dtype, autocast):
         feats, targets, self.lengths = [], [], []
-        ex_lengths = [len(x) for x in dataset["input_ids"]]
+        ex_lengths = seq_lengths(dataset)
         order = [None] * len(dataset)
         lm.eval()
         with torch.no_grad():
@@ -102,8 +102,8 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
     params = [p for _, p in method.trainable_parameters(model)]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=tc.weight_decay)
     # the dataset and batch plan are the same on every rank: each takes its share of every batch
-    lengths = [len(x) for x in train_ds["input_ids"]]
-    target_lengths = [len(x) - p for x, p in zip(train_ds["input_ids"], train_ds["prompt_len"])]
+    lengths = seq_lengths(train_ds)
+    target_lengths = [n - p for n, p in zip(lengths, train_ds["prompt_len"])]
     global_batch = tc.batch_size * world
     n_batches = math.ceil(len(lengths) / global_batch)
     groups_per_epoch = math.ceil(n_batches / tc.grad_accum)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import METHODS, PRESETS, TRAINED_METHODS, load_config, parse_override
 from .errors import UserError
+from .utils import is_main_process
 
 log = logging.getLogger("peftsum")
 
@@ -179,7 +180,7 @@ def dispatch(args, overrides) -> int:
                 raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
             cfg = config_from_args(args, overrides, args.method, args.max_steps)
         results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
-        if int(os.environ.get("RANK", "0")) == 0:  # several processes: only rank 0 prints
+        if is_main_process():  # several processes: only rank 0 prints
             _print_results(results, out)
         return 0
     if cmd == "eval":

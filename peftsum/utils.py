@@ -72,6 +72,11 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
 
 
+def is_main_process() -> bool:
+    """Rank 0, or a single process (torchrun and accelerate launch set RANK for each process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -93,9 +93,9 @@ def load_raw(cfg_data) -> datasets.DatasetDict:
             builder = _BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise UserError(f"data file {path}: unsupported format {path.suffix!r}; use .csv, .json, .jsonl or .parquet")
-            one = _load_files({"train": path})
-            _map_columns(datasets.DatasetDict(train=one["train"], validation=one["train"], test=one["train"]), cfg_data)
-            dd = _split_single(one["train"], cfg_data)
+            # one file: map its columns once, then carve the splits out of it
+            one = _load_files({"train": path})["train"]
+            return _split_single(_map_split(one, "file", cfg_data, where=f"data file {path}"), cfg_data)
         elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
             dd = _load_hub(source, cfg_data.hub_config)
         else:
@@ -134,27 +134,28 @@ def _map_columns(dd: datasets.DatasetDict, cfg_data) -> datasets.DatasetDict:
     missing_splits = [s for s in SPLITS if s not in dd]
     if missing_splits:
         raise UserError(f"data source {cfg_data.source!r} has no {', '.join(missing_splits)} split (found: {', '.join(dd)})")
-    out = {}
-    for split in SPLITS:
-        ds = dd[split]
-        cols = ds.column_names
-        for flag, col in (("--data.text_column", cfg_data.text_column), ("--data.summary_column", cfg_data.summary_column)):
-            if col not in cols:
-                raise UserError(
-                    f"{split} split of {describe_source(cfg_data.source)} has no column {col!r}; columns found: "
-                    f"{', '.join(cols)}. Map yours with {flag} NAME"
-                )
-        keep = [cfg_data.text_column, cfg_data.summary_column]
-        has_id = cfg_data.id_column in cols
-        if has_id:
-            keep.append(cfg_data.id_column)
-        ds = ds.select_columns(keep)
-        rename = {cfg_data.text_column: "article", cfg_data.summary_column: "highlights"}
-        if has_id:
-            rename[cfg_data.id_column] = "id"
-        ds = ds.rename_columns({k: v for k, v in rename.items() if k != v})
-        if not has_id:
-            ds = ds.map(lambda _, i, s=split: {"id": f"{s}-{i}"}, with_indices=True, desc=f"ids for {split}")
-        ds = ds.cast_column("id", datasets.Value("string")) if ds.features["id"].dtype != "string" else ds
-        out[split] = ds
-    return datasets.DatasetDict(out)
+    return datasets.DatasetDict({split: _map_split(dd[split], split, cfg_data) for split in SPLITS})
+
+
+def _map_split(ds: datasets.Dataset, split: str, cfg_data, where: str | None = None) -> datasets.Dataset:
+    """Check and rename one split's columns to id / article / highlights (ids made if absent)."""
+    where = where or f"{split} split of {describe_source(cfg_data.source)}"
+    cols = ds.column_names
+    for flag, col in (("--data.text_column", cfg_data.text_column), ("--data.summary_column", cfg_data.summary_column)):
+        if col not in cols:
+            raise UserError(
+                f"{where} has no column {col!r}; columns found: "
+                f"{', '.join(cols)}. Map yours with {flag} NAME"
+            )
+    keep = [cfg_data.text_column, cfg_data.summary_column]
+    has_id = cfg_data.id_column in cols
+    if has_id:
+        keep.append(cfg_data.id_column)
+    ds = ds.select_columns(keep)
+    rename = {cfg_data.text_column: "article", cfg_data.summary_column: "highlights"}
+    if has_id:
+        rename[cfg_data.id_column] = "id"
+    ds = ds.rename_columns({k: v for k, v in rename.items() if k != v})
+    if not has_id:
+        ds = ds.map(lambda _, i: {"id": f"{split}-{i}"}, with_indices=True, desc=f"ids for {split}")
+    return ds.cast_column("id", datasets.Value("string")) if ds.features["id"].dtype != "string" else ds

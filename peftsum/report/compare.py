@@ -13,14 +13,13 @@ import copy
 import csv
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from ..config import METHODS, Config
 from ..errors import UserError
 from ..experiment import is_finished, read_metrics, run_experiment
-from ..utils import atomic_path, read_jsonl, write_text
+from ..utils import atomic_path, is_main_process, read_jsonl, write_text
 from . import bootstrap, plots
 
 log = logging.getLogger(__name__)
@@ -31,8 +30,8 @@ KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 DEFAULTS_WHY = {
     "prompt-tuning": "AdamW on the soft prompt only. Lester et al. (2021) needed a very large learning rate "
                      "(0.3 with Adafactor): the prompt starts far from a useful point and only 20 vectors move. "
-                     "With AdamW's normalised steps we use 3e-2 on GPT-2 small (its embeddings have a scale of "
-                     "about 0.1), 10x that on the tiny demo model; init from the text \"[SUMMARIZE]\" (6 BPE tokens, "
+                     "With AdamW's normalised steps we default to 3e-2 on GPT-2 small (a starting point, not "
+                     "tuned on CNN/DailyMail here); init from the text \"[SUMMARIZE]\" (6 BPE tokens, "
                      "cycled to 20 rows).",
     "lora": "AdamW 2e-4, linear decay, r=8, alpha=16, dropout 0.05 on attn.c_attn: the GPT-2 settings of Hu et al. "
             "(2021) (they used 2e-4, r=4, alpha=32 on the query/value projections of GPT-2 M).",
@@ -43,7 +42,7 @@ DEFAULTS_WHY = {
 
 
 def _say(text: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # several processes: only rank 0 prints
+    if is_main_process():  # several processes: only rank 0 prints
         print(text, flush=True)
 
 
@@ -64,7 +63,7 @@ def compare(cfg: Config, methods: list[str], out: Path) -> list[Path]:
         ev = r["eval"]
         loss = f"val_loss {ev['val_loss']:.4f}, " if ev["val_loss"] is not None else ""
         _say(f"[{m}] {loss}ROUGE-L {ev['rougeL']:.2f}, train {r['cost']['train_seconds']:.1f}s")
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return []
     paths = build_report(out)
     _say(f"compare finished in {time.perf_counter() - t0:.0f}s; report: {out / 'report.html'} (also .md, .pdf)")
@@ -110,7 +109,8 @@ def with_intervals(runs: list[dict], resamples: int) -> tuple[list[dict], dict]:
     ids = None
     for r in runs:
         s = [p["id"] for p in r["_predictions"]]
-        ids = s if ids is None else [i for i in ids if i in set(s)]
+        present = set(s)
+        ids = s if ids is None else [i for i in ids if i in present]
     ids = ids or []
     idx = bootstrap.resample_indices(len(ids), resamples) if ids else None
     scores = {}

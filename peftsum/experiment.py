@@ -176,14 +176,12 @@ def build_results(cfg, run_dir, model, method, state, ev, eval_seconds, device, 
             "mfu": None, "device": costs.device_name(device)}
     training = {"epochs_run": 0, "best_epoch": None, "steps": 0, "early_stopped": False, "stopped_reason": "not trained"}
     if state is not None:
-        mc = model.config
         n_train_tokens = sum(seq_lengths(data["train"]))
-        head = model.get_output_embeddings().weight.numel()
         virtual = method.num_virtual_tokens * state.examples
         flops = costs.train_flops(
-            params["total"], params["trainable"], state.tokens + virtual, mc.n_layer, mc.n_embd,
-            (state.tokens + virtual) / max(state.examples, 1), method.trunk_backward, head_params=head,
-            target_tokens=state.target_tokens, cached_trunk_tokens=n_train_tokens if method.cache_features else 0)
+            costs.flop_shape(model, method), state.tokens + virtual, state.target_tokens,
+            (state.tokens + virtual) / max(state.examples, 1),
+            cached_trunk_tokens=n_train_tokens if method.cache_features else 0)
         peak = costs.peak_flops(cost["device"])
         secs = max(state.train_seconds, 1e-9)
         cost.update(train_seconds=state.train_seconds, examples_per_second=state.examples / secs,

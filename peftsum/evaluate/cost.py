@@ -1,14 +1,25 @@
 """Cost metrics: training FLOPs, MFU, peak memory, device name.
 
-Training FLOPs per token (N = all parameters used in the forward, counted once):
-  forward   2 N + attention 2 · n_layer · T · d   (QKᵀ and AV over a causal context of mean length T)
-  backward  2 N + attention again (activation gradients through the trunk; skipped when the trunk is frozen)
-            + 2 · trainable                      (weight gradients)
-With a frozen, cached trunk (last-layer) the trunk's forward runs once, not once per epoch, and the
-head's 2 · |head| forward + 2 · |head| weight-gradient FLOPs run on summary positions only.
+Training FLOPs are counted as the matmuls that actually run (2 FLOPs per multiply-add), per token:
+
+  forward    2 · trunk + 2 · n_layer · T · d         (the blocks' weights; QKᵀ and AV over a causal context
+                                                      of mean length T)
+             + 2 · head on summary positions only     (peftsum applies the LM head where the loss reads)
+  backward   activation gradients through the blocks the gradient passes (from the top down to the
+             lowest trainable one; all of them when a soft prompt or the input embeddings train):
+             the forward's cost for those blocks, + 2 · head on summary positions;
+             weight gradients: 2 · trainable block parameters per token, + 2 · head per summary
+             position when the head trains
+
+Embedding lookups, layer norms, GELU and softmax are not matmuls and are not counted; neither are
+padding positions.  With a frozen, cached trunk (last-layer) the trunk's forward runs once over the
+training set, not once per epoch.  Counting the 38.6M-parameter head on every position, as a plain
+``6N``/``4N`` per token does, would credit GPT-2 small with about 40 % more FLOPs than peftsum runs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -43,19 +54,66 @@ def peak_flops(name: str) -> float | None:
     return None
 
 
-def train_flops(n_params: int, trainable: int, tokens: int, n_layer: int, d_model: int, mean_len: float,
-                trunk_backward: bool, head_params: int = 0, target_tokens: int = 0,
+@dataclass
+class FlopShape:
+    """What the FLOP count needs to know about a prepared model (see :func:`flop_shape`)."""
+
+    trunk: int  # parameters of the transformer blocks (LoRA adapters included)
+    head: int  # LM head, vocab × d
+    n_layer: int
+    d_model: int
+    trainable_trunk: int  # trainable parameters inside the blocks (their weight gradients)
+    head_trainable: bool
+    backward_layers: int  # blocks the activation gradients pass through
+
+
+def flop_shape(model, method) -> FlopShape:
+    from ..train.loss import trunk as trunk_of
+
+    blocks = list(trunk_of(model).h)
+    n = len(blocks)
+    head = model.get_output_embeddings().weight
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    trainable = [p for _, p in method.trainable_parameters(model)]
+    backward = 0
+    for i, b in enumerate(blocks):
+        if any(p.requires_grad for p in b.parameters()):
+            backward = n - i
+            break
+    # a trainable soft prompt or input embedding (the tied head) sits below every block
+    if any(_below_blocks(model, p) for p in trainable):
+        backward = n
+    return FlopShape(trunk=sum(p.numel() for b in blocks for p in b.parameters()), head=head.numel(), n_layer=n,
+                     d_model=model.config.n_embd,
+                     trainable_trunk=sum(p.numel() for p in trainable if id(p) in in_blocks),
+                     head_trainable=head.requires_grad, backward_layers=backward)
+
+
+def _below_blocks(model, p) -> bool:
+    """Is ``p`` used before the first block (input or position embeddings, a soft prompt)?"""
+    from ..train.loss import trunk as trunk_of
+
+    t = trunk_of(model)
+    below = [model.get_input_embeddings().weight, getattr(getattr(t, "wpe", None), "weight", None)]
+    prompt = getattr(model, "soft_prompt", None)
+    if prompt is not None:
+        below += list(prompt.parameters())
+    return any(p is q for q in below if q is not None)
+
+
+def train_flops(shape: FlopShape, tokens: int, target_tokens: int, mean_len: float,
                 cached_trunk_tokens: int = 0) -> float:
-    """Estimated FLOPs of a training run that processed ``tokens`` (real, not padding) tokens."""
-    attn = 2 * n_layer * mean_len * d_model
-    if not trunk_backward and cached_trunk_tokens:
-        trunk_params = n_params - head_params
-        return (2 * trunk_params + attn) * cached_trunk_tokens + 4 * head_params * target_tokens
-    fwd = (2 * n_params + attn) * tokens
-    bwd = 2 * trainable * tokens
-    if trunk_backward:
-        bwd += (2 * n_params + attn) * tokens
-    return fwd + bwd
+    """FLOPs of a training run over ``tokens`` (real and soft-prompt positions, no padding) of which
+    ``target_tokens`` were summary positions the loss read; ``mean_len`` is the mean sequence length."""
+    per_token = 2 * shape.trunk + 2 * shape.n_layer * mean_len * shape.d_model
+    head = 2 * shape.head * target_tokens
+    if cached_trunk_tokens and shape.backward_layers == 0:
+        return per_token * cached_trunk_tokens + head + (head if shape.head_trainable else 0)
+    forward = per_token * tokens + head
+    backward = 2 * shape.trainable_trunk * tokens + (head if shape.head_trainable else 0)
+    if shape.backward_layers:
+        backward += per_token * tokens * shape.backward_layers / shape.n_layer + head
+    return forward + backward
 
 
 def peak_memory(device: torch.device) -> int:

@@ -80,6 +80,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         tokenizer = load_tokenizer(cfg.model.tokenizer or name)
         model_desc = cfg.model.name
     positions = n_positions(base)
+    peak_flops = costs.peak_flops(costs.device_name(dev))
     rng = np.random.default_rng(cfg.train.seed)
     tc = cfg.train
     bs = tc.batch_size
@@ -132,15 +133,13 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         sync()
         fwd_per_ex = (time.perf_counter() - t0) / len(gen_ex)
         bg = collate(gen_ex, tokenizer.pad_token_id, left_pad=True, with_target=False)
-        gcfg = copy.deepcopy(cfg.eval)
-        gcfg.max_new_tokens = min(16, cfg.eval.max_new_tokens)
-        sync()
-        t0 = time.perf_counter()
-        with ctx():
-            generate_ids(model, method, bg["input_ids"].to(dev), bg["attention_mask"].to(dev), gcfg,
-                         10**9, tokenizer.pad_token_id)  # an eos that never comes: full length
-        sync()
-        gen_per_token_batch = (time.perf_counter() - t0) / gcfg.max_new_tokens
+
+        # a batch's generation = its prefill + one decode step per further token
+        probe = min(16, cfg.eval.max_new_tokens)
+        gen = (model, method, bg, cfg.eval, ctx, dev, tokenizer.pad_token_id)
+        prefill_s = _generation_seconds(*gen, 1)
+        step_s_gen = (_generation_seconds(*gen, probe) - prefill_s) / max(probe - 1, 1) if probe > 1 else 0.0
+        gen_per_batch = prefill_s + max(step_s_gen, 0.0) * (cfg.eval.max_new_tokens - 1)
         peak = costs.peak_memory(dev)
 
         n_train, n_val, n_test = cfg.data.train_size, cfg.data.val_size, cfg.data.test_size
@@ -155,19 +154,19 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         if method.cache_features:
             train_s += n_train * fwd_per_ex  # the trunk runs once over the training set
         val_s = (math.ceil(epochs) + 1) * n_val * fwd_per_ex
-        gen_s = math.ceil(n_test / cfg.eval.batch_size) * gen_per_token_batch * cfg.eval.max_new_tokens
+        gen_s = math.ceil(n_test / cfg.eval.batch_size) * gen_per_batch
         test_loss_s = (n_val + n_test) * fwd_per_ex
         counts = method.param_counts(model)
-        mc = model.config
-        tokens = total_steps * bs * tc.grad_accum * (mean_len + method.num_virtual_tokens)
-        flops = costs.train_flops(counts["total"], counts["trainable"], int(tokens), mc.n_layer, mc.n_embd, mean_len,
-                                  method.trunk_backward, model.get_output_embeddings().weight.numel(),
-                                  int(total_steps * bs * tc.grad_accum * mean_target),
-                                  n_train if method.cache_features else 0)
+        seqs = total_steps * bs * tc.grad_accum
+        flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * (mean_len + method.num_virtual_tokens)),
+                                  int(seqs * mean_target), mean_len + method.num_virtual_tokens,
+                                  int(n_train * mean_len) if method.cache_features else 0)
         rows.append({"method": m, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
                      "train_seconds": train_s, "validation_seconds": val_s, "final_eval_seconds": test_loss_s + gen_s,
                      "total_seconds": train_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
-                     "train_flops": flops, "trainable": counts["trainable"]})
+                     "train_flops": flops, "trainable": counts["trainable"],
+                     "tokens_per_second": bs * tc.grad_accum * (mean_len + method.num_virtual_tokens) / step_s,
+                     "mfu": flops / train_s / peak_flops if peak_flops and train_s else None})
         del model, lm, opt
     return {"device": costs.device_name(dev), "model": model_desc, "rows": rows, "data": source if rows else "",
             "assumptions": [
@@ -179,6 +178,20 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
                 f"batch {cfg.eval.batch_size}",
                 "timings from a few steps after one warm-up step; peak memory is the process's (CPU: RSS)",
             ]}
+
+
+def _generation_seconds(model, method, batch, cfg_eval, ctx, dev, pad_id: int, n_new: int) -> float:
+    """Seconds to generate ``n_new`` tokens for every prompt of a left-padded batch (no early eos)."""
+    c = copy.deepcopy(cfg_eval)
+    c.max_new_tokens = n_new
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    with ctx():
+        generate_ids(model, method, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), c, 10**9, pad_id)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t0
 
 
 def _train_step(lm, method, opt, params, group, ctx, dev, max_norm) -> None:
@@ -208,14 +221,15 @@ def _hms(s: float) -> str:
 def render(r: dict) -> str:
     lines = [f"plan on {r['device']} for {r['model']}", "",
              f"{'method':<15}{'s/step':>9}{'steps':>8}{'train':>10}{'val':>9}{'final eval':>12}{'total':>10}"
-             f"{'peak mem':>11}{'train FLOPs':>13}"]
+             f"{'peak mem':>11}{'train FLOPs':>13}{'tokens/s':>10}{'MFU':>7}"]
     total = 0.0
     for x in r["rows"]:
         total += x["total_seconds"]
         lines.append(f"{x['method']:<15}{x['step_seconds']:>9.3f}{x['steps']:>8}{_hms(x['train_seconds']):>10}"
                      f"{_hms(x['validation_seconds']):>9}{_hms(x['final_eval_seconds']):>12}"
                      f"{_hms(x['total_seconds']):>10}{x['peak_memory_bytes'] / 2**30:>10.2f}G"
-                     f"{x['train_flops']:>13.3g}")
+                     f"{x['train_flops']:>13.3g}{x['tokens_per_second']:>10.0f}"
+                     + (f"{x['mfu'] * 100:>6.1f}%" if x.get("mfu") is not None else f"{'–':>7}"))
     lines += ["", f"whole protocol: {_hms(total)} ({total / 3600:.2f} device-hours)", "", "assumptions:"]
     lines += [f"  - {a}" for a in r["assumptions"]]
     return "\n".join(lines)

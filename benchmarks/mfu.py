@@ -1,11 +1,12 @@
 """The machine's measured matmul peak against the model FLOP/s of peftsum's LoRA training step.
 
-Peak: the best of a few large square matmuls (fp32, or --dtype bf16) on this device.  Achieved: the
-LoRA step's FLOPs (peftsum.evaluate.cost.train_flops on the real tokens of the batch: forward over all
-parameters, backward for activation gradients through the trunk, weight gradients for A and B, attention)
-divided by its measured time, after a warm-up step.
+Peak: the best of a few large square matmuls in the step's dtype (fp32, or --dtype bf16) on the device.
+Achieved: the FLOPs the step actually runs (peftsum.evaluate.cost.train_flops: the blocks' matmuls
+and attention forward and backward on real tokens, the LM head on summary positions only, LoRA's
+weight gradients), divided by its measured time after a warm-up step.  Measured twice: with GPT-2's
+own dropout (0.1 on attention, residuals, embeddings; peftsum's default) and with model.dropout 0.
 
-    python benchmarks/mfu.py [--batch 4] [--steps 3] [--dtype fp32|bf16]
+    python benchmarks/mfu.py [--batch 4] [--steps 3] [--dtype fp32|bf16] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -16,40 +17,51 @@ import torch
 from _common import args, as_dataset, gpt2_small, machine, peftsum_config, synthetic_examples
 
 
-def matmul_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype, device, n: int = 2048, repeats: int = 5) -> float:
+    if device.type == "cuda":
+        n = 8192
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         t0 = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
 
 
-def main():
+def lora_step_flops_per_s(a, device, dtype, dropout: float | None) -> tuple[float, float, float]:
+    """(FLOP/s, seconds per step, tokens per second) of peftsum's LoRA step."""
     from peftsum.data.collate import collate
-    from peftsum.evaluate.cost import train_flops
+    from peftsum.evaluate.cost import flop_shape, train_flops
     from peftsum.methods import build_method
+    from peftsum.model.loading import set_dropout
     from peftsum.train.loss import SummaryLM
 
-    a = args(__doc__.splitlines()[0], batch=4, steps=3, dtype="fp32")
-    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-    peak = matmul_peak(dtype)
     model = gpt2_small()
+    set_dropout(model, dropout)
     cfg = peftsum_config("lora", a.batch, a.steps)
     method = build_method(cfg)
     method.prepare(model)
+    model.to(device)
     lm = SummaryLM(model, method)
     params = [p for _, p in method.trainable_parameters(model)]
     opt = torch.optim.AdamW(params, lr=1e-4)
     ds = as_dataset(synthetic_examples(a.batch * (a.steps + 1), seed=2))
-    batches = [collate([ds[i] for i in range(k * a.batch, (k + 1) * a.batch)], 50256) for k in range(a.steps + 1)]
-    counts = method.param_counts(model)
+    batches = [{k: v.to(device) for k, v in collate([ds[i] for i in range(k * a.batch, (k + 1) * a.batch)], 50256).items()
+                if torch.is_tensor(v)} for k in range(a.steps + 1)]
+    shape = flop_shape(model, method)
 
     def step(b):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             nll, n = lm(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
         (nll / n).backward()
         opt.step()
@@ -57,17 +69,30 @@ def main():
 
     model.train()
     step(batches[0])
-    flops, t0 = 0.0, time.perf_counter()
+    flops = tokens = 0.0
+    sync(device)
+    t0 = time.perf_counter()
     for b in batches[1:]:
         step(b)
-        tokens = int(b["attention_mask"].sum())
-        flops += train_flops(counts["total"], counts["trainable"], tokens, 12, 768, tokens / a.batch, True)
+        n_tok = int(b["attention_mask"].sum())
+        tokens += n_tok
+        flops += train_flops(shape, n_tok, int((b["labels"][:, 1:] != -100).sum()), n_tok / a.batch)
+    sync(device)
     secs = time.perf_counter() - t0
-    print(f"machine: {machine()}")
-    print(f"matmul peak ({a.dtype}, 2048^3): {peak / 1e9:8.1f} GFLOP/s")
-    print(f"LoRA step ({a.steps} steps, batch {a.batch}, GPT-2 small shape): {flops / secs / 1e9:8.1f} GFLOP/s "
-          f"({secs / a.steps:.2f} s/step)")
-    print(f"fraction of peak: {flops / secs / peak * 100:.1f} %")
+    return flops / secs, secs / a.steps, tokens / secs
+
+
+def main():
+    a = args(__doc__.splitlines()[0], batch=4, steps=3, dtype="fp32", device="cpu")
+    device = torch.device(a.device)
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    peak = matmul_peak(dtype, device)
+    print(f"machine: {machine() if device.type == 'cpu' else torch.cuda.get_device_name(device)}")
+    print(f"matmul peak ({a.dtype}): {peak / 1e9:10.1f} GFLOP/s")
+    for label, p in (("GPT-2 dropout 0.1 (default)", None), ("model.dropout 0", 0.0)):
+        fps, s, tps = lora_step_flops_per_s(a, device, dtype, p)
+        print(f"LoRA step, {label:28}: {fps / 1e9:10.1f} GFLOP/s  {s:7.3f} s/step  {tps:10.0f} tokens/s  "
+              f"fraction of peak {fps / peak * 100:5.1f} %")
 
 
 if __name__ == "__main__":

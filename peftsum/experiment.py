@@ -65,7 +65,7 @@ def prepare(cfg: Config, device=None, accelerator=None):
 
 def _prepare(cfg: Config, device=None):
     from .data.tokenize import load_tokenized
-    from .model.loading import load_model, load_tokenizer, n_positions, resolve_model_name
+    from .model.loading import load_model, load_tokenizer, n_positions, resolve_model_name, set_dropout
     from .train.loss import SummaryLM
 
     method = build_method(cfg)
@@ -75,6 +75,7 @@ def _prepare(cfg: Config, device=None):
     if method.uses_model:
         torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
         model = load_model(name, cfg.model.trust_remote_code)
+        set_dropout(model, cfg.model.dropout)
     tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
     if method.uses_model:
         method.tokenizer = tokenizer

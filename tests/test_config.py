@@ -43,6 +43,7 @@ def test_overrides_from_the_command_line(tmp_path):
     (("method.name", "adapters"), "not one of: zero-shot, lead-3, prompt-tuning, lora, last-layer, full"),
     (("bogus.key", 1), "unknown config key 'bogus'; valid keys in '<root>': preset, model, data"),
     (("data.template", "{summary} {article}"), "{article} must come before {summary}"),
+    (("model.dropout", 1.0), "'model.dropout' must be in [0, 1)"),
 ])
 def test_bad_config_gives_one_clear_message(override, message):
     with pytest.raises(UserError) as e:

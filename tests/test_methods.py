@@ -82,6 +82,23 @@ def test_train_flops_by_hand():
     assert 1.3 < full_head < 1.5
 
 
+def test_model_dropout_sets_the_transformer_not_lora():
+    """model.dropout: every GPT-2 dropout (attention, residual, MLP, embeddings) and the config that the
+    SDPA path reads; LoRA keeps its own method.lora.dropout; None keeps the checkpoint's 0.1."""
+    from peftsum.model.loading import set_dropout
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100))
+    set_dropout(model, None)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    m = build_method(cfg_for("lora", **{"method.lora.dropout": 0.05}))
+    m.prepare(model)
+    set_dropout(model, 0.0)
+    lora = {id(x.dropout) for x in model.modules() if isinstance(x, LoRALayer)}
+    ps = [(id(x) in lora, x.p) for x in model.modules() if isinstance(x, torch.nn.Dropout)]
+    assert sorted(ps) == [(False, 0.0)] * (1 + 2 * 3) + [(True, 0.05)] * 2
+    assert model.config.attn_pdrop == model.config.resid_pdrop == model.config.embd_pdrop == 0.0
+
+
 def test_lora_targets_match_by_suffix():
     assert matches("transformer.h.0.attn.c_proj", ["attn.c_proj"])
     assert not matches("transformer.h.0.mlp.c_proj", ["attn.c_proj"])

@@ -108,6 +108,22 @@ def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = 
     return model
 
 
+def set_dropout(model, p: float | None) -> None:
+    """Set every dropout of the transformer (attention, residual, embedding) to ``p``; None keeps the
+    checkpoint's.  A method's own dropout (LoRA's) is separate and not touched."""
+    if p is None:
+        return
+    from peftsum.methods.lora import LoRALayer
+
+    lora_dropouts = {id(m.dropout) for m in model.modules() if isinstance(m, LoRALayer)}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout) and id(m) not in lora_dropouts:
+            m.p = p
+    for key in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout", "dropout"):
+        if isinstance(getattr(model.config, key, None), float):
+            setattr(model.config, key, p)
+
+
 def load_model_and_tokenizer(cfg_model):
     name = resolve_model_name(cfg_model.name)
     tok_name = cfg_model.tokenizer or name

@@ -61,6 +61,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         n_positions,
         offline_gpt2_tokenizer,
         resolve_model_name,
+        set_dropout,
     )
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -79,6 +80,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
             raise UserError(f"{e}; to plan without the weights use --shape gpt2-small") from None
         tokenizer = load_tokenizer(cfg.model.tokenizer or name)
         model_desc = cfg.model.name
+    set_dropout(base, cfg.model.dropout)
     positions = n_positions(base)
     peak_flops = costs.peak_flops(costs.device_name(dev))
     rng = np.random.default_rng(cfg.train.seed)

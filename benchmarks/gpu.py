@@ -1,0 +1,62 @@
+"""Issue #6's GPU check, one prepared run of a few minutes: on GPT-2 small's shape in bf16,
+(1) the matmul peak and the LoRA step's share of it (benchmarks/mfu.py's measurement), and of the
+datasheet peak; (2) each method's training step, tokens/s and MFU, and the projected wall time of the
+whole assignment protocol (21k examples x up to 10 epochs, three methods, validation every epoch, ROUGE
+generation on 3k), i.e. ``peftsum plan --preset assignment --shape gpt2-small`` on the device.
+
+    python benchmarks/gpu.py [--device cuda] [--steps 5] [--mfu-steps 10] [--methods prompt-tuning,lora,last-layer]
+
+Runs on a CPU too (--device cpu), slowly; that is how it is tested where no GPU is lent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from _common import args
+from mfu import lora_step_flops_per_s, matmul_peak
+
+# no hub on the device machine: plan falls back to synthetic CNN/DailyMail lengths without retrying
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def main():
+    a = args(__doc__.splitlines()[0], device="cuda", steps=5, mfu_steps=10, batch=16,
+             methods="prompt-tuning,lora,last-layer", aim_minutes=20.0)
+    from peftsum.config import load_config
+    from peftsum.evaluate.cost import device_name, peak_flops
+    from peftsum.report.plan import measure, render
+
+    t_start = time.perf_counter()
+    device = torch.device(a.device)
+    name = device_name(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak(dtype, device)
+    sheet = peak_flops(name)
+    print(f"device: {name}; matmul peak ({dtype}): {peak / 1e12:.1f} TFLOP/s"
+          + (f"; datasheet {sheet / 1e12:.0f} TFLOP/s" if sheet else ""))
+
+    class MfuArgs:
+        batch, steps = a.batch, a.mfu_steps
+
+    for label, p in (("GPT-2 dropout 0.1 (default)", None), ("model.dropout 0", 0.0)):
+        fps, s, tps = lora_step_flops_per_s(MfuArgs, device, dtype, p)
+        line = (f"LoRA step, batch {a.batch}, {label:28}: {fps / 1e12:7.2f} TFLOP/s  {tps:9.0f} tokens/s  "
+                f"{fps / peak * 100:5.1f} % of measured peak")
+        print(line + (f", {fps / sheet * 100:5.1f} % of datasheet" if sheet else ""), flush=True)
+
+    cfg = load_config("assignment", overrides=[("model.tokenizer", "gpt2-bpe")])
+    result = measure(cfg, [m for m in a.methods.split(",") if m], a.device, a.steps, "gpt2-small")
+    print()
+    print(render(result))
+    total = sum(r["total_seconds"] for r in result["rows"])
+    verdict = "met" if total <= a.aim_minutes * 60 else "not met"
+    print(f"\naim: the whole protocol under {a.aim_minutes:.0f} device-minutes: {total / 60:.1f} min, {verdict}")
+    print(f"(this script ran {time.perf_counter() - t_start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -71,7 +71,9 @@ class FlopShape:
 def flop_shape(model, method) -> FlopShape:
     from ..train.loss import trunk as trunk_of
 
-    blocks = list(trunk_of(model).h)
+    t = trunk_of(model)
+    # GPT-2 keeps its blocks in .h; other causal LMs in their first ModuleList (.layers for most)
+    blocks = list(getattr(t, "h", None) or next(m for m in t.modules() if isinstance(m, torch.nn.ModuleList)))
     n = len(blocks)
     head = model.get_output_embeddings().weight
     in_blocks = {id(p) for b in blocks for p in b.parameters()}
@@ -85,7 +87,7 @@ def flop_shape(model, method) -> FlopShape:
     if any(_below_blocks(model, p) for p in trainable):
         backward = n
     return FlopShape(trunk=sum(p.numel() for b in blocks for p in b.parameters()), head=head.numel(), n_layer=n,
-                     d_model=model.config.n_embd,
+                     d_model=getattr(model.config, "n_embd", None) or model.config.hidden_size,
                      trainable_trunk=sum(p.numel() for p in trainable if id(p) in in_blocks),
                      head_trainable=head.requires_grad, backward_layers=backward)
 

@@ -92,18 +92,19 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False) -> di
     from .train.loop import MetricsFile, train
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = accelerator_for(cfg)
     device = accelerator.device
     main = accelerator.is_main_process
     costs.reset_peak_memory(device)
+    # model, tokenizer and data first: a bad input stops the run before the run directory is touched
+    model, tokenizer, method, lm, data, report = prepare(cfg, device, accelerator)
     if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (RESULTS, "predictions.jsonl"):
             (run_dir / stale).unlink(missing_ok=True)
         write_text(run_dir / "config.yaml", cfg.to_yaml())
-    model, tokenizer, method, lm, data, report = prepare(cfg, device, accelerator)
-    if main:
         write_json(run_dir / "data_report.json", report)
+    accelerator.wait_for_everyone()
     metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=main)
     state = None
     if method.trains:

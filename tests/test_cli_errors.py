@@ -48,10 +48,12 @@ def test_missing_column_via_the_real_cli(bad_csv_dir, tmp_path):
     (["train", "--method", "lora", "--preset", "demo", "--model", "/no/such/model"], "model directory not found"),
     (["eval", "/no/such/run"], "not a peftsum run directory"),
 ])
-def test_usage_and_input_errors(args, needle, capsys):
+def test_usage_and_input_errors(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # train's default run directory is runs/<method> here
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that never started
 
 
 def test_empty_csv_and_all_empty_rows(tmp_path, capsys):
@@ -76,7 +78,7 @@ def test_not_a_causal_lm(tmp_path, capsys):
     assert main(["train", "--method", "lora", "--preset", "demo", "--model", str(tmp_path / "vit"),
                  "--out", str(tmp_path / "r")]) == 2
     assert "not a causal language model" in capsys.readouterr().err
-    assert not (tmp_path / "r" / "results.json").exists()
+    assert not (tmp_path / "r").exists()
 
 
 def test_summarize_on_a_directory_without_weights(tmp_path, capsys):

@@ -5,7 +5,10 @@ examples): one change at a time, measured side by side in one run.
   B. fixed padding, LM head only on the summary positions
   C. dynamic padding (to the longest of a length-grouped batch), LM head only on summary positions,
      attention mask passed to the model
-  D. as C, without the attention mask (right padding + causal attention make it redundant) (peftsum)
+  D. as C, without the attention mask (right padding + causal attention make it redundant)
+     (peftsum on GPUs)
+  E. as D, one forward/backward pass per sequence, the same token-weighted gradient (peftsum on CPU:
+     train.micro_batch_size's default there)
 
     python benchmarks/ablation.py [--batch 4] [--steps 3]
 """
@@ -70,6 +73,15 @@ def main():
         logits = model.lm_head(h[:, :-1][keep])
         F.cross_entropy(logits, b["labels"][:, 1:][keep]).backward()
 
+    def one_by_one(idx):
+        return [dynamic([i]) for i in idx]
+
+    def step_passes(passes):
+        total = sum(int((p["labels"][:, 1:] != -100).sum()) for p in passes)
+        for p in passes:
+            nll, _ = lm(**p)
+            (nll / total).backward()
+
     def dynamic(idx):
         return {k: v for k, v in collate([ds[i] for i in idx], 50256).items() if k != "n_target_tokens"}
 
@@ -77,7 +89,8 @@ def main():
         "A fixed padding, head on all positions": (plain, fixed, step_all_positions),
         "B fixed padding, head on summary only": (plain, fixed, step_summary_only_with_mask),
         "C dynamic padding, head on summary only": (grouped, dynamic, step_summary_only_with_mask),
-        "D as C, no attention mask (peftsum)": (grouped, dynamic, step_summary_only),
+        "D as C, no attention mask": (grouped, dynamic, step_summary_only),
+        "E as D, one sequence per pass (CPU default)": (grouped, one_by_one, step_passes),
     }
     model.train()
     print(f"machine: {machine()}")
@@ -93,7 +106,7 @@ def main():
             opt.zero_grad()
         s = (time.perf_counter() - t0) / a.steps
         base = base or s
-        print(f"{name:<42} {s:6.2f} s/step   {base / s:5.2f}x", flush=True)
+        print(f"{name:<44} {s:6.2f} s/step   {base / s:5.2f}x", flush=True)
 
 
 if __name__ == "__main__":

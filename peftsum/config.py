@@ -31,7 +31,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Dropout of the transformer during training (attention probabilities, residuals, embeddings).
     # None keeps the checkpoint's (GPT-2: 0.1 each); 0 is the LoRA paper's GPT-2 code, and on CPU
-    # about 1.7x faster for LoRA (attention dropout keeps SDPA off its fused kernels; performance.md §4).
+    # about 1.5x faster for LoRA (attention dropout keeps SDPA off its fused kernels; performance.md §4).
     dropout: float | None = None
 
 
@@ -99,6 +99,11 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 8
     grad_accum: int = 1
+    # Sequences per forward/backward pass inside a batch (the gradient is the same token-weighted sum).
+    # None: on CPU, as many as keep one layer's attention scores within 32 MiB (GPT-2 small at ~600
+    # tokens: 1; with its dropout that ran 1.1-1.5x faster than 4 at once, docs/performance.md §4);
+    # on GPUs the whole batch.
+    micro_batch_size: int | None = None
     lr: float | None = None  # None: the method's own default (method.<name>.lr)
     optimizer: str = "adamw"
     weight_decay: float = 0.0
@@ -170,7 +175,7 @@ _POSITIVE = {
     "data.max_target_tokens", "method.prompt_tuning.num_prompts", "method.lora.rank",
     "method.lora.alpha", "method.prompt_tuning.lr", "method.lora.lr", "method.last_layer.lr",
     "method.full.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
-    "train.lr", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
+    "train.lr", "train.micro_batch_size", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
     "eval.batch_size", "eval.max_new_tokens", "eval.num_beams", "eval.limit", "eval.bootstrap",
     "train.max_grad_norm",
 }

@@ -206,3 +206,32 @@ def test_resuming_a_finished_early_stopped_run_does_not_train_on(tiny_cfg, tmp_p
     res = run_experiment(cfg, tmp_path / "r", resume=True)
     assert res["training"]["stopped_reason"] == "early_stopping" and res["training"]["early_stopped"]
     assert res["training"]["steps"] == steps_before == 16  # 8 steps an epoch; epoch 2 fails to improve: stop
+
+
+def test_micro_batches_give_the_whole_batch_trajectory(tiny_cfg, tmp_path):
+    """train.micro_batch_size cuts each batch into forward passes; without dropout the losses and the
+    trained weights are those of whole-batch passes (float sums aside). 3 does not divide the batch of 8."""
+    from types import SimpleNamespace
+
+    from peftsum.train.loop import _passes, micro_batch_size
+
+    assert _passes([1, 2, 3, 4, 5, 6, 7, 8], 3) == [[1, 2, 3], [4, 5, 6], [7, 8]]
+    assert _passes([1, 2], None) == [[1, 2]]
+    auto, cpu, gpu = SimpleNamespace(micro_batch_size=None), torch.device("cpu"), torch.device("cuda")
+    assert micro_batch_size(auto, cpu, 12, 600) == 1  # GPT-2 small at CNN/DailyMail lengths: 17 MiB of scores
+    assert micro_batch_size(auto, cpu, 12, 200) == 17  # 32 MiB / (4 bytes x 12 heads x 200^2)
+    assert micro_batch_size(auto, gpu, 12, 600) is None
+    assert micro_batch_size(SimpleNamespace(micro_batch_size=3), gpu, 12, 600) == 3
+    runs = {}
+    for mbs in (8, 3):
+        cfg = tiny_cfg("lora", **{"train.max_steps": 4, "train.micro_batch_size": mbs, "model.dropout": 0.0,
+                                  "method.lora.dropout": 0.0, "method.lora.lr": 1e-2})
+        res = run_experiment(cfg, tmp_path / str(mbs))
+        runs[mbs] = (read_jsonl(tmp_path / str(mbs) / "metrics.jsonl"), res)
+    (a, ra), (b, rb) = runs[8], runs[3]
+    assert [r["type"] for r in a] == [r["type"] for r in b] and sum(r["type"] == "train" for r in a) == 4
+    for x, y in zip(a, b):
+        key = "loss" if x["type"] == "train" else "val_loss"
+        assert y[key] == pytest.approx(x[key], rel=1e-5)
+    assert a[-1]["val_loss"] < a[0]["val_loss"]  # it trained
+    assert rb["eval"]["test_loss"] == pytest.approx(ra["eval"]["test_loss"], rel=1e-5)

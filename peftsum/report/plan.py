@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..evaluate import cost as costs
 from ..evaluate.generate import generate_ids
 from ..methods import build_method
+from ..train.loop import micro_batch_size
 from ..train.loss import SummaryLM
 
 
@@ -111,12 +112,18 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
 
-        micro = [collate(ex[i: i + bs], tokenizer.pad_token_id) for i in range(0, bs * tc.grad_accum * (steps + 1), bs)]
+        # forward passes as the loop makes them: train.micro_batch_size sequences (the head alone: whole batches)
+        longest = max(len(e["input_ids"]) for e in ex) + method.num_virtual_tokens
+        n_head = getattr(model.config, "n_head", None) or model.config.num_attention_heads
+        fwd = bs if method.cache_features else min(bs, micro_batch_size(tc, dev, n_head, longest) or bs)
+        per_step = math.ceil(bs / fwd) * tc.grad_accum
+        micro = [collate(ex[b + i: b + min(i + fwd, bs)], tokenizer.pad_token_id)
+                 for b in range(0, bs * tc.grad_accum * (steps + 1), bs) for i in range(0, bs, fwd)]
         if method.cache_features:  # the loop trains the head on features computed once, before training
             with torch.no_grad(), ctx():
                 micro = [dict(zip(("features", "targets"), lm.summary_features(
                     b["input_ids"].to(dev), b["attention_mask"].to(dev), b["labels"].to(dev)))) for b in micro]
-        groups = [micro[k * tc.grad_accum: (k + 1) * tc.grad_accum] for k in range(steps + 1)]
+        groups = [micro[k * per_step: (k + 1) * per_step] for k in range(steps + 1)]
         _train_step(lm, method, opt, params, groups[0], ctx, dev, tc.max_grad_norm)  # warm-up
         sync()
         t_start = time.perf_counter()

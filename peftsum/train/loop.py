@@ -1,9 +1,10 @@
 """The one training loop, for every method.
 
 Read it top to bottom: set up (Accelerate, optimizer, schedule), maybe restore a checkpoint, then
-for each epoch: fixed, seeded batches -> token-weighted loss over each accumulation group ->
-clip -> step -> log; validate every epoch (and every N steps if asked), keep the best weights,
-stop early when validation loss stops improving.  The test split never enters this file.
+for each epoch: fixed, seeded batches -> token-weighted loss over each accumulation group (a batch
+may run as several forward passes, ``train.micro_batch_size``) -> clip -> step -> log; validate every
+epoch (and every N steps if asked), keep the best weights, stop early when validation loss stops
+improving.  The test split never enters this file.
 """
 
 from __future__ import annotations
@@ -91,6 +92,29 @@ class FeatureCache:
         return self.features.numel() * self.features.element_size()
 
 
+# On CPU a forward pass holds at most this many bytes of one layer's attention scores (fp32, heads x T x T).
+# Measured (docs/performance.md section 4): GPT-2 small with its dropout, 1 sequence of ~600 tokens per pass
+# (17 MiB of scores) ran 1.1-1.5x faster than 4 (69 MiB); dropout keeps SDPA on its unfused path there.
+CPU_ATTENTION_BYTES = 32 * 2**20
+
+
+def micro_batch_size(tc, device, n_head: int, seq_len: int) -> int | None:
+    """Sequences per forward/backward pass: ``train.micro_batch_size`` if set; on CPU as many as keep
+    one layer's attention scores within CPU_ATTENTION_BYTES; elsewhere the whole batch (None)."""
+    if tc.micro_batch_size:
+        return tc.micro_batch_size
+    if device.type != "cpu":
+        return None
+    return max(1, CPU_ATTENTION_BYTES // (4 * n_head * seq_len * seq_len))
+
+
+def _passes(idx: list[int], chunk: int | None) -> list[list[int]]:
+    """A rank's share of a batch, cut into forward passes of at most ``chunk`` sequences."""
+    if not chunk or len(idx) <= chunk:
+        return [idx]
+    return [idx[k: k + chunk] for k in range(0, len(idx), chunk)]
+
+
 def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id: int, resume: bool,
           metrics_file) -> TrainState:
     tc = cfg.train
@@ -121,6 +145,13 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
         cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
         val_features = FeatureCache(lm, val_ds, tc.batch_size * 2, device, pad_id, dtype, autocast)
         log.info("cached the frozen trunk's features: %.1f MB in %.1fs", features.nbytes() / 1e6, cache_seconds)
+    n_head = getattr(lm.model.config, "n_head", None) or lm.model.config.num_attention_heads
+
+    def passes(idx: list[int]) -> list[list[int]]:
+        if features is not None:  # the head alone: whole batches
+            return [idx]
+        longest = max(lengths[i] for i in idx) + method.num_virtual_tokens
+        return _passes(idx, micro_batch_size(tc, device, n_head, longest))
 
     state = TrainState()
     ckpt = load_checkpoint(run_dir) if resume else None
@@ -183,9 +214,9 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
                 t0 = time.perf_counter()
                 n_target = sum(target_lengths[i] for mb in group for i in mb)  # global, known to every rank
                 loss_sum = 0.0
-                for j, mb in enumerate(group):
-                    idx = mb[rank::world]
-                    sync = contextlib.nullcontext() if j == len(group) - 1 else accelerator.no_sync(ddp_lm)
+                fwd = [part for mb in group for part in passes(mb[rank::world])]
+                for j, idx in enumerate(fwd):
+                    sync = contextlib.nullcontext() if j == len(fwd) - 1 else accelerator.no_sync(ddp_lm)
                     with sync:
                         if features is not None:
                             batch = features.batch(idx, device)

@@ -39,11 +39,8 @@ def main():
     print(f"device: {name}; matmul peak ({dtype}): {peak / 1e12:.1f} TFLOP/s"
           + (f"; datasheet {sheet / 1e12:.0f} TFLOP/s" if sheet else ""))
 
-    class MfuArgs:
-        batch, steps = a.batch, a.mfu_steps
-
     for label, p in (("GPT-2 dropout 0.1 (default)", None), ("model.dropout 0", 0.0)):
-        fps, s, tps = lora_step_flops_per_s(MfuArgs, device, dtype, p)
+        fps, s, tps = lora_step_flops_per_s(a.batch, a.mfu_steps, device, dtype, p)
         line = (f"LoRA step, batch {a.batch}, {label:28}: {fps / 1e12:7.2f} TFLOP/s  {tps:9.0f} tokens/s  "
                 f"{fps / peak * 100:5.1f} % of measured peak")
         print(line + (f", {fps / sheet * 100:5.1f} % of datasheet" if sheet else ""), flush=True)

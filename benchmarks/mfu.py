@@ -39,7 +39,7 @@ def matmul_peak(dtype, device, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def lora_step_flops_per_s(a, device, dtype, dropout: float | None) -> tuple[float, float, float]:
+def lora_step_flops_per_s(batch: int, steps: int, device, dtype, dropout: float | None) -> tuple[float, float, float]:
     """(FLOP/s, seconds per step, tokens per second) of peftsum's LoRA step."""
     from peftsum.data.collate import collate
     from peftsum.evaluate.cost import flop_shape, train_flops
@@ -50,25 +50,29 @@ def lora_step_flops_per_s(a, device, dtype, dropout: float | None) -> tuple[floa
 
     model = gpt2_small()
     set_dropout(model, dropout)
-    cfg = peftsum_config("lora", a.batch, a.steps)
+    cfg = peftsum_config("lora", batch, steps)
     method = build_method(cfg)
     method.prepare(model)
     model.to(device)
     lm = SummaryLM(model, method)
     params = [p for _, p in method.trainable_parameters(model)]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    ds = as_dataset(synthetic_examples(a.batch * (a.steps + 1), seed=2))
+    ds = as_dataset(synthetic_examples(batch * (steps + 1), seed=2))
     longest = max(len(e["input_ids"]) for e in ds)
-    fwd = min(a.batch, micro_batch_size(cfg.train, device, 12, longest) or a.batch)  # the loop's passes (CPU: 1)
-    batches = [[{k: v.to(device) for k, v in collate([ds[i] for i in range(k * a.batch + j, min(k * a.batch + j + fwd,
-                                                                                                (k + 1) * a.batch))],
-                                                     50256).items() if torch.is_tensor(v)}
-                for j in range(0, a.batch, fwd)] for k in range(a.steps + 1)]
+    fwd = min(batch, micro_batch_size(cfg.train, device, model.config, longest) or batch)  # the loop's (CPU: 1)
+
+    def passes(k: int) -> list[dict]:
+        """Batch k as the loop runs it: forward passes of ``fwd`` sequences."""
+        rows = [ds[i] for i in range(k * batch, (k + 1) * batch)]
+        return [{n: t.to(device) for n, t in collate(rows[j: j + fwd], 50256).items() if torch.is_tensor(t)}
+                for j in range(0, batch, fwd)]
+
+    batches = [passes(k) for k in range(steps + 1)]
     shape = flop_shape(model, method)
 
-    def step(passes):
-        total = sum(int((p["labels"] != -100).sum()) for p in passes)
-        for b in passes:
+    def step(group):
+        total = sum(int((p["labels"] != -100).sum()) for p in group)
+        for b in group:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                 nll, n = lm(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
             (nll / total).backward()
@@ -80,15 +84,15 @@ def lora_step_flops_per_s(a, device, dtype, dropout: float | None) -> tuple[floa
     flops = tokens = 0.0
     sync(device)
     t0 = time.perf_counter()
-    for passes in batches[1:]:
-        step(passes)
-        for b in passes:
+    for group in batches[1:]:
+        step(group)
+        for b in group:
             n_tok = int(b["attention_mask"].sum())
             tokens += n_tok
             flops += train_flops(shape, n_tok, int((b["labels"][:, 1:] != -100).sum()), n_tok / len(b["input_ids"]))
     sync(device)
     secs = time.perf_counter() - t0
-    return flops / secs, secs / a.steps, tokens / secs
+    return flops / secs, secs / steps, tokens / secs
 
 
 def main():
@@ -98,7 +102,7 @@ def main():
     peak = matmul_peak(dtype, device)
     rows = []
     for label, p in (("GPT-2 dropout 0.1 (default)", None), ("model.dropout 0", 0.0)):
-        rows.append((label, *lora_step_flops_per_s(a, device, dtype, p)))
+        rows.append((label, *lora_step_flops_per_s(a.batch, a.steps, device, dtype, p)))
     peak = max(peak, matmul_peak(dtype, device))  # the best of before and after: the machine is noisy
     print(f"machine: {machine() if device.type == 'cpu' else torch.cuda.get_device_name(device)}")
     print(f"matmul peak ({a.dtype}, best of 20 before and after): {peak / 1e9:10.1f} GFLOP/s")

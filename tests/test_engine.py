@@ -218,10 +218,12 @@ def test_micro_batches_give_the_whole_batch_trajectory(tiny_cfg, tmp_path):
     assert _passes([1, 2, 3, 4, 5, 6, 7, 8], 3) == [[1, 2, 3], [4, 5, 6], [7, 8]]
     assert _passes([1, 2], None) == [[1, 2]]
     auto, cpu, gpu = SimpleNamespace(micro_batch_size=None), torch.device("cpu"), torch.device("cuda")
-    assert micro_batch_size(auto, cpu, 12, 600) == 1  # GPT-2 small at CNN/DailyMail lengths: 17 MiB of scores
-    assert micro_batch_size(auto, cpu, 12, 200) == 17  # 32 MiB / (4 bytes x 12 heads x 200^2)
-    assert micro_batch_size(auto, gpu, 12, 600) is None
-    assert micro_batch_size(SimpleNamespace(micro_batch_size=3), gpu, 12, 600) == 3
+    heads = SimpleNamespace(n_head=12)
+    assert micro_batch_size(auto, cpu, heads, 600) == 1  # GPT-2 small at CNN/DailyMail lengths: 17 MiB of scores
+    assert micro_batch_size(auto, cpu, heads, 200) == 17  # 32 MiB / (4 bytes x 12 heads x 200^2)
+    assert micro_batch_size(auto, cpu, SimpleNamespace(num_attention_heads=12), 200) == 17  # non-GPT-2 configs
+    assert micro_batch_size(auto, gpu, heads, 600) is None
+    assert micro_batch_size(SimpleNamespace(micro_batch_size=3), gpu, heads, 600) == 3
     runs = {}
     for mbs in (8, 3):
         cfg = tiny_cfg("lora", **{"train.max_steps": 4, "train.micro_batch_size": mbs, "model.dropout": 0.0,

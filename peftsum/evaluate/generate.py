@@ -40,6 +40,10 @@ def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.T
     return [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]
 
 
+def _cut_at_eos(rows: list[list[int]], eos_id: int) -> list[list[int]]:
+    return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
 def _returned_cache(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -115,10 +119,7 @@ def greedy_ids(model, method, prompts: list[torch.Tensor], max_new_tokens: int, 
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None] + step,
                     use_cache=True, **{cache_kw: cache})
         logits = out.logits[:, -1].float()
-    result = []
-    for row in generated.tolist():
-        result.append(row[: row.index(eos_id)] if eos_id in row else row)
-    return result
+    return _cut_at_eos(generated.tolist(), eos_id)
 
 
 @torch.no_grad()
@@ -144,12 +145,7 @@ def hf_generate_ids(model, method, input_ids, attention_mask, cfg_eval, eos_id: 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
         out = model.generate(inputs_embeds=emb, attention_mask=mask, **kw)  # returns new tokens only
-    result = []
-    for row in out.tolist():
-        if eos_id in row:
-            row = row[: row.index(eos_id)]
-        result.append(row)
-    return result
+    return _cut_at_eos(out.tolist(), eos_id)
 
 
 @torch.no_grad()

@@ -108,14 +108,9 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype else (lambda: torch.autocast(dev.type, enabled=False))
         costs.reset_peak_memory(dev)
 
-        def sync(dev=dev):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-
         # forward passes as the loop makes them: train.micro_batch_size sequences (the head alone: whole batches)
         longest = max(len(e["input_ids"]) for e in ex) + method.num_virtual_tokens
-        n_head = getattr(model.config, "n_head", None) or model.config.num_attention_heads
-        fwd = bs if method.cache_features else min(bs, micro_batch_size(tc, dev, n_head, longest) or bs)
+        fwd = bs if method.cache_features else min(bs, micro_batch_size(tc, dev, model.config, longest) or bs)
         per_step = math.ceil(bs / fwd) * tc.grad_accum
         micro = [collate(ex[b + i: b + min(i + fwd, bs)], tokenizer.pad_token_id)
                  for b in range(0, bs * tc.grad_accum * (steps + 1), bs) for i in range(0, bs, fwd)]
@@ -125,21 +120,21 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
                     b["input_ids"].to(dev), b["attention_mask"].to(dev), b["labels"].to(dev)))) for b in micro]
         groups = [micro[k * per_step: (k + 1) * per_step] for k in range(steps + 1)]
         _train_step(lm, method, opt, params, groups[0], ctx, dev, tc.max_grad_norm)  # warm-up
-        sync()
+        _sync(dev)
         t_start = time.perf_counter()
         for group in groups[1:]:
             _train_step(lm, method, opt, params, group, ctx, dev, tc.max_grad_norm)
-        sync()
+        _sync(dev)
         step_s = (time.perf_counter() - t_start) / steps
         # trunk forward time per example (validation, and the one-off feature cache of last-layer)
         gen_ex = ex[-cfg.eval.batch_size:]
         b = collate(gen_ex, tokenizer.pad_token_id)
         model.eval()
-        sync()
+        _sync(dev)
         t0 = time.perf_counter()
         with torch.no_grad(), ctx():
             lm(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev), labels=b["labels"].to(dev))
-        sync()
+        _sync(dev)
         fwd_per_ex = (time.perf_counter() - t0) / len(gen_ex)
         bg = collate(gen_ex, tokenizer.pad_token_id, left_pad=True, with_target=False)
 
@@ -167,14 +162,14 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         test_loss_s = (n_val + n_test) * fwd_per_ex
         counts = method.param_counts(model)
         seqs = total_steps * bs * tc.grad_accum
-        flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * (mean_len + method.num_virtual_tokens)),
-                                  int(seqs * mean_target), mean_len + method.num_virtual_tokens,
+        seq_len = mean_len + method.num_virtual_tokens
+        flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * seq_len), int(seqs * mean_target), seq_len,
                                   int(n_train * mean_len) if method.cache_features else 0)
         rows.append({"method": m, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
                      "train_seconds": train_s, "validation_seconds": val_s, "final_eval_seconds": test_loss_s + gen_s,
                      "total_seconds": train_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
                      "train_flops": flops, "trainable": counts["trainable"],
-                     "tokens_per_second": bs * tc.grad_accum * (mean_len + method.num_virtual_tokens) / step_s,
+                     "tokens_per_second": bs * tc.grad_accum * seq_len / step_s,
                      "mfu": flops / train_s / peak_flops if peak_flops and train_s else None})
         del model, lm, opt
     return {"device": costs.device_name(dev), "model": model_desc, "rows": rows, "data": source if rows else "",
@@ -193,14 +188,18 @@ def _generation_seconds(model, method, batch, cfg_eval, ctx, dev, pad_id: int, n
     """Seconds to generate ``n_new`` tokens for every prompt of a left-padded batch (no early eos)."""
     c = copy.deepcopy(cfg_eval)
     c.max_new_tokens = n_new
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    _sync(dev)
     t0 = time.perf_counter()
     with ctx():
         generate_ids(model, method, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), c, 10**9, pad_id)
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
+def _sync(dev) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return time.perf_counter() - t0
 
 
 def _train_step(lm, method, opt, params, group, ctx, dev, max_norm) -> None:
@@ -217,8 +216,7 @@ def _train_step(lm, method, opt, params, group, ctx, dev, max_norm) -> None:
     torch.nn.utils.clip_grad_norm_(params, max_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    _sync(dev)
 
 
 def _hms(s: float) -> str:

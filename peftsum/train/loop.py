@@ -98,13 +98,14 @@ class FeatureCache:
 CPU_ATTENTION_BYTES = 32 * 2**20
 
 
-def micro_batch_size(tc, device, n_head: int, seq_len: int) -> int | None:
+def micro_batch_size(tc, device, model_config, seq_len: int) -> int | None:
     """Sequences per forward/backward pass: ``train.micro_batch_size`` if set; on CPU as many as keep
     one layer's attention scores within CPU_ATTENTION_BYTES; elsewhere the whole batch (None)."""
     if tc.micro_batch_size:
         return tc.micro_batch_size
     if device.type != "cpu":
         return None
+    n_head = getattr(model_config, "n_head", None) or model_config.num_attention_heads
     return max(1, CPU_ATTENTION_BYTES // (4 * n_head * seq_len * seq_len))
 
 
@@ -145,13 +146,12 @@ def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id:
         cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
         val_features = FeatureCache(lm, val_ds, tc.batch_size * 2, device, pad_id, dtype, autocast)
         log.info("cached the frozen trunk's features: %.1f MB in %.1fs", features.nbytes() / 1e6, cache_seconds)
-    n_head = getattr(lm.model.config, "n_head", None) or lm.model.config.num_attention_heads
 
     def passes(idx: list[int]) -> list[list[int]]:
         if features is not None:  # the head alone: whole batches
             return [idx]
         longest = max(lengths[i] for i in idx) + method.num_virtual_tokens
-        return _passes(idx, micro_batch_size(tc, device, n_head, longest))
+        return _passes(idx, micro_batch_size(tc, device, lm.model.config, longest))
 
     state = TrainState()
     ckpt = load_checkpoint(run_dir) if resume else None

@@ -209,8 +209,9 @@ def test_resuming_a_finished_early_stopped_run_does_not_train_on(tiny_cfg, tmp_p
 
 
 def test_micro_batches_give_the_whole_batch_trajectory(tiny_cfg, tmp_path):
-    """train.micro_batch_size cuts each batch into forward passes; without dropout the losses and the
-    trained weights are those of whole-batch passes (float sums aside). 3 does not divide the batch of 8."""
+    """train.micro_batch_size cuts each batch into forward passes; without dropout the training and
+    validation losses, and the test loss of the trained weights, are those of whole-batch passes (float
+    sums aside). 3 does not divide the batch of 8."""
     from types import SimpleNamespace
 
     from peftsum.train.loop import _passes, micro_batch_size

@@ -42,7 +42,7 @@ def main():
     a = args(__doc__.splitlines()[0], batch=4, steps=3)
     model = gpt2_small()
     method = build_method(peftsum_config("lora", a.batch, a.steps))
-    method.prepare(model)
+    method.prepare_model(model)
     lm = SummaryLM(model, method)
     params = [p for _, p in method.trainable_parameters(model)]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -83,7 +83,7 @@ def main():
             (nll / total).backward()
 
     def dynamic(idx):
-        return {k: v for k, v in collate([ds[i] for i in idx], 50256).items() if k != "n_target_tokens"}
+        return collate([ds[i] for i in idx], 50256)
 
     variants = {
         "A fixed padding, head on all positions": (plain, fixed, step_all_positions),

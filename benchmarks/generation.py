@@ -28,7 +28,7 @@ def main():
                                                      "eval.no_repeat_ngram_size": 0, "eval.batch_size": a.batch})
     one = peftsum_config("zero-shot", a.batch, 1, **{"eval.max_new_tokens": 1, "eval.no_repeat_ngram_size": 0})
     method = build_method(cfg)
-    method.prepare(model)
+    method.prepare_model(model)
     ds = as_dataset(synthetic_examples(a.articles, seed=1))
     never = 10**9  # no eos
     batches = [collate([ds[i] for i in idx], 50256, left_pad=True, with_target=False)

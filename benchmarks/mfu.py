@@ -52,7 +52,7 @@ def lora_step_flops_per_s(batch: int, steps: int, device, dtype, dropout: float 
     set_dropout(model, dropout)
     cfg = peftsum_config("lora", batch, steps)
     method = build_method(cfg)
-    method.prepare(model)
+    method.prepare_model(model)
     model.to(device)
     lm = SummaryLM(model, method)
     params = [p for _, p in method.trainable_parameters(model)]

@@ -87,7 +87,7 @@ def run_peftsum(method: str, base, examples, steps: int, batch: int, epochs: int
     model = fresh(base)
     method_obj = build_method(cfg)
     method_obj.tokenizer = offline_gpt2_tokenizer()
-    method_obj.prepare(model)
+    method_obj.prepare_model(model)
     lm = SummaryLM(model, method_obj)
     ds = as_dataset(examples)
     val = as_dataset(examples[:batch])

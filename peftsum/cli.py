@@ -1,7 +1,10 @@
 """The ``peftsum`` command line: a thin layer over the package.
 
-Errors a user can cause raise :class:`UserError`: one line on stderr, exit status 2, no traceback.
-Ctrl-C exits 130 (training saves a checkpoint first and says how to resume).
+Errors a user can cause raise :class:`UserError`: one line on stderr, exit status 2, no traceback
+(3 when training diverges).  Ctrl-C exits 130 (training saves a checkpoint first and says how to resume).
+
+Each command imports the package's layers it needs inside :func:`dispatch`, so that ``peftsum --help``
+and a usage error answer at once, without loading torch, transformers and datasets (seconds).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from pathlib import Path
 
 from .config import METHODS, PRESETS, TRAINED_METHODS, load_config, parse_override
 from .errors import UserError
-from .utils import is_main_process
 
 log = logging.getLogger("peftsum")
 
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.add_argument("--max-steps", type=int, help="cap optimizer steps per method (quick runs)")
+    p.add_argument("--rerun", default="", metavar="M1,M2",
+                   help="start these methods over (their earlier runs in --out are removed)")
 
     p = sub.add_parser("train", help="train (and evaluate) one method")
     _common(p, method=True)
@@ -54,9 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("validation", "test"), default="test")
     p.add_argument("--limit", type=int)
 
-    p = sub.add_parser("summarize", help="summarize one article with a saved run (or zero-shot / lead-3)")
+    p = sub.add_parser("summarize", help="summarize articles with a saved run (or zero-shot / lead-3)")
     p.add_argument("run", help="run directory, or the name zero-shot / lead-3")
-    p.add_argument("file", nargs="?", default="-", help="article text file, or - for stdin")
+    p.add_argument("file", nargs="?", default="-", help="one article's text file, or - for stdin")
+    p.add_argument("--input", help="many articles: a CSV / JSON / JSONL / Parquet file or a folder of .txt files")
+    p.add_argument("--output", help="with --input: write JSON lines (id, prediction, generated_tokens) here")
+    p.add_argument("--text-column", help="article column of --input (default: article)")
+    p.add_argument("--id-column", help="id column of --input (default: id; the row number where absent)")
     p.add_argument("--model", help="model for zero-shot (default: the demo base)")
     p.add_argument("--preset", choices=PRESETS)
 
@@ -161,20 +169,28 @@ def dispatch(args, overrides) -> int:
         print(f"wrote {args.train} / {args.validation} / {args.test} examples to {out}/{{train,validation,test}}.csv")
         return 0
     if cmd == "data":
-        from .data.stats import print_stats
+        from .data.stats import compute_stats, format_stats
+        from .model.loading import load_tokenizer, resolve_model_name
 
-        print_stats(config_from_args(args, overrides))
+        cfg = config_from_args(args, overrides)
+        tokenizer = load_tokenizer(cfg.model.tokenizer or resolve_model_name(cfg.model.name), cfg.model.trust_remote_code)
+        print(format_stats(compute_stats(cfg.data, tokenizer)))
         return 0
     if cmd == "train":
-        from .experiment import load_run_config, run_experiment
+        from .experiment import check_same_config, load_run_config, run_experiment
+        from .utils import is_main_process
 
         out = Path(args.out or f"runs/{args.method}")
         if args.resume and (out / "config.yaml").is_file():  # the run's own config, as it started
             cfg = load_run_config(out)
             if args.method and args.method != cfg.method.name:
                 raise UserError(f"{out} is a {cfg.method.name} run; it cannot resume as {args.method}")
-            if args.max_steps is not None:
+            if _asks_for_settings(args, overrides):  # settings given with --resume must be the run's own
+                check_same_config(out, config_from_args(args, overrides, cfg.method.name, args.max_steps),
+                                  "resume only with the settings it was started with, or train into a new --out")
+            elif args.max_steps is not None:
                 cfg.train.max_steps = args.max_steps
+                check_same_config(out, cfg, "resume without --max-steps, or train into a new --out")
         else:
             if not args.method and not any(k == "method.name" for k, _ in overrides):
                 raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
@@ -193,21 +209,23 @@ def dispatch(args, overrides) -> int:
     if cmd == "summarize":
         from .summarize import summarize_cli
 
-        print(summarize_cli(args))
+        summarize_cli(args)
         return 0
     if cmd == "compare":
-        from .report.compare import compare
+        from .experiment import compare_methods
+        from .report.render import build_report
+        from .utils import is_main_process
 
         cfg = config_from_args(args, overrides, max_steps=args.max_steps)
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        bad = [m for m in methods if m not in METHODS]
-        if bad:
-            raise UserError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(METHODS)}")
+        methods, rerun = _method_list(args.methods), _method_list(args.rerun)
         out = Path(args.out)
-        _interruptible(lambda: compare(cfg, methods, out), out)
+        seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun), out)
+        if is_main_process():
+            build_report(out)
+            print(f"compare finished in {seconds:.0f}s; report: {out / 'report.html'} (also .md, .pdf)", flush=True)
         return 0
     if cmd == "report":
-        from .report.compare import build_report
+        from .report.render import build_report
 
         paths = build_report(Path(args.dir), analysis_file=Path(args.analysis_file) if args.analysis else None)
         for p in paths:
@@ -221,6 +239,20 @@ def dispatch(args, overrides) -> int:
                    args.shape))
         return 0
     raise UserError(f"unknown command {cmd}")
+
+
+def _method_list(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise UserError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(METHODS)}")
+    return methods
+
+
+def _asks_for_settings(args, overrides) -> bool:
+    """Did the command line give any setting (preset, config file, data, model, overrides)?"""
+    given = (args.preset, args.config, args.data, args.model, args.text_column, args.summary_column)
+    return bool(overrides or args.set or any(v is not None for v in given))
 
 
 def _interruptible(fn, out: Path):

@@ -104,16 +104,17 @@ class TrainConfig:
     # tokens: 1; with its dropout that ran 1.1-1.5x faster than 4 at once, docs/performance.md §4);
     # on GPUs the whole batch.
     micro_batch_size: int | None = None
-    lr: float | None = None  # None: the method's own default (method.<name>.lr)
-    optimizer: str = "adamw"
+    lr: float | None = None  # None: the method's own default (method.<name>.lr); the optimizer is AdamW
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     schedule: str = "linear"  # linear | cosine | constant
     max_grad_norm: float = 1.0
-    patience: int = 2
+    # Early stopping on validation loss, as transformers' EarlyStoppingCallback and Lightning do it: stop after
+    # `patience` consecutive evaluations that do not beat the best by more than `min_delta` (null: never).
+    patience: int | None = 2
     min_delta: float = 0.0
-    eval_every_steps: int | None = None
-    val_limit: int | None = None  # validation examples used for early stopping (None: all)
+    eval_every_steps: int | None = None  # also validate every N optimizer steps (always at the end of an epoch)
+    val_limit: int | None = None  # a fixed, seeded subset of validation examples for early stopping (None: all)
     checkpoint_every_steps: int = 200
     seed: int = 42
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
@@ -166,7 +167,6 @@ _CHOICES = {
     "method.prompt_tuning.init": ("text", "vocab", "random"),
     "method.lora.backend": ("peftsum", "peft"),
     "train.schedule": ("linear", "cosine", "constant"),
-    "train.optimizer": ("adamw",),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "preset": (*PRESETS, None),
 }
@@ -175,11 +175,11 @@ _POSITIVE = {
     "data.max_target_tokens", "method.prompt_tuning.num_prompts", "method.lora.rank",
     "method.lora.alpha", "method.prompt_tuning.lr", "method.lora.lr", "method.last_layer.lr",
     "method.full.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
-    "train.lr", "train.micro_batch_size", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
+    "train.lr", "train.micro_batch_size", "train.patience", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
     "eval.batch_size", "eval.max_new_tokens", "eval.num_beams", "eval.limit", "eval.bootstrap",
     "train.max_grad_norm",
 }
-_NON_NEGATIVE = {"train.weight_decay", "train.warmup_ratio", "train.patience", "train.min_delta",
+_NON_NEGATIVE = {"train.weight_decay", "train.warmup_ratio", "train.min_delta",
                  "method.lora.dropout", "method.last_layer.blocks", "eval.no_repeat_ngram_size"}
 
 

@@ -1,13 +1,23 @@
-"""``peftsum summarize``: one article in, its summary out, with a saved run or a baseline."""
+"""``peftsum summarize``: articles in, summaries out, with a saved run or a baseline.
+
+The same prompt builder, generation path, eval mode and autocast as the evaluation, so an article of
+the test split gets exactly the summary ``predictions.jsonl`` holds for it.  Nothing of the training
+data is loaded: one article, a file of them, or a folder of ``.txt`` files.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-import torch
-
+from .config import load_config
+from .data.sources import load_articles
+from .data.text import clean_text, lead3
 from .errors import UserError
+from .evaluate.generate import generate_summaries
+from .experiment import Components, accelerator_for, load_components, load_trained
+from .utils import atomic_path
 
 
 def read_article(file: str) -> str:
@@ -18,56 +28,55 @@ def read_article(file: str) -> str:
         if not path.is_file():
             raise UserError(f"article file not found: {file}")
         text = path.read_text(encoding="utf-8", errors="replace")
-    from .data.prepare import clean_text
-
     text = clean_text(text, keep_lines=True)
     if not text:
         raise UserError("the article is empty")
     return text
 
 
-def summarize_text(cfg, model, tokenizer, method, article: str, device) -> str:
-    from .data.tokenize import Template, make_budget
-    from .evaluate.generate import generate_ids
-    from .model.loading import n_positions
-
-    t = Template.parse(cfg.data.template)
-    budget = make_budget(tokenizer, cfg.data, n_positions(model), method.num_virtual_tokens)
-    ids = (tokenizer(t.before)["input_ids"] if t.before else []) + tokenizer(article)["input_ids"][: budget.source] \
-        + tokenizer(t.between)["input_ids"]
-    x = torch.tensor([ids], device=device)
-    rows = generate_ids(model, method, x, torch.ones_like(x), cfg.eval, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return tokenizer.decode(rows[0], skip_special_tokens=True).strip()
-
-
-def summarize_cli(args) -> str:
-    from .config import load_config
-    from .experiment import accelerator_for, load_trained
-    from .methods.baselines import lead3
-
-    article = read_article(args.file)
+def _components(args) -> Components | None:
+    """The run's model (or zero-shot's base model); None for Lead-3."""
     if args.run == "lead-3":
-        return lead3(article)
+        return None
     if args.run == "zero-shot":
-        from .methods import build_method
-        from .model.loading import load_model, load_tokenizer, resolve_model_name
-
         overrides = [("method.name", "zero-shot")]
         if args.model:
-            overrides.append(("model.name", args.model))
+            overrides += [("model.name", args.model), ("model.tokenizer", None)]
         cfg = load_config(args.preset or ("demo" if not args.model else None), None, overrides)
-        name = resolve_model_name(cfg.model.name)
-        tokenizer = load_tokenizer(cfg.model.tokenizer or name)
-        model = load_model(name)
-        method = build_method(cfg)
-        method.prepare(model)
-        device = accelerator_for(cfg).device
-        model.to(device)
-        return summarize_text(cfg, model, tokenizer, method, article, device)
+        parts = load_components(cfg, accelerator_for(cfg).device)
+        parts.model.eval()
+        return parts
     run = Path(args.run)
     if not run.is_dir():
         raise UserError(f"{args.run!r} is neither a run directory nor one of zero-shot / lead-3")
-    cfg, model, tokenizer, method, _, _, accelerator = load_trained(run)
-    if not method.uses_model:
-        return lead3(article)
-    return summarize_text(cfg, model, tokenizer, method, article, accelerator.device)
+    parts = load_trained(run)
+    return parts if parts.method.uses_model else None
+
+
+def summarize_articles(parts: Components | None, articles: list[str], progress: bool = False) -> list[tuple[str, int | None]]:
+    """Each article's summary and its generated token count (None for Lead-3, which generates nothing)."""
+    if parts is None:
+        return [(lead3(a), None) for a in articles]
+    accelerator = accelerator_for(parts.cfg)
+    return generate_summaries(parts.model, parts.method, parts.tokenizer, parts.prompts.prompts(articles),
+                              parts.cfg.eval, accelerator.device, accelerator.autocast, progress=progress)
+
+
+def summarize_cli(args) -> None:
+    if args.input is None and args.output is not None:
+        raise UserError("--output goes with --input FILE (a CSV / JSONL / Parquet file or a folder of .txt files)")
+    if args.input is None:
+        article = read_article(args.file)
+        print(summarize_articles(_components(args), [article])[0][0])
+        return
+    rows = load_articles(args.input, args.text_column or "article", args.id_column or "id")
+    parts = _components(args)
+    summaries = summarize_articles(parts, [r["article"] for r in rows], progress=True)
+    lines = "".join(json.dumps({"id": r["id"], "prediction": text, "generated_tokens": n}) + "\n"
+                    for r, (text, n) in zip(rows, summaries))
+    if args.output is None:
+        sys.stdout.write(lines)
+        return
+    with atomic_path(args.output) as tmp:
+        tmp.write_text(lines, encoding="utf-8")
+    print(f"wrote {len(rows)} summaries to {args.output}", file=sys.stderr)

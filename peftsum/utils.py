@@ -1,17 +1,27 @@
-"""Small shared helpers: atomic writes, seeding, JSON lines, cache directory, peak memory."""
+"""Small shared helpers: atomic writes, safetensors files, JSON lines, RNG states, cache directory, the main
+process, peak memory."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import json
 import os
 import random
+import resource
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -72,15 +82,33 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
 
 
+def safe_load_file(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupted file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"weights file {path} is truncated or corrupted ({str(e).splitlines()[0]})") from None
+
+
+def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def distributed_state() -> PartialState:
+    """The one notion of the processes of this job (Accelerate's): rank, world size, main process.
+
+    ``cpu=True`` without CUDA: several CPU processes (torchrun) then talk over gloo; the Accelerator that
+    training builds shares this state."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def is_main_process() -> bool:
-    """Rank 0, or a single process (torchrun and accelerate launch set RANK for each process)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Rank 0 of the job, or the only process: the one that writes files and prints."""
+    return distributed_state().is_main_process
 
 
 def rng_state() -> dict:
@@ -128,6 +156,16 @@ def peak_rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def release_memory() -> None:
+    """Give back what a finished run held: Python garbage, CUDA's cached blocks, and the C allocator's
+    free pages (glibc keeps them otherwise), so the next run's peak memory starts from the same floor."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(libc).malloc_trim(0)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from peftsum.cli import main
 from peftsum.config import TRAINED_METHODS
-from peftsum.experiment import prepare, run_experiment
+from peftsum.experiment import load_components, run_experiment
 from peftsum.utils import read_jsonl
 
 RESULT_KEYS = {
@@ -83,7 +83,9 @@ def test_results_json_has_every_key_with_sane_values(runs):
 
 def test_evaluation_loss_equals_a_hand_computation(tiny_cfg):
     cfg = tiny_cfg("zero-shot")
-    model, tok, method, lm, data, _ = prepare(cfg)
+    parts = load_components(cfg)
+    model, tok, lm = parts.model, parts.tokenizer, parts.summary_lm
+    data, _ = parts.load_data()
     from peftsum.evaluate.metrics import evaluate_loss
 
     ds = data["validation"].select(range(5))
@@ -102,10 +104,12 @@ def test_evaluation_loss_equals_a_hand_computation(tiny_cfg):
 
 
 def test_cached_trunk_features_give_the_uncached_loss(tiny_cfg):
-    from peftsum.train.loop import FeatureCache
+    from peftsum.train.features import FeatureCache
 
     cfg = tiny_cfg("last-layer")
-    model, tok, method, lm, data, _ = prepare(cfg)
+    parts = load_components(cfg)
+    model, tok, method, lm = parts.model, parts.tokenizer, parts.method, parts.summary_lm
+    data, _ = parts.load_data()
     assert method.cache_features and not method.trunk_backward
     from peftsum.data.collate import collate
 
@@ -141,7 +145,7 @@ def test_test_split_never_touches_training(tmp_path, tiny_model_dir):
 
 
 def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_cfg, monkeypatch):
-    from peftsum.train import loop
+    from peftsum.train import metrics_file as loop
 
     extra = {**FAST, "train.max_steps": 6, "train.checkpoint_every_steps": 100}
     full = run_experiment(tiny_cfg("prompt-tuning", **extra), tmp_path / "a")
@@ -186,9 +190,9 @@ def test_summarize_and_eval_on_saved_runs(runs, tmp_path, capsys):
 
 def test_resuming_a_finished_early_stopped_run_does_not_train_on(tiny_cfg, tmp_path, monkeypatch):
     """An interruption after training ended (say during the final evaluation) resumes to evaluation only."""
-    from peftsum import experiment
+    from peftsum.experiment import run as experiment
 
-    cfg = tiny_cfg("lora", **{**FAST, "train.max_steps": None, "train.epochs": 5, "train.patience": 0,
+    cfg = tiny_cfg("lora", **{**FAST, "train.max_steps": None, "train.epochs": 5, "train.patience": 1,
                               "train.min_delta": 100.0})  # no epoch can improve by 100: stops after epoch 2
     calls = {"n": 0}
     real = experiment.evaluate_run

@@ -36,7 +36,7 @@ def gpt2_small_shape():
 def test_parameter_counts_on_gpt2_small_shape(gpt2_small_shape, method, kw, trainable, added):
     model = copy.deepcopy(gpt2_small_shape)
     m = build_method(cfg_for(method, **kw))
-    m.prepare(model)
+    m.prepare_model(model)
     c = m.param_counts(model)
     assert (c["trainable"], c["added"]) == (trainable, added)
     assert c["total"] == 124_439_808 + added  # the tied matrix counted once
@@ -59,7 +59,7 @@ def test_flop_shape_on_gpt2_small_shape(gpt2_small_shape, method, kw, trunk, tra
 
     model = copy.deepcopy(gpt2_small_shape)
     m = build_method(cfg_for(method, **kw))
-    m.prepare(model)
+    m.prepare_model(model)
     s = flop_shape(model, m)
     assert (s.trunk, s.head, s.n_layer, s.d_model) == (trunk, HEAD, 12, 768)
     assert (s.trainable_trunk, s.head_trainable, s.backward_layers) == (trainable_trunk, head_trainable, backward)
@@ -91,8 +91,8 @@ def test_model_dropout_sets_the_transformer_not_lora():
     set_dropout(model, None)
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
     m = build_method(cfg_for("lora", **{"method.lora.dropout": 0.05}))
-    m.prepare(model)
-    set_dropout(model, 0.0)
+    set_dropout(model, 0.0)  # as a run does it: on the base model, before the method adds its layers
+    m.prepare_model(model)
     lora = {id(x.dropout) for x in model.modules() if isinstance(x, LoRALayer)}
     ps = [(id(x) in lora, x.p) for x in model.modules() if isinstance(x, torch.nn.Dropout)]
     assert sorted(ps) == [(False, 0.0)] * (1 + 2 * 3) + [(True, 0.05)] * 2
@@ -119,7 +119,7 @@ def test_lora_starts_as_the_base_model_and_merges(tiny_model_dir, tokenizer):
     base = load_model(str(tiny_model_dir)).eval()
     model = copy.deepcopy(base)
     m = build_method(cfg_for("lora", str(tiny_model_dir), **{"method.lora.targets": ["attn.c_attn", "mlp.c_fc"]}))
-    m.prepare(model)
+    m.prepare_model(model)
     model.eval()
     ids, mask = _batch(tokenizer, ["The mayor said on Monday that the bridge will open."])
     assert torch.equal(_logits(model, m, ids, mask), _logits(base, m, ids, mask))  # B = 0
@@ -157,7 +157,7 @@ def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer):
     for backend in ("peftsum", "peft"):
         model = load_model(str(tiny_model_dir)).eval()
         m = build_method(cfg_for("lora", str(tiny_model_dir), **{"method.lora.backend": backend}))
-        m.prepare(model)
+        m.prepare_model(model)
         model.eval()
         if state is None:
             with torch.no_grad():
@@ -177,7 +177,7 @@ def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer,
     model = load_model(str(tiny_model_dir)).eval()
     m = build_method(cfg_for(method, str(tiny_model_dir)))
     m.tokenizer = tokenizer
-    m.prepare(model)
+    m.prepare_model(model)
     model.eval()
     with torch.no_grad():
         for _, p in m.trainable_parameters(model):
@@ -192,7 +192,7 @@ def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer,
     fresh = load_model(str(tiny_model_dir))
     m2 = build_method(cfg_for(method, str(tiny_model_dir)))
     m2.tokenizer = tokenizer
-    m2.prepare(fresh)
+    m2.prepare_model(fresh)
     m2.load(fresh, tmp_path)
     fresh.eval()
     assert torch.equal(_logits(fresh, m2, ids, mask), ours)
@@ -206,7 +206,7 @@ def test_only_intended_parameters_change(tiny_model_dir, tokenizer, tmp_path, me
     model = load_model(str(tiny_model_dir))
     m = build_method(cfg_for(method, str(tiny_model_dir), **kw))
     m.tokenizer = tokenizer
-    m.prepare(model)
+    m.prepare_model(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
     trainable = {n for n, _ in m.trainable_parameters(model)}
     opt = torch.optim.AdamW([p for _, p in m.trainable_parameters(model)], lr=1e-2)
@@ -222,7 +222,7 @@ def test_only_intended_parameters_change(tiny_model_dir, tokenizer, tmp_path, me
         opt.zero_grad()
     after = dict(model.named_parameters(remove_duplicate=False))
     changed = {n for n in before if n in after and not torch.equal(before[n], after[n])}
-    if m.c.tied if method == "last-layer" else False:
+    if m.settings.tied if method == "last-layer" else False:
         assert changed == {"transformer.wte.weight", "lm_head.weight"}  # the same tied tensor
         return
     expected = trainable if method != "full" else set(before)
@@ -243,7 +243,7 @@ def test_generation_cache_and_batching_equalities():
     cfg = cfg_for("prompt-tuning", **{"eval.max_new_tokens": 10, "eval.no_repeat_ngram_size": 0,
                                       "method.prompt_tuning.init": "random", "method.prompt_tuning.num_prompts": 5})
     m = build_method(cfg)
-    m.prepare(model)
+    m.prepare_model(model)
     model.eval()
     prompts = [torch.randint(0, 999, (n,)) for n in (9, 4, 6)]
     singles = []
@@ -275,7 +275,7 @@ def test_greedy_loop_equals_generate(method):
     cfg = cfg_for(method, **{"eval.max_new_tokens": 12, "eval.no_repeat_ngram_size": 2,
                              "method.prompt_tuning.init": "random", "method.prompt_tuning.num_prompts": 5})
     m = build_method(cfg)
-    m.prepare(model)
+    m.prepare_model(model)
     if method == "lora":  # B starts at zero: move it so the adapter changes the output
         for n, p in model.named_parameters():
             if "lora_B" in n:

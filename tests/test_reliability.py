@@ -89,6 +89,19 @@ def test_two_processes_match_one_with_the_same_global_batch(demo_dir, tmp_path):
         key = "loss" if x["type"] == "train" else "val_loss"
         assert y[key] == pytest.approx(x[key], rel=1e-5)  # float reductions differ, nothing else
     assert two.stdout.count("results:") == 1  # only rank 0 printed
+    # the final evaluation is shared between the processes and gathered: the same results and predictions
+    ra = json.loads((tmp_path / "one" / "results.json").read_text())
+    rb = json.loads((tmp_path / "two" / "results.json").read_text())
+    for k in ("val_loss", "test_loss", "rouge1", "rouge2", "rougeL", "mean_generated_tokens"):
+        assert rb["eval"][k] == pytest.approx(ra["eval"][k], rel=1e-5), k
+    strip_preds = lambda rows: [(r["id"], r["prediction"], r["generated_tokens"]) for r in rows]  # noqa: E731
+    assert strip_preds(read_jsonl(tmp_path / "two" / "predictions.jsonl")) == strip_preds(
+        read_jsonl(tmp_path / "one" / "predictions.jsonl"))
+    # the whole job's figures, not one process's share
+    for k in ("tokens", "examples", "target_tokens"):
+        assert rb["training"][k] == ra["training"][k], k
+    assert rb["cost"]["train_flops"] == pytest.approx(ra["cost"]["train_flops"], rel=1e-9)
+    assert rb["cost"]["processes"] == 2 and ra["cost"]["processes"] == 1
 
 
 def test_corrupted_and_pickled_checkpoints_are_refused(tiny_cfg, tmp_path, capsys):

@@ -30,7 +30,7 @@ def compared(tmp_path_factory, tiny_model_dir, demo_dir):
 
 
 def test_compare_writes_every_file(compared):
-    for f in ("results.csv", "report.md", "report.html", "report.pdf", "loss_curves.png", "rouge.png",
+    for f in ("results.csv", "results_config.csv", "report.md", "report.html", "report.pdf", "loss_curves.png", "rouge.png",
               "quality_vs_cost.png", "memory.png"):
         assert (compared / f).is_file() and (compared / f).stat().st_size > 0, f
     for m in ALL.split(","):
@@ -50,8 +50,10 @@ def test_report_numbers_equal_results_json(compared):
     md = (compared / "report.md").read_text()
     for row in rows:
         r = json.loads((compared / row["method"] / "results.json").read_text())
-        assert float(row["eval.rougeL"]) == pytest.approx(r["eval"]["rougeL"])
-        assert int(row["params.trainable"]) == r["params"]["trainable"]
+        assert float(row["rougeL"]) == pytest.approx(r["eval"]["rougeL"])
+        assert float(row["rougeL_lo"]) <= float(row["rougeL"]) <= float(row["rougeL_hi"])  # numbers, not tuples
+        assert int(row["params_trainable"]) == r["params"]["trainable"]
+        assert float(row["mean_generated_tokens"]) == pytest.approx(r["eval"]["mean_generated_tokens"])
         line = next(x for x in md.splitlines() if x.startswith(f"| {row['method']} |") and "[" in x)
         assert f"{r['eval']['rougeL']:.2f} [" in line
         if r["eval"]["val_loss"] is not None:
@@ -94,8 +96,8 @@ def test_bootstrap_interval_contains_estimate_and_shrinks():
     assert (hi2 - lo2) < (hi1 - lo1) / 3
     a = rng.normal(30, 10, 300)
     idx = bootstrap.resample_indices(300, 1000)
-    assert bootstrap.paired_difference(a + 2, a, idx)["significant"]  # paired: a constant gap is certain
-    assert not bootstrap.paired_difference(a + rng.normal(0, 0.1, 300), a, idx)["significant"]
+    assert bootstrap.paired_difference(a + 2, a, idx)["p"] < 0.05  # paired: a constant gap is certain
+    assert not bootstrap.paired_difference(a + rng.normal(0, 0.1, 300), a, idx)["p"] < 0.05
 
 
 def test_report_html_images_load_in_chromium(compared, tmp_path):

@@ -21,7 +21,7 @@ def seq_lengths(dataset) -> list[int]:
 def collate(features: list[dict], pad_id: int, left_pad: bool = False, with_target: bool = True) -> dict:
     """Pad ``input_ids`` (or only the prompt when ``with_target`` is False, for generation).
 
-    Returns input_ids, attention_mask, labels (-100 on prompt and padding) and n_target_tokens.
+    Returns input_ids, attention_mask and labels (-100 on prompt and padding).
     """
     seqs = [f["input_ids"] if with_target else f["input_ids"][: f["prompt_len"]] for f in features]
     T = max(len(s) for s in seqs)
@@ -35,8 +35,7 @@ def collate(features: list[dict], pad_id: int, left_pad: bool = False, with_targ
         if with_target:
             p = f["prompt_len"]
             labels[i, off + p: off + len(s)] = torch.as_tensor(s[p:])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "n_target_tokens": int((labels != -100).sum())}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def epoch_batches(lengths: list[int] | np.ndarray, batch_size: int, seed: int, epoch: int,

@@ -12,6 +12,8 @@ import csv
 import random
 from pathlib import Path
 
+from ..utils import atomic_path
+
 FIRST = ["Maria", "James", "Aisha", "Tomas", "Elena", "Kwame", "Priya", "Lukas", "Sofia", "Daniel",
          "Mei", "Omar", "Hannah", "Diego", "Ingrid", "Samuel", "Yuki", "Fatima", "Peter", "Lena"]
 LAST = ["Alvarez", "Brennan", "Okafor", "Lindqvist", "Moreau", "Tanaka", "Kowalski", "Haddad",
@@ -141,7 +143,6 @@ DEFAULT_SIZES = {"train": 2000, "validation": 300, "test": 300}
 
 def write_demo_corpus(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 1234) -> Path:
     """Write train.csv / validation.csv / test.csv (columns id, article, highlights)."""
-    from ..utils import atomic_path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,39 +7,15 @@ split (test > validation > train), then draw the seeded subset of each split.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 
 import datasets
 
 from ..errors import UserError
 from .sources import SPLITS
+from .text import article_hash, clean_text
 
 log = logging.getLogger(__name__)
-
-_SPACE = re.compile(r"[^\S\n]+")  # whitespace other than newlines
-_BLANKS = re.compile(r"\n\s*\n+")
-
-
-def clean_text(text: str | None, keep_lines: bool) -> str:
-    """Strip and normalise whitespace inside lines; keep one newline between lines if ``keep_lines``.
-
-    Summaries keep their newlines (ROUGE-Lsum splits sentences on them); articles keep paragraph
-    breaks as single newlines.
-    """
-    if text is None:
-        return ""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = [_SPACE.sub(" ", line).strip() for line in text.split("\n")]
-    lines = [line for line in lines if line]
-    return ("\n" if keep_lines else " ").join(lines)
-
-
-def article_hash(text: str) -> str:
-    norm = " ".join(text.lower().split())
-    return hashlib.blake2b(norm.encode("utf-8"), digest_size=12).hexdigest()
-
 
 def _clean_batch(batch):
     arts = [clean_text(a, keep_lines=True) for a in batch["article"]]

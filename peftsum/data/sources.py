@@ -19,6 +19,9 @@ from pathlib import Path
 import datasets
 
 from ..errors import UserError
+from ..utils import cache_dir
+from .demo import write_demo_corpus
+from .text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,6 @@ def load_raw(cfg_data) -> datasets.DatasetDict:
     """Load the source named by ``cfg_data.source`` and map its columns to id / article / highlights."""
     source = cfg_data.source
     if source == "demo":
-        from ..utils import cache_dir
-        from .demo import write_demo_corpus
-
         folder = cache_dir() / "demo-corpus-v1"
         if not all((folder / f"{s}.csv").is_file() for s in SPLITS):
             write_demo_corpus(folder)
@@ -159,3 +159,33 @@ def _map_split(ds: datasets.Dataset, split: str, cfg_data, where: str | None = N
     if not has_id:
         ds = ds.map(lambda _, i: {"id": f"{split}-{i}"}, with_indices=True, desc=f"ids for {split}")
     return ds.cast_column("id", datasets.Value("string")) if ds.features["id"].dtype != "string" else ds
+
+
+def load_articles(source: str | Path, text_column: str = "article", id_column: str = "id") -> list[dict]:
+    """Articles to summarize: a CSV / JSON / JSONL / Parquet file (columns mapped as for ``--data``) or a
+    folder of ``.txt`` files (the id is the file name without .txt).  Each comes back as ``{"id",
+    "article"}`` with the article cleaned as the training data is; an empty article is an error."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise UserError(f"input folder {path} holds no .txt files")
+        rows = [{"id": p.stem, "article": p.read_text(encoding="utf-8", errors="replace")} for p in files]
+    elif path.is_file():
+        if path.suffix.lower() not in _BUILDERS:
+            raise UserError(f"input file {path}: unsupported format {path.suffix!r}; use .csv, .json, .jsonl, "
+                            ".parquet, or a folder of .txt files")
+        ds = _load_files({"train": path})["train"]
+        if text_column not in ds.column_names:
+            raise UserError(f"input file {path} has no column {text_column!r}; columns found: "
+                            f"{', '.join(ds.column_names)}. Map yours with --text-column NAME")
+        ids = [str(i) for i in ds[id_column]] if id_column in ds.column_names else [str(i) for i in range(len(ds))]
+        rows = [{"id": i, "article": a} for i, a in zip(ids, ds[text_column])]
+    else:
+        raise UserError(f"input not found: {source}")
+    for row in rows:
+        row["article"] = clean_text(row["article"], keep_lines=True)
+    empty = [r["id"] for r in rows if not r["article"]]
+    if empty:
+        raise UserError(f"{len(empty)} article(s) of {path} are empty (e.g. id {empty[0]!r})")
+    return rows

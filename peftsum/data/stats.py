@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .sources import SPLITS, describe_source
+from .tokenize import load_tokenized
 
 
 def split_stats(ds) -> dict:
@@ -16,15 +17,10 @@ def split_stats(ds) -> dict:
             "target_truncated": float(np.mean(ds["target_truncated"]))}
 
 
-def compute_stats(cfg) -> dict:
-    from ..model.loading import load_tokenizer, resolve_model_name
-    from .tokenize import load_tokenized
-
-    name = cfg.model.tokenizer or resolve_model_name(cfg.model.name)
-    tokenizer = load_tokenizer(name, cfg.model.trust_remote_code)
-    positions = 1024
-    dd, report, budget = load_tokenized(cfg.data, tokenizer, positions, 0)
-    return {"source": describe_source(cfg.data.source), "budget": budget.__dict__, "report": report,
+def compute_stats(cfg_data, tokenizer, positions: int = 1024) -> dict:
+    """Statistics of the prepared splits as ``tokenizer`` sees them (no soft prompt in the budget)."""
+    dd, report, budget = load_tokenized(cfg_data, tokenizer, positions, 0)
+    return {"source": describe_source(cfg_data.source), "budget": budget.__dict__, "report": report,
             "splits": {s: split_stats(dd[s]) for s in SPLITS}}
 
 
@@ -50,7 +46,3 @@ def format_stats(st: dict) -> str:
                  "id or article also appears in a higher-priority split (test > validation > train); kept: the "
                  "seeded subset used")
     return "\n".join(lines)
-
-
-def print_stats(cfg) -> None:
-    print(format_stats(compute_stats(cfg)))

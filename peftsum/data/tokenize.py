@@ -25,7 +25,8 @@ import datasets
 
 from ..errors import UserError
 from ..utils import cache_dir, write_json
-from .sources import SPLITS
+from .prepare import prepare_splits
+from .sources import SPLITS, load_raw
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +82,48 @@ def make_budget(tokenizer, cfg_data, n_positions: int, num_virtual: int = 0) -> 
     return Budget(source, target, sep, num_virtual, n_positions)
 
 
-def _tokenize_batch(batch, tokenizer, template: Template, budget: Budget):
-    eos = tokenizer.eos_token_id
-    before = tokenizer(template.before)["input_ids"] if template.before else []
-    between = tokenizer(template.between)["input_ids"]
-    arts = tokenizer(batch["article"])["input_ids"]
-    sums = tokenizer([template.summary_text(s) for s in batch["highlights"]])["input_ids"]
-    out = {"input_ids": [], "length": [], "prompt_len": [], "article_tokens": [], "summary_tokens": [],
-           "source_truncated": [], "target_truncated": []}
-    for a, s in zip(arts, sums):
-        prompt = before + a[: budget.source] + between
-        target = s[: budget.target] + [eos]
-        out["input_ids"].append(prompt + target)
-        out["length"].append(len(prompt) + len(target))
-        out["prompt_len"].append(len(prompt))
-        out["article_tokens"].append(len(a))
-        out["summary_tokens"].append(len(s))
-        out["source_truncated"].append(len(a) > budget.source)
-        out["target_truncated"].append(len(s) > budget.target)
-    return out
+class PromptBuilder:
+    """The one place a prompt is built: training, evaluation and ``summarize`` all call it.
+
+    ``prompt_ids(article)`` is ``before + article[:budget.source] + between``: the article truncated
+    alone, the template around it.  ``example(article, summary)`` appends the summary (cut to
+    ``budget.target``) and eos, the sequence whose summary tokens carry the labels."""
+
+    def __init__(self, tokenizer, cfg_data, n_positions: int, num_virtual: int = 0):
+        self.tokenizer = tokenizer
+        self.template = Template.parse(cfg_data.template)
+        self.budget = make_budget(tokenizer, cfg_data, n_positions, num_virtual)
+        self.before = tokenizer(self.template.before)["input_ids"] if self.template.before else []
+        self.between = tokenizer(self.template.between)["input_ids"]
+
+    def article_ids(self, articles: list[str]) -> list[list[int]]:
+        return self.tokenizer(list(articles))["input_ids"]
+
+    def prompt_ids(self, article_ids: list[int]) -> list[int]:
+        return self.before + article_ids[: self.budget.source] + self.between
+
+    def prompts(self, articles: list[str]) -> list[list[int]]:
+        """Token ids of the prompts of ``articles`` (cleaned text), ready to generate from."""
+        return [self.prompt_ids(a) for a in self.article_ids(articles)]
+
+    def examples(self, batch: dict) -> dict:
+        """``datasets.map`` function: a batch of id / article / highlights -> the stored example columns."""
+        eos = self.tokenizer.eos_token_id
+        arts = self.article_ids(batch["article"])
+        sums = self.tokenizer([self.template.summary_text(s) for s in batch["highlights"]])["input_ids"]
+        out = {"input_ids": [], "length": [], "prompt_len": [], "article_tokens": [], "summary_tokens": [],
+               "source_truncated": [], "target_truncated": []}
+        for a, s in zip(arts, sums):
+            prompt = self.prompt_ids(a)
+            target = s[: self.budget.target] + [eos]
+            out["input_ids"].append(prompt + target)
+            out["length"].append(len(prompt) + len(target))
+            out["prompt_len"].append(len(prompt))
+            out["article_tokens"].append(len(a))
+            out["summary_tokens"].append(len(s))
+            out["source_truncated"].append(len(a) > self.budget.source)
+            out["target_truncated"].append(len(s) > self.budget.target)
+        return out
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -139,7 +163,8 @@ def dataset_key(cfg_data, tokenizer, budget: Budget) -> str:
 
 def load_tokenized(cfg_data, tokenizer, n_positions: int, num_virtual: int = 0):
     """Cleaned, subset, tokenized splits plus the preparation report; cached on disk by key."""
-    budget = make_budget(tokenizer, cfg_data, n_positions, num_virtual)
+    builder = PromptBuilder(tokenizer, cfg_data, n_positions, num_virtual)
+    budget = builder.budget
     key = dataset_key(cfg_data, tokenizer, budget)
     folder = cache_dir() / "data" / key
     if cfg_data.cache and (folder / "report.json").is_file():
@@ -147,19 +172,12 @@ def load_tokenized(cfg_data, tokenizer, n_positions: int, num_virtual: int = 0):
         report = json.loads((folder / "report.json").read_text())
         report["cache"] = {"hit": True, "path": str(folder)}
         return dd, report, budget
-    from .prepare import prepare_splits
-    from .sources import load_raw
-
     raw = load_raw(cfg_data)
     splits, report = prepare_splits(raw, cfg_data)
-    template = Template.parse(cfg_data.template)
     tokenized = {}
     for split in SPLITS:
-        tokenized[split] = splits[split].map(
-            _tokenize_batch, batched=True, batch_size=500, desc=f"tokenizing {split}",
-            fn_kwargs={"tokenizer": tokenizer, "template": template, "budget": budget},
-            new_fingerprint=f"{key}-{split}",
-        )
+        tokenized[split] = splits[split].map(builder.examples, batched=True, batch_size=500,
+                                             desc=f"tokenizing {split}", new_fingerprint=f"{key}-{split}")
     dd = datasets.DatasetDict(tokenized)
     report = {"splits": report, "budget": budget.__dict__, "key": key}
     if cfg_data.cache:

@@ -20,9 +20,13 @@ FLOPs than it runs (600-token sequences, 70 of them summary).
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 import torch
+
+from ..model.arch import decoder_blocks, hidden_size, trunk
+from ..utils import peak_rss_bytes, reset_peak_rss
 
 # dense bf16/fp16 tensor-core peaks (FLOP/s) of known accelerators
 PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "T4": 65e12,
@@ -34,8 +38,6 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    import platform
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -69,11 +71,7 @@ class FlopShape:
 
 
 def flop_shape(model, method) -> FlopShape:
-    from ..train.loss import trunk as trunk_of
-
-    t = trunk_of(model)
-    # GPT-2 keeps its blocks in .h; other causal LMs in their first ModuleList (.layers for most)
-    blocks = list(getattr(t, "h", None) or next(m for m in t.modules() if isinstance(m, torch.nn.ModuleList)))
+    blocks = decoder_blocks(model)
     n = len(blocks)
     head = model.get_output_embeddings().weight
     in_blocks = {id(p) for b in blocks for p in b.parameters()}
@@ -87,16 +85,14 @@ def flop_shape(model, method) -> FlopShape:
     if any(_below_blocks(model, p) for p in trainable):
         backward = n
     return FlopShape(trunk=sum(p.numel() for b in blocks for p in b.parameters()), head=head.numel(), n_layer=n,
-                     d_model=getattr(model.config, "n_embd", None) or model.config.hidden_size,
+                     d_model=hidden_size(model),
                      trainable_trunk=sum(p.numel() for p in trainable if id(p) in in_blocks),
                      head_trainable=head.requires_grad, backward_layers=backward)
 
 
 def _below_blocks(model, p) -> bool:
     """Is ``p`` used before the first block (input or position embeddings, a soft prompt)?"""
-    from ..train.loss import trunk as trunk_of
-
-    t = trunk_of(model)
+    t = trunk(model)
     below = [model.get_input_embeddings().weight, getattr(getattr(t, "wpe", None), "weight", None)]
     prompt = getattr(model, "soft_prompt", None)
     if prompt is not None:
@@ -122,15 +118,19 @@ def train_flops(shape: FlopShape, tokens: int, target_tokens: int, mean_len: flo
 def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    from ..utils import peak_rss_bytes
-
     return peak_rss_bytes()
+
+
+def memory_measure(device: torch.device) -> str:
+    """How :func:`peak_memory` measures on ``device`` (the report says it beside the numbers)."""
+    if device.type == "cuda":
+        return "peak of tensors allocated on the GPU (torch.cuda.max_memory_allocated), reset before the run"
+    return ("peak resident memory of the whole process (VmHWM: Python, libraries, model, data), reset before the "
+            "run after what earlier runs in the process held was given back")
 
 
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        from ..utils import reset_peak_rss
-
         reset_peak_rss()

@@ -29,8 +29,13 @@ import inspect
 import warnings
 
 import torch
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+from transformers import StaticCache
+from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from ..data.collate import collate, sorted_batches
+from ..utils import distributed_state
 
 # tokens per prefill forward on CPU: larger batches ran slower there (cache effects; see above)
 CPU_PREFILL_TOKENS = 2048
@@ -66,9 +71,6 @@ def _prefill_groups(lengths: list[int], max_tokens: int | None) -> list[list[int
 def greedy_ids(model, method, prompts: list[torch.Tensor], max_new_tokens: int, eos_id: int, pad_id: int,
                no_repeat_ngram_size: int = 0, prefill_tokens: int | None = None) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (1-D token tensors of any lengths), eos excluded."""
-    from transformers import StaticCache
-    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
-
     device = prompts[0].device
     if prefill_tokens is None and device.type == "cpu":
         prefill_tokens = CPU_PREFILL_TOKENS
@@ -149,23 +151,30 @@ def hf_generate_ids(model, method, input_ids, attention_mask, cfg_eval, eos_id: 
 
 
 @torch.no_grad()
-def generate_summaries(model, method, tokenizer, dataset, cfg_eval, device, autocast=None,
-                       progress: bool = False) -> list[str]:
+def generate_summaries(model, method, tokenizer, prompts: list[list[int]], cfg_eval, device, autocast=None,
+                       progress: bool = False) -> list[tuple[str, int]]:
+    """The one generation path (evaluation and ``summarize``): each prompt's summary and how many tokens
+    were generated for it (eos excluded), in the order of ``prompts``.
+
+    The model is put in eval mode (no dropout, LoRA's included).  Prompts are batched longest first
+    (``eval.batch_size``); under several processes each takes every N-th batch and the results are
+    gathered, so every process returns the whole list and the batches are the ones one process runs."""
     model.eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    batches = sorted_batches(list(dataset["prompt_len"]), cfg_eval.batch_size)
-    preds: list[str | None] = [None] * len(dataset)
+    dist = distributed_state()
+    batches = sorted_batches([len(p) for p in prompts], cfg_eval.batch_size)
+    mine = batches[dist.process_index::dist.num_processes]
     ctx = autocast or contextlib.nullcontext
-    it = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(batches, desc="generating", unit="batch", leave=False)
-    for idx in it:
-        b = collate([dataset[i] for i in idx], pad, left_pad=True, with_target=False)
+    done: dict[int, tuple[str, int]] = {}
+    for idx in tqdm(mine, desc="generating", unit="batch", leave=False, disable=not (progress and dist.is_main_process)):
+        b = collate([{"input_ids": prompts[i], "prompt_len": len(prompts[i])} for i in idx], pad, left_pad=True,
+                    with_target=False)
         with ctx():
             rows = generate_ids(model, method, b["input_ids"].to(device), b["attention_mask"].to(device),
                                 cfg_eval, eos, pad)
         for i, row in zip(idx, rows):
-            preds[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-    return preds
+            done[i] = (tokenizer.decode(row, skip_special_tokens=True).strip(), len(row))
+    if dist.num_processes > 1:
+        for part in gather_object([done]):
+            done.update(part)
+    return [done[i] for i in range(len(prompts))]

@@ -12,37 +12,42 @@ import math
 
 import numpy as np
 import torch
+from accelerate.utils import reduce
 from rouge_score import rouge_scorer
 
 from ..data.collate import collate, seq_lengths, sorted_batches
-from ..methods.baselines import split_sentences
+from ..data.text import split_sentences
+from ..utils import distributed_state
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 @torch.no_grad()
-def evaluate_loss(lm, dataset, batch_size: int, device, pad_id: int, autocast=None, features=None) -> dict:
-    """Token-weighted NLL of the summary tokens over ``dataset`` (or over cached ``features``)."""
-    was_training = lm.training
-    lm.eval()
+def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, autocast=None, features=None) -> dict:
+    """Token-weighted NLL of the summary tokens over ``dataset`` (or over cached ``features``).
+
+    Under several processes each takes every N-th batch; the sums of NLL and of tokens are added up
+    across processes, so every process returns the whole split's loss."""
+    was_training = summary_lm.training
+    summary_lm.eval()
+    dist = distributed_state()
     total, n = torch.zeros((), dtype=torch.float64), 0
     ctx = autocast or contextlib.nullcontext
-    if features is not None:
-        for idx in sorted_batches(features.lengths, batch_size):
-            with ctx():
-                nll, k = lm(**features.batch(idx, device))
-            total += nll.double().cpu()
-            n += k
-    else:
-        lengths = seq_lengths(dataset)
-        for idx in sorted_batches(lengths, batch_size):
-            b = collate([dataset[i] for i in idx], pad_id)
-            with ctx():
-                nll, k = lm(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
-                            labels=b["labels"].to(device))
-            total += nll.double().cpu()
-            n += k
-    lm.train(was_training)
+    lengths = features.lengths if features is not None else seq_lengths(dataset)
+    for idx in sorted_batches(lengths, batch_size)[dist.process_index::dist.num_processes]:
+        if features is not None:
+            batch = features.batch(idx, device)
+        else:
+            padded = collate([dataset[i] for i in idx], pad_id)
+            batch = {k: padded[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+        with ctx():
+            nll, k = summary_lm(**batch)
+        total += nll.double().cpu()
+        n += k
+    summary_lm.train(was_training)
+    if dist.num_processes > 1:
+        sums = reduce(torch.tensor([total.item(), float(n)], dtype=torch.float64, device=dist.device), "sum")
+        total, n = sums[0].cpu(), int(sums[1].item())
     mean = (total / max(n, 1)).item()
     return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "tokens": n}
 

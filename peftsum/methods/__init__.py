@@ -6,7 +6,7 @@ from .base import Method
 from .baselines import Lead3, ZeroShot
 from .full import Full
 from .last_layer import LastLayer
-from .lora import LoRA
+from .lora import LoRA, PeftLoRA
 from .prompt_tuning import PromptTuning
 
 REGISTRY: dict[str, type[Method]] = {
@@ -16,6 +16,8 @@ REGISTRY: dict[str, type[Method]] = {
 
 
 def build_method(cfg) -> Method:
+    if cfg.method.name == "lora" and cfg.method.lora.backend == "peft":
+        return PeftLoRA(cfg)
     return REGISTRY[cfg.method.name](cfg)
 
 

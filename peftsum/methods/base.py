@@ -8,6 +8,7 @@ evaluation (``peftsum.evaluate``) serve all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..model.loading import resolve_model_name
+from ..utils import write_json
 
 METHOD_FILE = "peftsum_method.json"
 
@@ -45,17 +48,17 @@ class Method:
         self.cfg = cfg
         self.base_total = 0
 
-    # --- preparing ------------------------------------------------------------------------
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Freeze / inject in place; remember the base model's size for the 'added' count."""
+    # --- preparing the model ----------------------------------------------------------------
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Freeze / inject / untie in place; remember the base model's size for the 'added' count."""
         self.base_total = count(model.parameters())
         for p in model.parameters():
             p.requires_grad_(False)
-        self._prepare(model)
+        self._adapt(model)
         return model
 
-    def _prepare(self, model: nn.Module) -> None:
-        pass
+    def _adapt(self, model: nn.Module) -> None:
+        """What the method changes in the frozen base model (nothing for the baselines)."""
 
     def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         seen, out = set(), []
@@ -104,19 +107,13 @@ class Method:
     def describe(self) -> dict:
         """Hyperparameters of the method, for the report."""
         section = self.cfg.method_section()
-        import dataclasses
-
         return dataclasses.asdict(section) if section is not None else {}
 
     def base_model_path(self) -> str:
         """The base model's hub id or local path (the demo base's built directory), for restoring alone."""
-        from ..model.loading import resolve_model_name
-
         return resolve_model_name(self.cfg.model.name)
 
     def write_method_file(self, run_dir: Path, extra: dict | None = None) -> None:
-        from ..utils import write_json
-
         write_json(Path(run_dir) / METHOD_FILE, {"method": self.name, "base_model": self.base_model_path(),
                                                  **self.describe(), **(extra or {})})
 
@@ -126,25 +123,3 @@ def read_method_file(run_dir: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{run_dir} holds no saved method weights ({METHOD_FILE} missing); train it first")
     return json.loads(path.read_text())
-
-
-def safe_load_file(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing, truncated or corrupted file is a UserError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"weights file {path} is truncated or corrupted ({str(e).splitlines()[0]})") from None
-
-
-def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    from ..utils import atomic_path
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)

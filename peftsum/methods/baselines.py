@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from ..data.text import lead3
 from .base import Method
 
-_SENT = re.compile(r"(?<=[.!?])[\"'”’)]*\s+(?=[\"'“‘(]?[A-Z0-9])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """A plain rule-based sentence splitter (no downloads): newlines, then . ! ? before a capital."""
-    out = []
-    for line in text.split("\n"):
-        out.extend(s.strip() for s in _SENT.split(line.strip()) if s.strip())
-    return out
-
-
-def lead3(article: str) -> str:
-    return "\n".join(split_sentences(article)[:3])
+__all__ = ["Lead3", "ZeroShot", "lead3"]
 
 
 class ZeroShot(Method):

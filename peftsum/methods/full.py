@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Method, safe_load_file, save_file_atomic
+from ..utils import safe_load_file, save_file_atomic
+from .base import Method
 
 
 class Full(Method):
     name = "full"
 
-    def _prepare(self, model) -> None:
+    def _adapt(self, model) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
 

@@ -7,7 +7,7 @@ new parameter initialised as a copy of wte, and only it trains; wte and the trun
 With a frozen trunk its final hidden states do not change during training, so the loop may compute
 them once and train the head on the cache (``cache_features``): same loss, a fraction of the work.
 
-``blocks: N`` also trains the last N transformer blocks and ``ln_f``.  ``tied: true`` reproduces the
+``blocks: N`` also trains the last N transformer blocks and the final norm (GPT-2's ``ln_f``).  ``tied: true`` reproduces the
 assignment's literal recipe, with a warning that says what it trains.
 """
 
@@ -19,7 +19,9 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import UserError
-from .base import Method, safe_load_file, save_file_atomic
+from ..model.arch import decoder_blocks, final_norm
+from ..utils import safe_load_file, save_file_atomic
+from .base import Method
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +31,15 @@ class LastLayer(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.c = cfg.method.last_layer
-        frozen_trunk = self.c.blocks == 0 and not self.c.tied
+        self.settings = cfg.method.last_layer
+        frozen_trunk = self.settings.blocks == 0 and not self.settings.tied
         self.trunk_backward = not frozen_trunk
-        self.cache_features = frozen_trunk and self.c.cache_features
+        self.cache_features = frozen_trunk and self.settings.cache_features
 
-    def _prepare(self, model: nn.Module) -> None:
+    def _adapt(self, model: nn.Module) -> None:
         head = model.get_output_embeddings()
         wte = model.get_input_embeddings()
-        if self.c.tied:
+        if self.settings.tied:
             log.warning("last_layer.tied: training lm_head as the assignment's recipe does; GPT-2 ties it to "
                         "transformer.wte, so this also trains the %d input-embedding weights and needs a "
                         "backward pass through the whole trunk", wte.weight.numel())
@@ -47,13 +49,15 @@ class LastLayer(Method):
         head.weight.requires_grad_(True)
         if getattr(head, "bias", None) is not None:
             head.bias.requires_grad_(True)
-        if self.c.blocks:
-            blocks = model.transformer.h
-            if self.c.blocks > len(blocks):
-                raise UserError(f"method.last_layer.blocks={self.c.blocks} but the model has {len(blocks)} blocks")
-            for block in list(blocks)[-self.c.blocks:]:
+        if self.settings.blocks:
+            blocks = decoder_blocks(model)
+            if self.settings.blocks > len(blocks):
+                raise UserError(f"method.last_layer.blocks={self.settings.blocks} but the model has {len(blocks)} blocks")
+            for block in blocks[-self.settings.blocks:]:
                 block.requires_grad_(True)
-            model.transformer.ln_f.requires_grad_(True)
+            norm = final_norm(model)
+            if norm is not None:
+                norm.requires_grad_(True)
 
     def train_mode(self, model: nn.Module) -> None:
         if self.trunk_backward:

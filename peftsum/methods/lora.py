@@ -12,7 +12,8 @@ cost; ``unmerge()`` takes it out again.  transformers' GPT-2 uses ``Conv1D`` who
 
 Saved in HF PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``, lora_A.weight
 = Aᵀ of shape [r, in], lora_B.weight = Bᵀ of shape [out, r]) so ``peft.PeftModel.from_pretrained``
-loads it.  ``method.lora.backend: peft`` injects PEFT's own LoRA layers instead of ours.
+loads it.  ``method.lora.backend: peft`` selects :class:`PeftLoRA`, which injects PEFT's own LoRA layers
+instead of ours (the same interface, saved in the same format).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import math
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import UserError
-from .base import Method, safe_load_file, save_file_atomic
+from ..utils import safe_load_file, save_file_atomic
+from .base import Method
 
 PEFT_PREFIX = "base_model.model."
 
@@ -77,40 +80,37 @@ def matches(name: str, targets: list[str]) -> bool:
 
 
 class LoRA(Method):
+    """LoRA with peftsum's own :class:`LoRALayer` (``method.lora.backend: peftsum``, the default)."""
+
     name = "lora"
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.c = cfg.method.lora
+        self.settings = cfg.method.lora
 
-    def _prepare(self, model: nn.Module) -> None:
-        targets = [(n, m) for n, m in model.named_modules() if matches(n, self.c.targets)]
+    def target_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        targets = [(n, m) for n, m in model.named_modules() if matches(n, self.settings.targets)]
         if not targets:
-            raise UserError(f"method.lora.targets {self.c.targets} match no module of the model "
+            raise UserError(f"method.lora.targets {self.settings.targets} match no module of the model "
                             "(GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)")
-        if self.c.backend == "peft":
-            from peft import inject_adapter_in_model
+        return targets
 
-            inject_adapter_in_model(self.peft_config(), model)
-            for n, p in model.named_parameters():
-                p.requires_grad_("lora_" in n)
-            return
-        for name, module in targets:
+    def _adapt(self, model: nn.Module) -> None:
+        for name, module in self.target_modules(model):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALayer(module, self.c.rank, self.c.alpha, self.c.dropout))
+            setattr(parent, child, LoRALayer(module, self.settings.rank, self.settings.alpha, self.settings.dropout))
 
-    def peft_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(r=self.c.rank, lora_alpha=self.c.alpha, lora_dropout=self.c.dropout,
-                          target_modules=list(self.c.targets), fan_in_fan_out=True, task_type="CAUSAL_LM",
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(r=self.settings.rank, lora_alpha=self.settings.alpha, lora_dropout=self.settings.dropout,
+                          target_modules=list(self.settings.targets), fan_in_fan_out=True, task_type="CAUSAL_LM",
                           base_model_name_or_path=self.base_model_path(), bias="none")
 
     def layers(self, model: nn.Module) -> dict[str, LoRALayer]:
         return {n: m for n, m in model.named_modules() if isinstance(m, LoRALayer)}
 
     def merge(self, model):
+        """Fold every ΔW into its base weight (inference at no extra cost); ``unmerge`` takes it out."""
         for m in self.layers(model).values():
             m.merge()
 
@@ -121,15 +121,16 @@ class LoRA(Method):
     # --- PEFT-format save / load ----------------------------------------------------------
     def peft_state_dict(self, model) -> dict[str, torch.Tensor]:
         out = {}
-        if self.c.backend == "peft":
-            for n, p in model.named_parameters():
-                if "lora_" in n:  # transformer.h.0.attn.c_attn.lora_A.default.weight
-                    out[PEFT_PREFIX + n.replace(".default", "")] = p.detach()
-            return out
         for n, m in self.layers(model).items():
             out[f"{PEFT_PREFIX}{n}.lora_A.weight"] = m.lora_A.detach().T
             out[f"{PEFT_PREFIX}{n}.lora_B.weight"] = m.lora_B.detach().T
         return out
+
+    def _copy_peft_state(self, model, state: dict[str, torch.Tensor]) -> None:
+        layers = self.layers(model)
+        for k, v in state.items():
+            mod, ab = k[len(PEFT_PREFIX):].rsplit(".", 2)[:2]
+            getattr(layers[mod], ab).copy_(v.T)
 
     def load_peft_state_dict(self, model, state: dict[str, torch.Tensor]) -> None:
         own = self.peft_state_dict(model)
@@ -137,16 +138,7 @@ class LoRA(Method):
             extra = sorted(set(state) - set(own))[:1] or sorted(set(own) - set(state))[:1]
             raise UserError(f"adapter does not match method.lora.targets/backend of this run (e.g. {extra[0]})")
         with torch.no_grad():
-            if self.c.backend == "peft":
-                params = dict(model.named_parameters())
-                for k, v in state.items():
-                    name = k[len(PEFT_PREFIX):].replace(".weight", ".default.weight")
-                    params[name].copy_(v)
-                return
-            layers = self.layers(model)
-            for k, v in state.items():
-                mod, ab = k[len(PEFT_PREFIX):].rsplit(".", 2)[:2]
-                getattr(layers[mod], ab).copy_(v.T)
+            self._copy_peft_state(model, state)
 
     def save(self, model, run_dir: Path) -> None:
         run_dir = Path(run_dir)
@@ -156,3 +148,28 @@ class LoRA(Method):
 
     def load(self, model, run_dir: Path) -> None:
         self.load_peft_state_dict(model, safe_load_file(Path(run_dir) / "adapter_model.safetensors"))
+
+
+class PeftLoRA(LoRA):
+    """LoRA with PEFT's own layers injected (``method.lora.backend: peft``): the cross-check of ours."""
+
+    def _adapt(self, model: nn.Module) -> None:
+        self.target_modules(model)  # the same clear error when nothing matches
+        inject_adapter_in_model(self.peft_config(), model)
+        for n, p in model.named_parameters():
+            p.requires_grad_("lora_" in n)
+
+    def peft_state_dict(self, model) -> dict[str, torch.Tensor]:
+        # PEFT names its parameters transformer.h.0.attn.c_attn.lora_A.default.weight
+        return {PEFT_PREFIX + n.replace(".default", ""): p.detach()
+                for n, p in model.named_parameters() if "lora_" in n}
+
+    def _copy_peft_state(self, model, state: dict[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        for k, v in state.items():
+            params[k[len(PEFT_PREFIX):].replace(".weight", ".default.weight")].copy_(v)
+
+    def merge(self, model):
+        raise UserError("merging is implemented for method.lora.backend: peftsum only")
+
+    unmerge = merge

@@ -16,9 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from peft import PromptTuningConfig
 from torch import nn
 
-from .base import Method, safe_load_file, save_file_atomic
+from ..model.arch import attention_heads, decoder_blocks, hidden_size
+from ..model.loading import load_tokenizer
+from ..utils import safe_load_file, save_file_atomic
+from .base import Method
 
 
 class SoftPrompt(nn.Module):
@@ -35,30 +39,28 @@ class PromptTuning(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.c = cfg.method.prompt_tuning
-        self.num_virtual_tokens = self.c.num_prompts
+        self.settings = cfg.method.prompt_tuning
+        self.num_virtual_tokens = self.settings.num_prompts
         self.tokenizer = None  # set by the caller for text initialisation
 
-    def _prepare(self, model: nn.Module) -> None:
+    def _adapt(self, model: nn.Module) -> None:
         wte = model.get_input_embeddings().weight
-        prompt = SoftPrompt(self.c.num_prompts, wte.shape[1]).to(wte.device)
+        prompt = SoftPrompt(self.settings.num_prompts, wte.shape[1]).to(wte.device)
         with torch.no_grad():
             prompt.weight.copy_(self.initial_prompt(wte))
         model.soft_prompt = prompt  # a submodule: checkpoints, devices and DDP see it like any parameter
 
     def initial_prompt(self, wte: torch.Tensor) -> torch.Tensor:
-        n = self.c.num_prompts
+        n = self.settings.num_prompts
         g = torch.Generator().manual_seed(self.cfg.train.seed)
-        if self.c.init == "random":
+        if self.settings.init == "random":
             return torch.rand(n, wte.shape[1], generator=g) * 1.0 - 0.5
-        if self.c.init == "vocab":
+        if self.settings.init == "vocab":
             ids = torch.randint(0, min(wte.shape[0], 5000), (n,), generator=g)
             return wte[ids].detach().float().cpu()
         if self.tokenizer is None:
-            from ..model.loading import load_tokenizer
-
-            self.tokenizer = load_tokenizer(self.cfg.model.tokenizer or _model_path(self.cfg))
-        ids = self.tokenizer(self.c.init_text)["input_ids"]
+            self.tokenizer = load_tokenizer(self.cfg.model.tokenizer or self.base_model_path())
+        ids = self.tokenizer(self.settings.init_text)["input_ids"]
         ids = [ids[i % len(ids)] for i in range(n)]  # cycle (or cut) the text's tokens to n rows
         return wte[torch.tensor(ids)].detach().float().cpu()
 
@@ -66,17 +68,15 @@ class PromptTuning(Method):
         emb = model.get_input_embeddings()(input_ids)
         B = input_ids.shape[0]
         prefix = model.soft_prompt(B, emb.dtype)
-        ones = attention_mask.new_ones(B, self.c.num_prompts)
+        ones = attention_mask.new_ones(B, self.settings.num_prompts)
         return torch.cat([prefix, emb], dim=1), torch.cat([ones, attention_mask], dim=1)
 
     # --- PEFT-format save / load ----------------------------------------------------------
     def peft_config(self, model):
-        from peft import PromptTuningConfig
-
-        cfg = model.config
         return PromptTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=self.c.num_prompts, token_dim=cfg.n_embd,
-            num_transformer_submodules=1, num_attention_heads=cfg.n_head, num_layers=cfg.n_layer,
+            task_type="CAUSAL_LM", num_virtual_tokens=self.settings.num_prompts, token_dim=hidden_size(model),
+            num_transformer_submodules=1, num_attention_heads=attention_heads(model.config),
+            num_layers=len(decoder_blocks(model)),
             prompt_tuning_init="RANDOM", base_model_name_or_path=self.base_model_path())
 
     def save(self, model, run_dir: Path) -> None:
@@ -91,8 +91,3 @@ class PromptTuning(Method):
         with torch.no_grad():
             model.soft_prompt.weight.copy_(state["prompt_embeddings"])
 
-
-def _model_path(cfg) -> str:
-    from ..model.loading import resolve_model_name
-
-    return resolve_model_name(cfg.model.name)

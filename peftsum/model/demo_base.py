@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from ..data.demo import generate
 from ..utils import cache_dir
+from .tokenizer import offline_gpt2_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,6 @@ def ensure_demo_base(config: dict | None = None, recipe: dict | None = None, roo
         return folder
     log.warning("building the demo base model once (pre-training %d steps on the demo articles) -> %s",
                 recipe["steps"], folder)
-    from ..data.demo import generate
-    from .loading import offline_gpt2_tokenizer
-
     tokenizer = offline_gpt2_tokenizer()
     articles = [r["article"] for r in generate(2000, seed=1234)]  # the demo corpus's train split
     model = pretrain(articles, tokenizer, config, recipe)

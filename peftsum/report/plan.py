@@ -13,13 +13,23 @@ import time
 
 import numpy as np
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..config import Config
 from ..data.collate import collate, seq_lengths
+from ..data.tokenize import load_tokenized
 from ..errors import UserError
 from ..evaluate import cost as costs
 from ..evaluate.generate import generate_ids
 from ..methods import build_method
+from ..model.loading import (
+    load_model,
+    load_tokenizer,
+    n_positions,
+    offline_gpt2_tokenizer,
+    resolve_model_name,
+    set_dropout,
+)
 from ..train.loop import micro_batch_size
 from ..train.loss import SummaryLM
 
@@ -37,8 +47,6 @@ def _synthetic_examples(n: int, cfg: Config, rng) -> list[dict]:
 
 def _examples(cfg: Config, tokenizer, positions: int, num_virtual: int, n: int, rng):
     try:
-        from ..data.tokenize import load_tokenized
-
         dd, _, _ = load_tokenized(cfg.data, tokenizer, positions, num_virtual)
         ds = dd["train"]
         idx = rng.choice(len(ds), size=min(n, len(ds)), replace=False)
@@ -56,19 +64,8 @@ def plan(cfg: Config, methods: list[str], device: str | None, steps: int, shape:
 
 
 def measure(cfg: Config, methods: list[str], device: str | None, steps: int, shape: str = "real") -> dict:
-    from ..model.loading import (
-        load_model,
-        load_tokenizer,
-        n_positions,
-        offline_gpt2_tokenizer,
-        resolve_model_name,
-        set_dropout,
-    )
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if shape == "gpt2-small":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
         torch.manual_seed(0)
         base = GPT2LMHeadModel(GPT2Config())
         tokenizer = offline_gpt2_tokenizer()
@@ -97,9 +94,9 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
             continue
         model = copy.deepcopy(base)
         method.tokenizer = tokenizer
-        method.prepare(model)
+        method.prepare_model(model)
         model.to(dev)
-        lm = SummaryLM(model, method)
+        summary_lm = SummaryLM(model, method)
         ex, mean_len, source = _examples(mcfg, tokenizer, positions, method.num_virtual_tokens,
                                          bs * tc.grad_accum * (steps + 1) + cfg.eval.batch_size, rng)
         mean_target = float(np.mean([len(e["input_ids"]) - e["prompt_len"] for e in ex]))
@@ -116,14 +113,14 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
                  for b in range(0, bs * tc.grad_accum * (steps + 1), bs) for i in range(0, bs, fwd)]
         if method.cache_features:  # the loop trains the head on features computed once, before training
             with torch.no_grad(), ctx():
-                micro = [dict(zip(("features", "targets"), lm.summary_features(
+                micro = [dict(zip(("features", "targets"), summary_lm.summary_features(
                     b["input_ids"].to(dev), b["attention_mask"].to(dev), b["labels"].to(dev)))) for b in micro]
         groups = [micro[k * per_step: (k + 1) * per_step] for k in range(steps + 1)]
-        _train_step(lm, method, opt, params, groups[0], ctx, dev, tc.max_grad_norm)  # warm-up
+        _train_step(summary_lm, method, opt, params, groups[0], ctx, dev, tc.max_grad_norm)  # warm-up
         _sync(dev)
         t_start = time.perf_counter()
         for group in groups[1:]:
-            _train_step(lm, method, opt, params, group, ctx, dev, tc.max_grad_norm)
+            _train_step(summary_lm, method, opt, params, group, ctx, dev, tc.max_grad_norm)
         _sync(dev)
         step_s = (time.perf_counter() - t_start) / steps
         # trunk forward time per example (validation, and the one-off feature cache of last-layer)
@@ -133,7 +130,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         _sync(dev)
         t0 = time.perf_counter()
         with torch.no_grad(), ctx():
-            lm(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev), labels=b["labels"].to(dev))
+            summary_lm(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev), labels=b["labels"].to(dev))
         _sync(dev)
         fwd_per_ex = (time.perf_counter() - t0) / len(gen_ex)
         bg = collate(gen_ex, tokenizer.pad_token_id, left_pad=True, with_target=False)
@@ -171,7 +168,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
                      "train_flops": flops, "trainable": counts["trainable"],
                      "tokens_per_second": bs * tc.grad_accum * seq_len / step_s,
                      "mfu": flops / train_s / peak_flops if peak_flops and train_s else None})
-        del model, lm, opt
+        del model, summary_lm, opt
     return {"device": costs.device_name(dev), "model": model_desc, "rows": rows, "data": source if rows else "",
             "assumptions": [
                 f"every method runs all {tc.epochs} epochs (early stopping can only shorten this)"
@@ -202,15 +199,15 @@ def _sync(dev) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _train_step(lm, method, opt, params, group, ctx, dev, max_norm) -> None:
+def _train_step(summary_lm, method, opt, params, group, ctx, dev, max_norm) -> None:
     """One optimizer step as the loop takes it (cached features for a frozen trunk)."""
-    method.train_mode(lm.model)
+    method.train_mode(summary_lm.model)
     for b in group:
         with ctx():
             if "features" in b:
-                nll, n = lm(features=b["features"].float(), targets=b["targets"])
+                nll, n = summary_lm(features=b["features"].float(), targets=b["targets"])
             else:
-                nll, n = lm(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
+                nll, n = summary_lm(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
                             labels=b["labels"].to(dev))
         (nll / max(n, 1)).backward()
     torch.nn.utils.clip_grad_norm_(params, max_norm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,7 +38,6 @@ def loss_curves(curves: dict[str, dict], out: Path) -> Path:
 
 
 def rouge_bars(rows: list[dict], out: Path) -> Path:
-    import numpy as np
 
     keys = ["rouge1", "rouge2", "rougeL"]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))

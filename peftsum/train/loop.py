@@ -1,35 +1,41 @@
 """The one training loop, for every method.
 
-Read it top to bottom: set up (Accelerate, optimizer, schedule), maybe restore a checkpoint, then
-for each epoch: fixed, seeded batches -> token-weighted loss over each accumulation group (a batch
-may run as several forward passes, ``train.micro_batch_size``) -> clip -> step -> log; validate every
-epoch (and every N steps if asked), keep the best weights, stop early when validation loss stops
-improving.  The test split never enters this file.
+Read :class:`Trainer` top to bottom: ``__init__`` sets up (optimizer, schedule, the batch plan, the
+frozen trunk's feature cache), ``resume`` restores a checkpoint, ``run`` goes epoch by epoch:
+fixed, seeded batches -> :meth:`Trainer.train_step` (token-weighted loss over an accumulation group,
+a batch possibly run as several forward passes, ``train.micro_batch_size``; clip; step; log) ->
+validation every ``eval_every_steps`` and at the end of each epoch (:meth:`Trainer.validate`), where
+:class:`~peftsum.train.early_stopping.EarlyStopping` keeps the best weights and says when to stop.
+The test split never enters this file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..data.collate import collate, epoch_batches, seq_lengths, sorted_batches
+from ..data.collate import collate, epoch_batches, seq_lengths
+from ..errors import TrainingDiverged
 from ..evaluate.metrics import evaluate_loss
-from ..methods.base import save_file_atomic
-from ..utils import rng_state, set_rng_state
+from ..model.arch import attention_heads
+from ..utils import rng_state, save_file_atomic, set_rng_state
 from .checkpoint import load_checkpoint, save_checkpoint
+from .early_stopping import EarlyStopping
+from .features import FeatureCache
+from .interrupt import DeferredInterrupt
 
 log = logging.getLogger(__name__)
+
+BEST = "best.safetensors"
 
 
 @dataclass
@@ -37,12 +43,8 @@ class TrainState:
     epoch: int = 0  # current epoch (0-based)
     group: int = 0  # next accumulation group inside the epoch
     step: int = 0  # optimizer steps done
-    best_val: float = math.inf
-    best_epoch: int | None = None
-    best_step: int | None = None
-    bad_evals: int = 0
     train_seconds: float = 0.0
-    tokens: int = 0  # real (non-padding) tokens processed
+    tokens: int = 0  # real (non-padding) tokens processed by the whole job (every process)
     target_tokens: int = 0
     examples: int = 0
     metrics_lines: int = 0
@@ -50,46 +52,10 @@ class TrainState:
     history: list = field(default_factory=list)  # validation losses
     initial_val_loss: float | None = None  # before the first step
     feature_cache_bytes: int = 0  # last-layer's cached trunk features
+    early_stopping: dict = field(default_factory=dict)
 
     def to_dict(self):
         return dict(self.__dict__)
-
-
-class FeatureCache:
-    """Final hidden states of a frozen trunk at the summary-predicting positions, one block per
-    example, computed once (no dropout); the head then trains on them for every epoch."""
-
-    def __init__(self, lm, dataset, batch_size: int, device, pad_id: int, dtype, autocast):
-        feats, targets, self.lengths = [], [], []
-        ex_lengths = seq_lengths(dataset)
-        order = [None] * len(dataset)
-        lm.eval()
-        with torch.no_grad():
-            for idx in sorted_batches(ex_lengths, batch_size):
-                b = collate([dataset[i] for i in idx], pad_id)
-                with autocast():
-                    h = lm.hidden_states(b["input_ids"].to(device), b["attention_mask"].to(device))
-                shifted = b["labels"][:, 1:].to(device)
-                for row, i in enumerate(idx):
-                    keep = shifted[row] != -100
-                    order[i] = (h[row, :-1][keep].to(dtype).cpu(), shifted[row][keep].cpu())
-        offsets = [0]
-        for f, t in order:
-            feats.append(f)
-            targets.append(t)
-            self.lengths.append(len(t))
-            offsets.append(offsets[-1] + len(t))
-        self.features = torch.cat(feats)
-        self.targets = torch.cat(targets)
-        self.offsets = offsets
-
-    def batch(self, idx, device) -> dict:
-        f = torch.cat([self.features[self.offsets[i]: self.offsets[i + 1]] for i in idx])
-        t = torch.cat([self.targets[self.offsets[i]: self.offsets[i + 1]] for i in idx])
-        return {"features": f.to(device), "targets": t.to(device)}
-
-    def nbytes(self) -> int:
-        return self.features.numel() * self.features.element_size()
 
 
 # On CPU a forward pass holds at most this many bytes of one layer's attention scores (fp32, heads x T x T).
@@ -98,15 +64,14 @@ class FeatureCache:
 CPU_ATTENTION_BYTES = 32 * 2**20
 
 
-def micro_batch_size(tc, device, model_config, seq_len: int) -> int | None:
+def micro_batch_size(train_cfg, device, model_config, seq_len: int) -> int | None:
     """Sequences per forward/backward pass: ``train.micro_batch_size`` if set; on CPU as many as keep
     one layer's attention scores within CPU_ATTENTION_BYTES; elsewhere the whole batch (None)."""
-    if tc.micro_batch_size:
-        return tc.micro_batch_size
+    if train_cfg.micro_batch_size:
+        return train_cfg.micro_batch_size
     if device.type != "cpu":
         return None
-    n_head = getattr(model_config, "n_head", None) or model_config.num_attention_heads
-    return max(1, CPU_ATTENTION_BYTES // (4 * n_head * seq_len * seq_len))
+    return max(1, CPU_ATTENTION_BYTES // (4 * attention_heads(model_config) * seq_len * seq_len))
 
 
 def _passes(idx: list[int], chunk: int | None) -> list[list[int]]:
@@ -116,224 +81,233 @@ def _passes(idx: list[int], chunk: int | None) -> list[list[int]]:
     return [idx[k: k + chunk] for k in range(0, len(idx), chunk)]
 
 
-def train(cfg, run_dir: Path, lm, method, train_ds, val_ds, accelerator, pad_id: int, resume: bool,
-          metrics_file) -> TrainState:
-    tc = cfg.train
-    device = accelerator.device
-    autocast = accelerator.autocast
-    world, rank = accelerator.num_processes, accelerator.process_index
-    model = lm.model
+def validation_subset(val_ds, limit: int | None, seed: int):
+    """``train.val_limit``: a fixed, seeded subset of the validation split for early stopping (the same
+    examples at every evaluation and for every method); the whole split when None or larger."""
+    if not limit or limit >= len(val_ds):
+        return val_ds
+    keep = np.sort(np.random.default_rng(seed).choice(len(val_ds), size=limit, replace=False))
+    return val_ds.select(keep.tolist())
 
-    params = [p for _, p in method.trainable_parameters(model)]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=tc.weight_decay)
-    # the dataset and batch plan are the same on every rank: each takes its share of every batch
-    lengths = seq_lengths(train_ds)
-    target_lengths = [n - p for n, p in zip(lengths, train_ds["prompt_len"])]
-    global_batch = tc.batch_size * world
-    n_batches = math.ceil(len(lengths) / global_batch)
-    groups_per_epoch = math.ceil(n_batches / tc.grad_accum)
-    total_steps = groups_per_epoch * tc.epochs if tc.max_steps is None else min(tc.max_steps, groups_per_epoch * tc.epochs)
-    scheduler = get_scheduler(tc.schedule if tc.schedule != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=int(tc.warmup_ratio * total_steps), num_training_steps=total_steps)
-    ddp_lm, optimizer = accelerator.prepare(lm, optimizer)
 
-    features = val_features = None
-    cache_seconds = 0.0
-    if method.cache_features:
-        dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-        t0 = time.perf_counter()
-        features = FeatureCache(lm, train_ds, tc.batch_size * 2, device, pad_id, dtype, autocast)
-        cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
-        val_features = FeatureCache(lm, val_ds, tc.batch_size * 2, device, pad_id, dtype, autocast)
-        log.info("cached the frozen trunk's features: %.1f MB in %.1fs", features.nbytes() / 1e6, cache_seconds)
+class Trainer:
+    def __init__(self, cfg, run_dir: Path, summary_lm, method, train_ds, val_ds, accelerator, pad_id: int,
+                 metrics_file):
+        self.cfg, self.train_cfg, self.run_dir = cfg, cfg.train, Path(run_dir)
+        self.summary_lm, self.model, self.method = summary_lm, summary_lm.model, method
+        self.train_ds = train_ds
+        self.val_ds = validation_subset(val_ds, cfg.train.val_limit, cfg.data.seed)
+        self.accelerator, self.device, self.autocast = accelerator, accelerator.device, accelerator.autocast
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.pad_id, self.metrics_file = pad_id, metrics_file
+        tc = self.train_cfg
 
-    def passes(idx: list[int]) -> list[list[int]]:
-        if features is not None:  # the head alone: whole batches
-            return [idx]
-        longest = max(lengths[i] for i in idx) + method.num_virtual_tokens
-        return _passes(idx, micro_batch_size(tc, device, lm.model.config, longest))
+        self.params = [p for _, p in method.trainable_parameters(self.model)]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate(), weight_decay=tc.weight_decay)
+        # the dataset and batch plan are the same on every rank: each takes its share of every batch
+        self.lengths = seq_lengths(train_ds)
+        self.target_lengths = [n - p for n, p in zip(self.lengths, train_ds["prompt_len"])]
+        self.global_batch = tc.batch_size * self.world
+        groups_per_epoch = math.ceil(math.ceil(len(self.lengths) / self.global_batch) / tc.grad_accum)
+        self.total_steps = groups_per_epoch * tc.epochs
+        if tc.max_steps is not None:
+            self.total_steps = min(tc.max_steps, self.total_steps)
+        schedule = tc.schedule if tc.schedule != "constant" else "constant_with_warmup"
+        self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=int(tc.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.ddp_lm, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
+        self.stopping = EarlyStopping(tc.patience, tc.min_delta)
+        self.state = TrainState()
+        self.resumed = False
 
-    state = TrainState()
-    ckpt = load_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        method.load_state_dict(model, ckpt["weights"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = TrainState(**ckpt["state"])
+        self.features = self.val_features = None
+        self.cache_seconds = 0.0
+        if method.cache_features:  # a frozen trunk: its features once, then the head alone trains
+            dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+            t0 = time.perf_counter()
+            self.features = FeatureCache(summary_lm, train_ds, tc.batch_size * 2, self.device, pad_id, dtype,
+                                         self.autocast)
+            self.cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
+            self.val_features = FeatureCache(summary_lm, self.val_ds, tc.batch_size * 2, self.device, pad_id, dtype,
+                                             self.autocast)
+            log.info("cached the frozen trunk's features: %.1f MB in %.1fs", self.features.nbytes() / 1e6,
+                     self.cache_seconds)
+
+    # --- resume -----------------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Restore weights, optimizer, schedule, RNG and data position from the run's checkpoint."""
+        ckpt = load_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        self.method.load_state_dict(self.model, ckpt["weights"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = TrainState(**ckpt["state"])
+        self.stopping.load_state_dict(self.state.early_stopping)
         set_rng_state(ckpt["rng"])
-        metrics_file.truncate_to(state.metrics_lines)
-        log.info("resumed at epoch %d, step %d", state.epoch + 1, state.step)
-    state.train_seconds += cache_seconds
+        self.metrics_file.truncate_to(self.state.metrics_lines)
+        self.resumed = True
+        log.info("resumed at epoch %d, step %d", self.state.epoch + 1, self.state.step)
+        return True
 
-    def validate() -> float:
-        ev = evaluate_loss(lm, val_ds, tc.batch_size * 2, device, pad_id, autocast, features=val_features)
-        return ev["loss"]
+    # --- one optimizer step ----------------------------------------------------------------
+    def forward_passes(self, idx: list[int]) -> list[list[int]]:
+        if self.features is not None:  # the head alone: whole batches
+            return [idx]
+        longest = max(self.lengths[i] for i in idx) + self.method.num_virtual_tokens
+        return _passes(idx, micro_batch_size(self.train_cfg, self.device, self.model.config, longest))
 
-    def checkpoint():
-        if accelerator.is_main_process:
-            state.metrics_lines = metrics_file.lines
-            save_checkpoint(run_dir, {"weights": {k: v.cpu() for k, v in method.state_dict(model).items()},
-                                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                      "state": state.to_dict(), "rng": rng_state()})
+    def batch(self, idx: list[int]) -> dict:
+        if self.features is not None:
+            return self.features.batch(idx, self.device)
+        padded = collate([self.train_ds[i] for i in idx], self.pad_id)
+        return {k: padded[k].to(self.device) for k in ("input_ids", "attention_mask", "labels")}
 
-    def on_validation(val_loss: float) -> bool:
-        """Record a validation loss; keep the best weights; True when patience is exhausted."""
-        state.history.append(val_loss)
-        metrics_file.write({"type": "eval", "split": "validation", "epoch": state.epoch + 1, "step": state.step,
-                            "val_loss": val_loss})
-        if val_loss < state.best_val - tc.min_delta:
-            state.best_val, state.best_epoch, state.best_step, state.bad_evals = val_loss, state.epoch + 1, state.step, 0
-            if accelerator.is_main_process:
-                save_file_atomic(method.state_dict(model), Path(run_dir) / "best.safetensors")
-        else:
-            state.bad_evals += 1
-        return state.bad_evals > tc.patience
+    def train_step(self, group: list[list[int]]) -> dict:
+        """One optimizer step over an accumulation group of global batches (lists of example indices):
+        this process takes its share of each batch; the gradient is that of the summed NLL of the whole
+        group divided by its number of summary tokens, on every process."""
+        self.method.train_mode(self.model)
+        t0 = time.perf_counter()
+        n_target = sum(self.target_lengths[i] for mb in group for i in mb)  # global, known to every rank
+        loss_sum = 0.0
+        passes = [part for mb in group for part in self.forward_passes(mb[self.rank::self.world])]
+        for j, idx in enumerate(passes):
+            sync = contextlib.nullcontext() if j == len(passes) - 1 else self.accelerator.no_sync(self.ddp_lm)
+            with sync:
+                with self.autocast():
+                    nll, _ = self.ddp_lm(**self.batch(idx))
+                # DDP averages gradients over ranks, hence * world: the step's gradient is the gradient
+                # of (sum of NLL over the whole group) / (its number of summary tokens)
+                self.accelerator.backward(nll * self.world / n_target)
+            loss_sum += nll.item()
+        loss = self.accelerator.reduce(torch.tensor(loss_sum, device=self.device), "sum").item() / n_target
+        if not math.isfinite(loss):
+            self._diverged(f"the training loss is {loss} at step {self.state.step + 1}")
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.train_cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        s = self.state
+        s.step += 1
+        s.group += 1
+        s.train_seconds += dt
+        s.target_tokens += n_target
+        s.tokens += sum(self.lengths[i] for mb in group for i in mb)  # the whole job's, not this rank's
+        s.examples += sum(len(mb) for mb in group)
+        row = {"type": "train", "epoch": s.epoch + 1, "step": s.step, "loss": loss,
+               "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "target_tokens": n_target,
+               "seconds": dt}
+        self.metrics_file.write(row)
+        return row
 
-    if ckpt is None:  # the starting point: validation loss before any training
-        state.initial_val_loss = validate()
-        metrics_file.write({"type": "eval", "split": "validation", "epoch": 0, "step": 0,
-                            "val_loss": state.initial_val_loss})
+    def _diverged(self, what: str) -> None:
+        """NaN or infinite loss: stop, and claim no weights as best."""
+        if self.accelerator.is_main_process:
+            (self.run_dir / BEST).unlink(missing_ok=True)
+        raise TrainingDiverged(f"{what}; training stopped and no weights are kept as best. Lower the learning "
+                               "rate (--train.lr) or use mixed_precision no")
 
-    interrupt = DeferredInterrupt()
-    bar = None
-    if tc.progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
+    # --- validation and early stopping ------------------------------------------------------
+    def validation_loss(self) -> float:
+        return evaluate_loss(self.summary_lm, self.val_ds, self.train_cfg.batch_size * 2, self.device, self.pad_id,
+                             self.autocast, features=self.val_features)["loss"]
 
-        bar = tqdm(total=total_steps, initial=state.step, desc=f"{method.name}", unit="step", dynamic_ncols=True)
+    def validate(self) -> None:
+        """Validate the current weights (once per step), keep them if best, record the early-stopping state."""
+        s = self.state
+        if self.stopping.seen(s.step):
+            return
+        val_loss = self.validation_loss()
+        if not math.isfinite(val_loss):
+            self._diverged(f"the validation loss is {val_loss} after step {s.step}")
+        s.history.append(val_loss)
+        self.metrics_file.write({"type": "eval", "split": "validation", "epoch": s.epoch + 1, "step": s.step,
+                                 "val_loss": val_loss})
+        if self.stopping.update(val_loss, s.step, s.epoch + 1) and self.accelerator.is_main_process:
+            save_file_atomic(self.method.state_dict(self.model), self.run_dir / BEST)
+        s.early_stopping = self.stopping.state_dict()
+        if self.stopping.should_stop and not s.stopped_reason:  # a step or epoch limit reached first wins
+            s.stopped_reason = "early_stopping"
 
-    try:
-        stop = state.step >= total_steps or bool(state.stopped_reason)  # a resumed run may have finished
-        while state.epoch < tc.epochs and not stop:
-            batches = epoch_batches(lengths, global_batch, tc.seed, state.epoch, cfg.data.group_by_length)
-            if world > 1:  # every rank needs a share: drop a last batch smaller than the number of ranks
-                batches = [b for b in batches if len(b) >= world]
-            groups = [batches[i: i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
-            while state.group < len(groups):
-                group = groups[state.group]
-                method.train_mode(model)
-                t0 = time.perf_counter()
-                n_target = sum(target_lengths[i] for mb in group for i in mb)  # global, known to every rank
-                loss_sum = 0.0
-                fwd = [part for mb in group for part in passes(mb[rank::world])]
-                for j, idx in enumerate(fwd):
-                    sync = contextlib.nullcontext() if j == len(fwd) - 1 else accelerator.no_sync(ddp_lm)
-                    with sync:
-                        if features is not None:
-                            batch = features.batch(idx, device)
-                        else:
-                            b = collate([train_ds[i] for i in idx], pad_id)
-                            batch = {k: b[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-                        with autocast():
-                            nll, _ = ddp_lm(**batch)
-                        # DDP averages gradients over ranks, hence * world: the step's gradient is the
-                        # gradient of (sum of NLL over the whole group) / (its number of summary tokens)
-                        accelerator.backward(nll * world / n_target)
-                    loss_sum += nll.item()
-                    state.tokens += sum(lengths[i] for i in idx)
-                    state.examples += len(idx)
-                grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.group += 1
-                state.target_tokens += n_target
-                dt = time.perf_counter() - t0
-                state.train_seconds += dt
-                loss = accelerator.reduce(torch.tensor(loss_sum, device=device), "sum").item() / n_target
-                lr = scheduler.get_last_lr()[0]
-                metrics_file.write({"type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": loss,
-                                    "lr": lr, "grad_norm": float(grad_norm), "target_tokens": n_target,
-                                    "seconds": dt})
-                if bar is not None:
+    def checkpoint(self) -> None:
+        if self.accelerator.is_main_process:
+            self.state.metrics_lines = self.metrics_file.lines
+            self.state.early_stopping = self.stopping.state_dict()
+            save_checkpoint(self.run_dir, {
+                "weights": {k: v.cpu() for k, v in self.method.state_dict(self.model).items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "state": self.state.to_dict(), "rng": rng_state()})
+
+    # --- the run -----------------------------------------------------------------------------
+    def _limit_reason(self) -> str:
+        tc = self.train_cfg
+        return "max_steps" if tc.max_steps is not None and self.state.step >= tc.max_steps else "epochs"
+
+    def run(self) -> TrainState:
+        s, tc = self.state, self.train_cfg
+        if not self.resumed:
+            s.train_seconds += self.cache_seconds  # once per run, not again on resume
+            s.initial_val_loss = self.validation_loss()  # the starting point, before any step
+            self.metrics_file.write({"type": "eval", "split": "validation", "epoch": 0, "step": 0,
+                                     "val_loss": s.initial_val_loss})
+        interrupt = DeferredInterrupt()
+        bar = tqdm(total=self.total_steps, initial=s.step, desc=self.method.name, unit="step", dynamic_ncols=True,
+                   disable=not (tc.progress and self.accelerator.is_main_process))
+        try:
+            if not s.stopped_reason and s.step >= self.total_steps:  # a resumed run that had finished
+                s.stopped_reason = self._limit_reason()
+            while not s.stopped_reason and s.epoch < tc.epochs:
+                batches = epoch_batches(self.lengths, self.global_batch, tc.seed, s.epoch, self.cfg.data.group_by_length)
+                if self.world > 1:  # every rank needs a share: drop a last batch smaller than the number of ranks
+                    batches = [b for b in batches if len(b) >= self.world]
+                groups = [batches[i: i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
+                while s.group < len(groups) and not s.stopped_reason:
+                    row = self.train_step(groups[s.group])
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{state.tokens * world / max(state.train_seconds, 1e-9):.0f}")
-                if state.step >= total_steps:
-                    stop, state.stopped_reason = True, ("max_steps" if tc.max_steps else "epochs")
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
+                                    tok_s=f"{s.tokens / max(s.train_seconds, 1e-9):.0f}")
+                    if s.step >= self.total_steps:
+                        s.stopped_reason = self._limit_reason()
+                        break  # the end-of-epoch validation and checkpoint below follow
+                    if tc.eval_every_steps and s.step % tc.eval_every_steps == 0:
+                        self.validate()
+                    if s.stopped_reason or s.step % tc.checkpoint_every_steps == 0 or interrupt.requested:
+                        self.checkpoint()  # early stopping in the middle of an epoch checkpoints too
+                    if interrupt.requested:
+                        raise KeyboardInterrupt
+                if s.stopped_reason == "early_stopping":
                     break
-                if tc.eval_every_steps and state.step % tc.eval_every_steps == 0:
-                    if on_validation(validate()):
-                        stop, state.stopped_reason = True, "early_stopping"
-                        break
-                if state.step % tc.checkpoint_every_steps == 0 or interrupt.requested:
-                    checkpoint()
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-            if stop and state.stopped_reason == "early_stopping":
-                break
-            # end of epoch (or of max_steps): validate, then move the data position to the next epoch
-            if on_validation(validate()):
-                stop, state.stopped_reason = True, "early_stopping"
-            if state.group >= len(groups):
-                state.epoch, state.group = state.epoch + 1, 0
-            if not stop and state.epoch >= tc.epochs:
-                state.stopped_reason = "epochs"
-            checkpoint()
-    finally:
-        interrupt.restore()
-        if bar is not None:
+                # end of the epoch (or of max_steps): validate, then move the data position to the next epoch
+                self.validate()
+                if s.group >= len(groups):
+                    s.epoch, s.group = s.epoch + 1, 0
+                if not s.stopped_reason and s.epoch >= tc.epochs:
+                    s.stopped_reason = "epochs"
+                self.checkpoint()
+        finally:
+            interrupt.restore()
             bar.close()
-    if not state.stopped_reason:
-        state.stopped_reason = "epochs"
-    if features is not None:
-        state.feature_cache_bytes = features.nbytes()
-    return state
+        if self.features is not None:
+            s.feature_cache_bytes = self.features.nbytes()
+        return s
+
+    # --- for the end of a run ----------------------------------------------------------------
+    @property
+    def best_step(self) -> int | None:
+        return self.stopping.best_step
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.stopping.best_epoch
 
 
-class DeferredInterrupt:
-    """Ctrl-C during training: finish the current optimizer step, checkpoint, then stop.
-
-    The first SIGINT only sets a flag that the loop reads between steps, so a checkpoint is never
-    taken half-way through an update; a second SIGINT stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\npeftsum: interrupted; finishing this step and saving a checkpoint (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-
-class MetricsFile:
-    """``metrics.jsonl``: one JSON object per line, appended; truncated to a checkpoint on resume."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = Path(path), enabled
-        self.lines = 0
-        if enabled and self.path.is_file():
-            self.lines = sum(1 for line in self.path.read_text().splitlines() if line.strip())
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        self.lines += 1
-
-    def truncate_to(self, n: int) -> None:
-        if not self.enabled:
-            return
-        rows = self.path.read_text().splitlines()[:n] if self.path.is_file() else []
-        from ..utils import write_text
-
-        write_text(self.path, "".join(r + "\n" for r in rows))
-        self.lines = len(rows)
-
-    def reset(self) -> None:
-        if self.enabled:
-            from ..utils import write_text
-
-            write_text(self.path, "")
-        self.lines = 0
+def train(cfg, run_dir: Path, summary_lm, method, train_ds, val_ds, accelerator, pad_id: int, resume: bool,
+          metrics_file) -> Trainer:
+    """Train ``method`` on ``train_ds`` (validating on ``val_ds``); the best weights are in RUN/best.safetensors."""
+    trainer = Trainer(cfg, run_dir, summary_lm, method, train_ds, val_ds, accelerator, pad_id, metrics_file)
+    if resume:
+        trainer.resume()
+    trainer.run()
+    return trainer

@@ -16,9 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def trunk(model: nn.Module) -> nn.Module:
-    return getattr(model, model.base_model_prefix)
+from ..model.arch import trunk
 
 
 def right_padded(mask: torch.Tensor | None) -> bool:

@@ -1,31 +1,24 @@
-"""``peftsum compare`` and ``peftsum report``.
-
-compare: every method on the same data, the same evaluation protocol and the same stopping rules,
-one run directory per method under DIR.  A method whose ``results.json`` exists is skipped; one
-with a checkpoint resumes.  Then the report is built from the run directories alone, so
-``peftsum report DIR`` rebuilds it without training.
+"""The comparison report, built from the run directories alone (``peftsum report DIR`` rebuilds it
+without training): ``results.csv`` (numbers), ``results_config.csv`` (each run's settings), the figures,
+``report.md``, the same as self-contained HTML (markdown-it-py) and as PDF (fpdf2).
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import csv
-import json
-import logging
-import time
 from pathlib import Path
 
-from ..config import METHODS, Config
-from ..errors import UserError
-from ..experiment import is_finished, read_metrics, run_experiment
-from ..utils import atomic_path, is_main_process, read_jsonl, write_text
-from . import bootstrap, plots
+from fpdf import FPDF
+from markdown_it import MarkdownIt
 
-log = logging.getLogger(__name__)
+from ..errors import UserError
+from ..utils import atomic_path, write_text
+from . import plots
+from .collect import collect, flatten, with_intervals
+from .tables import csv_rows, hyper_table, md_table, pairs_table, results_table
 
 BANNER = ("synthetic demo corpus and a small GPT-2 — a demonstration of the pipeline, not CNN/DailyMail results")
-KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 DEFAULTS_WHY = {
     "prompt-tuning": "AdamW on the soft prompt only. Lester et al. (2021) needed a very large learning rate "
@@ -41,110 +34,13 @@ DEFAULTS_WHY = {
 }
 
 
-def _say(text: str) -> None:
-    if is_main_process():  # several processes: only rank 0 prints
-        print(text, flush=True)
-
-
-def compare(cfg: Config, methods: list[str], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    order = [m for m in METHODS if m in methods]
-    t0 = time.perf_counter()
-    for m in order:
-        run = out / m
-        if is_finished(run):
-            _say(f"[{m}] finished earlier: {run / 'results.json'} (skipped)")
-            continue
-        mcfg = copy.deepcopy(cfg)
-        mcfg.method.name = m
-        resume = (run / "checkpoint.pt").is_file()
-        _say(f"[{m}] {'resuming' if resume else 'running'} -> {run}")
-        r = run_experiment(mcfg, run, resume=resume)
-        ev = r["eval"]
-        loss = f"val_loss {ev['val_loss']:.4f}, " if ev["val_loss"] is not None else ""
-        _say(f"[{m}] {loss}ROUGE-L {ev['rougeL']:.2f}, train {r['cost']['train_seconds']:.1f}s")
-    if not is_main_process():
-        return []
-    paths = build_report(out)
-    _say(f"compare finished in {time.perf_counter() - t0:.0f}s; report: {out / 'report.html'} (also .md, .pdf)")
-    return paths
-
-
-# --- collecting -----------------------------------------------------------------------------
-
-def collect(out: Path) -> list[dict]:
-    runs = []
-    for m in METHODS:
-        p = out / m / "results.json"
-        if p.is_file():
-            try:
-                r = json.loads(p.read_text())
-            except ValueError:
-                raise UserError(f"{p} is not valid JSON; delete that run directory and run compare again") from None
-            pred = out / m / "predictions.jsonl"
-            r["_predictions"] = read_jsonl(pred) if pred.is_file() else []
-            r["_metrics"] = read_metrics(out / m)
-            runs.append(r)
-    if not runs:
-        raise UserError(f"no finished runs (results.json) under {out}")
-    return runs
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        if k.startswith("_"):
-            continue
-        if isinstance(v, dict):
-            flat.update(flatten(v, f"{prefix}{k}."))
-        elif isinstance(v, list):
-            flat[f"{prefix}{k}"] = json.dumps(v)
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
-def with_intervals(runs: list[dict], resamples: int) -> tuple[list[dict], dict]:
-    """Attach bootstrap CIs to each run; pairwise paired differences on the shared test articles."""
-    ids = None
-    for r in runs:
-        s = [p["id"] for p in r["_predictions"]]
-        present = set(s)
-        ids = s if ids is None else [i for i in ids if i in present]
-    ids = ids or []
-    idx = bootstrap.resample_indices(len(ids), resamples) if ids else None
-    scores = {}
-    for r in runs:
-        by_id = {p["id"]: p for p in r["_predictions"]}
-        scores[r["method"]] = {k: [by_id[i][k] for i in ids] for k in KEYS}
-        r["ci"] = {k: bootstrap.interval(scores[r["method"]][k], idx) if ids else (r["eval"][k], None, None)
-                   for k in KEYS}
-    pairs = {}
-    for i, a in enumerate(runs):
-        for b in runs[i + 1:]:
-            if ids:
-                pairs[(a["method"], b["method"])] = {
-                    k: bootstrap.paired_difference(scores[a["method"]][k], scores[b["method"]][k], idx) for k in KEYS}
-    return runs, {"n": len(ids), "resamples": resamples, "pairs": pairs}
-
-
-# --- the report -------------------------------------------------------------------------------
-
-def fmt(x, spec=".3f", none="–"):
-    if x is None:
-        return none
-    if isinstance(x, float) and x != x:
-        return none
-    return format(x, spec)
-
-
-def human(n) -> str:
-    if n is None:
-        return "–"
-    for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
 
 
 def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
@@ -152,19 +48,14 @@ def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
     cfg0 = runs[0]["config"]
     resamples = cfg0.get("eval", {}).get("bootstrap", 1000)
     runs, boot = with_intervals(runs, resamples)
-    with atomic_path(out / "results.csv") as tmp:
-        rows = [flatten(r) for r in runs]
-        fields = sorted({k for row in rows for k in row}, key=lambda k: (k.split(".")[0] != "method", k))
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
+    write_csv(out / "results.csv", csv_rows(runs))
+    write_csv(out / "results_config.csv", [{"method": r["method"], **flatten(r["config"])} for r in runs])
     figs = make_figures(out, runs)
     md = render_markdown(runs, boot, figs, out)
     write_text(out / "report.md", md)
     write_text(out / "report.html", render_html(md, figs))
     render_pdf(out / "report.pdf", runs, boot, figs)
-    paths = [out / "results.csv", out / "report.md", out / "report.html", out / "report.pdf", *figs.values()]
+    paths = [out / "results.csv", out / "results_config.csv", out / "report.md", out / "report.html", out / "report.pdf", *figs.values()]
     if analysis_file is not None:
         fill_analysis(analysis_file, runs, boot)
         paths.append(analysis_file)
@@ -195,61 +86,6 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
     return figs
 
 
-def results_table(runs) -> list[list[str]]:
-    head = ["method", "val loss", "test loss", "test ppl", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum",
-            "trainable", "added", "adapter bytes", "train s", "peak mem", "train FLOPs", "epochs (best)"]
-    body = []
-    for r in runs:
-        ev, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
-
-        def ci(k, ev=ev, r=r):
-            m, lo, hi = r["ci"][k]
-            return f"{ev[k]:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{ev[k]:.2f}"
-
-        epochs = f"{t['epochs_run']} ({t['best_epoch']})" if t.get("steps") else "–"
-        body.append([r["method"], fmt(ev["val_loss"], ".4f"), fmt(ev["test_loss"], ".4f"),
-                     fmt(ev["test_perplexity"], ".2f"), ci("rouge1"), ci("rouge2"), ci("rougeL"), ci("rougeLsum"),
-                     f"{p['trainable']:,}", f"{p['added']:,}", human(p["adapter_bytes"]),
-                     fmt(c["train_seconds"], ".1f"), human(c["peak_memory_bytes"]) + "B",
-                     human(c["train_flops"]) if c["train_flops"] else "–", epochs])
-    return [head, *body]
-
-
-def pairs_table(boot) -> list[list[str]]:
-    head = ["A − B", "ROUGE-1 diff [95% CI]", "ROUGE-2 diff [95% CI]", "ROUGE-L diff [95% CI]", "significant"]
-    body = []
-    for (a, b), d in boot["pairs"].items():
-        cells = [f"{d[k]['diff']:+.2f} [{d[k]['low']:+.2f}, {d[k]['high']:+.2f}]" for k in ("rouge1", "rouge2", "rougeL")]
-        sig = [k for k in ("rouge1", "rouge2", "rougeL") if d[k]["significant"]]
-        body.append([f"{a} − {b}", *cells, ", ".join(sig) if sig else "no"])
-    return [head, *body]
-
-
-def hyper_table(runs) -> list[list[str]]:
-    head = ["method", "optimizer", "lr", "schedule (warmup)", "batch x accum", "lengths src/tgt", "method settings",
-            "stopped"]
-    body = []
-    for r in runs:
-        c, t = r["config"], r["training"]
-        if not t.get("steps"):
-            body.append([r["method"], "–", "–", "–", "–",
-                         f"{c['data']['max_source_tokens']}/{c['data']['max_target_tokens']}", "no training", "–"])
-            continue
-        hp = {k: v for k, v in r.get("method_hyperparameters", {}).items() if k != "lr"}
-        body.append([r["method"], c["train"]["optimizer"], f"{t['learning_rate']:g}",
-                     f"{c['train']['schedule']} ({c['train']['warmup_ratio']:g})",
-                     f"{c['train']['batch_size']} x {c['train']['grad_accum']}",
-                     f"{c['data']['max_source_tokens']}/{c['data']['max_target_tokens']}",
-                     ", ".join(f"{k}={v}" for k, v in hp.items()) or "–", t["stopped_reason"]])
-    return [head, *body]
-
-
-def md_table(rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows[1:]]
-    return "\n".join(out)
-
-
 def render_markdown(runs, boot, figs, out: Path) -> str:
     r0 = runs[0]
     cfg = r0["config"]
@@ -263,11 +99,16 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
               f"ROUGE F1 x 100 on {boot['n']} test articles, with 95 % paired-bootstrap intervals "
               f"({boot['resamples']} resamples over test articles). Losses are token-weighted NLL of the summary "
               "tokens. The test split was used only for this final evaluation; early stopping and the best "
-              "checkpoint used the validation split.", "", md_table(results_table(runs)), ""]
+              "checkpoint used the validation split. ROUGE rewards length, so the mean number of generated tokens "
+              "and the share of summaries cut at the token limit stand beside it. Peak memory: "
+              f"{r0['cost'].get('memory_measure', 'see results.json')}.", "", md_table(results_table(runs)), ""]
     if boot["pairs"]:
         parts += ["## Which differences are significant", "",
-                  "Paired bootstrap of the difference on the same test articles; significant when the 95 % "
-                  "interval excludes zero.", "", md_table(pairs_table(boot)), ""]
+                  f"Paired bootstrap of each difference on the same test articles ({boot['resamples']} resamples): "
+                  "the mean difference, its 95 % interval and a two-sided bootstrap p-value. With "
+                  f"{len(boot['pairs'])} pairs tested at once, the p-values of each metric are adjusted together "
+                  "by Holm–Bonferroni; a difference is called significant when its adjusted p is below 0.05.",
+                  "", md_table(pairs_table(boot)), ""]
     titles = {"loss": "Loss curves", "rouge": "ROUGE with 95 % intervals", "cost": "Quality against cost",
               "memory": "Peak memory"}
     parts += ["## Figures", ""]
@@ -281,8 +122,8 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
                   "model; it also uses fewer examples and epochs."]
     parts += ["", "Protocol shared by every method: same data subset and seed, AdamW, warmup then "
               f"{cfg['train']['schedule']} decay, gradient clipping at {cfg['train']['max_grad_norm']}, up to "
-              f"{cfg['train']['epochs']} epochs with early stopping on validation loss (patience "
-              f"{cfg['train']['patience']}), generation {'greedy' if cfg['eval']['num_beams'] == 1 else 'beam ' + str(cfg['eval']['num_beams'])}"
+              f"{cfg['train']['epochs']} epochs with early stopping on validation loss (stop after "
+              f"{cfg['train']['patience']} consecutive validations without improvement), generation {'greedy' if cfg['eval']['num_beams'] == 1 else 'beam ' + str(cfg['eval']['num_beams'])}"
               f", at most {cfg['eval']['max_new_tokens']} new tokens, no_repeat_ngram_size "
               f"{cfg['eval']['no_repeat_ngram_size']} on the generated tokens only.", "",
               "## Notes on correctness", "",
@@ -297,58 +138,18 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
 
 
 def render_html(md: str, figs: dict[str, Path]) -> str:
-    """A self-contained HTML page (images embedded as data URIs) from the Markdown report."""
-    import html as h
-
-    def img(path: Path) -> str:
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f'<img alt="{path.stem}" src="data:image/png;base64,{data}" style="max-width:100%">'
-
-    by_name = {p.name: p for p in figs.values()}
-    body, table = [], []
-
-    def flush():
-        if table:
-            rows = [r.strip().strip("|").split(" | ") for r in table if not r.startswith("|---")]
-            out = "<table><thead><tr>" + "".join(f"<th>{h.escape(c)}</th>" for c in rows[0]) + "</tr></thead><tbody>"
-            out += "".join("<tr>" + "".join(f"<td>{h.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-            body.append(out + "</tbody></table>")
-            table.clear()
-
-    import re
-
-    def inline(s: str) -> str:
-        s = h.escape(s)
-        s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
-
-    for line in md.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush()
-        if line.startswith("# "):
-            body.append(f"<h1>{inline(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{inline(line[3:])}</h2>")
-        elif line.startswith("### "):
-            body.append(f"<h3>{inline(line[4:])}</h3>")
-        elif line.startswith("> "):
-            body.append(f'<div class="banner">{inline(line[2:])}</div>')
-        elif line.startswith("!["):
-            name = line[line.index("(") + 1: -1]
-            body.append(img(by_name[name]) if name in by_name else "")
-        elif line.startswith("- "):
-            body.append(f"<ul><li>{inline(line[2:])}</li></ul>")
-        elif line.strip():
-            body.append(f"<p>{inline(line)}</p>")
-    flush()
+    """A self-contained HTML page from the Markdown report (markdown-it-py, CommonMark + tables), the
+    figures embedded as data URIs."""
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    for p in figs.values():
+        data = base64.b64encode(p.read_bytes()).decode()
+        body = body.replace(f'src="{p.name}"', f'src="data:image/png;base64,{data}" style="max-width:100%"')
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 6px}"
-             "th{background:#f3f3f3}.banner{background:#fff3cd;border:1px solid #e0c36c;padding:.8em;font-weight:600}"
-             "code{background:#f5f5f5;padding:0 3px}")
+             "th{background:#f3f3f3}blockquote{background:#fff3cd;border:1px solid #e0c36c;padding:.8em;margin:0;"
+             "font-weight:600}code{background:#f5f5f5;padding:0 3px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>peftsum report</title><style>{style}</style>"
-            f"</head><body>{''.join(body)}</body></html>\n")
+            f"</head><body>{body}</body></html>\n")
 
 
 def _latin1(s: str) -> str:
@@ -361,8 +162,6 @@ def _latin1(s: str) -> str:
 
 def render_pdf(path: Path, runs, boot, figs) -> None:
     """The report as a PDF with fpdf2 (pure Python, renders offline): tables, plots, hyperparameters."""
-    from fpdf import FPDF
-
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     pdf.set_auto_page_break(True, margin=12)
     pdf.add_page()

@@ -1,0 +1,51 @@
+"""The one evaluation path, for every method and every caller (the end of a run, ``peftsum eval``).
+
+On a split: the token-weighted loss of the summary tokens (methods with a model), the summaries
+(generated for methods with a model, Lead-3's first sentences otherwise), ROUGE against the
+references, and the length of what was produced, since ROUGE rewards length: the mean number of
+generated tokens and the share of summaries cut at ``eval.max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.text import lead3
+from .generate import generate_summaries
+from .metrics import evaluate_loss, rouge_means, rouge_per_example
+
+
+def prompts_of(dataset) -> list[list[int]]:
+    """The stored prompt of each example (its tokens before the summary), as the tokenization built it."""
+    return [ids[:n] for ids, n in zip(dataset["input_ids"], dataset["prompt_len"])]
+
+
+def evaluate_split(summary_lm, model, method, tokenizer, dataset, cfg_eval, device, autocast=None,
+                   progress: bool = False) -> tuple[dict, list[dict]]:
+    """Metrics of ``dataset`` and one row per example (id, reference, prediction, generated tokens, ROUGE).
+
+    ``summary_lm`` is None for methods without a model (Lead-3): no loss, and the summary is the
+    article's first three sentences (its length counted in the same tokenizer's tokens)."""
+    metrics: dict = {"loss": None, "perplexity": None, "tokens": None}
+    if summary_lm is not None:
+        metrics.update(evaluate_loss(summary_lm, dataset, cfg_eval.batch_size, device, tokenizer.pad_token_id,
+                                     autocast))
+        generated = generate_summaries(model, method, tokenizer, prompts_of(dataset), cfg_eval, device, autocast,
+                                       progress=progress)
+        predictions = [text for text, _ in generated]
+        lengths = [n for _, n in generated]
+        hit_max = float(np.mean([n >= cfg_eval.max_new_tokens for n in lengths])) if lengths else None
+    else:
+        predictions = [lead3(a) for a in dataset["article"]]
+        lengths = [len(ids) for ids in tokenizer(predictions)["input_ids"]] if predictions else []
+        hit_max = None  # nothing is generated, so nothing is cut
+    references = list(dataset["highlights"])
+    per_example = rouge_per_example(predictions, references)
+    metrics.update(rouge_means(per_example))
+    metrics.update(examples=len(predictions),
+                   mean_generated_tokens=float(np.mean(lengths)) if lengths else None,
+                   hit_max_new_tokens=hit_max)
+    rows = [{"id": i, "reference": r, "prediction": p, "generated_tokens": n,
+             **{k: per_example[k][j] for k in per_example}}
+            for j, (i, r, p, n) in enumerate(zip(dataset["id"], references, predictions, lengths))]
+    return metrics, rows

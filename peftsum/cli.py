@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", default="", metavar="M1,M2",
                    help="start these methods over (their earlier runs in --out are removed)")
 
+    p = sub.add_parser("sweep", help="tune each method on the validation split (one Optuna study per method)")
+    _common(p)
+    p.add_argument("--methods", default=",".join(TRAINED_METHODS), help="comma-separated trained methods")
+    p.add_argument("--trials", type=int, help="finished trials per method (sweep.trials)")
+    p.add_argument("--steps", type=int, help="optimizer steps of each trial (sweep.steps)")
+    p.add_argument("--storage", help="Optuna storage URL shared by workers (default: a journal file in --out)")
+    p.add_argument("--out", default="runs/sweep", help="output directory")
+
     p = sub.add_parser("train", help="train (and evaluate) one method")
     _common(p, method=True)
     p.add_argument("--out", help="run directory (default runs/<method>)")
@@ -224,6 +232,19 @@ def dispatch(args, overrides) -> int:
             build_report(out)
             print(f"compare finished in {seconds:.0f}s; report: {out / 'report.html'} (also .md, .pdf)", flush=True)
         return 0
+    if cmd == "sweep":
+        from .experiment.sweep import sweep
+        from .report.sweep import write_sweep_report
+        from .utils import is_main_process
+
+        extra = [(k, v) for k, v in (("sweep.trials", args.trials), ("sweep.steps", args.steps)) if v is not None]
+        cfg = config_from_args(args, [*overrides, *extra])
+        out = Path(args.out)
+        studies = sweep(cfg, _method_list(args.methods), out, args.storage)
+        if is_main_process():
+            for p in write_sweep_report(cfg, studies, out):
+                print(p)
+        return 0
     if cmd == "report":
         from .report.render import build_report
 
@@ -265,13 +286,13 @@ def _interruptible(fn, out: Path):
 
 
 def _print_results(r: dict, out: Path) -> None:
-    ev, p, c = r["eval"], r["params"], r["cost"]
+    scores, p, c = r["eval"], r["params"], r["cost"]
 
     def f(x, fmt=".4f"):
         return "n/a" if x is None else format(x, fmt)
 
-    print(f"{r['method']}: val_loss {f(ev['val_loss'])}  test_loss {f(ev['test_loss'])}  "
-          f"ROUGE-1/2/L {ev['rouge1']:.2f}/{ev['rouge2']:.2f}/{ev['rougeL']:.2f}  "
+    print(f"{r['method']}: val_loss {f(scores['val_loss'])}  test_loss {f(scores['test_loss'])}  "
+          f"ROUGE-1/2/L {scores['rouge1']:.2f}/{scores['rouge2']:.2f}/{scores['rougeL']:.2f}  "
           f"trainable {p['trainable']:,}  train {c['train_seconds']:.1f}s")
     print(f"results: {out / 'results.json'}")
 

@@ -132,6 +132,21 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    """``peftsum sweep``: one Optuna study per method on the validation split (never the test split)."""
+
+    trials: int = 12  # finished trials per method (complete or pruned), shared by every worker of a study
+    steps: int = 300  # optimizer steps of a trial's short run; its objective is the validation loss after them
+    reports: int = 4  # validations a trial makes (every steps/reports steps); the pruner reads them
+    lr_factor: float = 10.0  # the learning rate is searched log-uniformly in [default / f, default * f]
+    lora_ranks: list[int] = field(default_factory=list)  # also search LoRA's rank among these (empty: fixed)
+    num_prompts: list[int] = field(default_factory=list)  # also search the number of soft tokens
+    last_layer_blocks: list[int] = field(default_factory=list)  # also search last-layer's trained blocks
+    val_limit: int | None = 500  # validation examples a trial reads (a fixed, seeded subset; None: all)
+    seed: int = 0  # the sampler's seed
+
+
+@dataclass
 class Config:
     preset: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -139,6 +154,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     # --- derived values -------------------------------------------------------------------
     def method_section(self):
@@ -177,7 +193,7 @@ _POSITIVE = {
     "method.full.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
     "train.lr", "train.micro_batch_size", "train.patience", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
     "eval.batch_size", "eval.max_new_tokens", "eval.num_beams", "eval.limit", "eval.bootstrap",
-    "train.max_grad_norm",
+    "train.max_grad_norm", "sweep.trials", "sweep.steps", "sweep.reports", "sweep.val_limit",
 }
 _NON_NEGATIVE = {"train.weight_decay", "train.warmup_ratio", "train.min_delta",
                  "method.lora.dropout", "method.last_layer.blocks", "eval.no_repeat_ngram_size"}
@@ -268,6 +284,12 @@ def validate(cfg: Config) -> Config:
         raise UserError("config key 'data.template': {article} must come before {summary}")
     if cfg.model.dropout is not None and not 0 <= cfg.model.dropout < 1:
         raise UserError("config key 'model.dropout' must be in [0, 1)")
+    if cfg.sweep.lr_factor <= 1:
+        raise UserError(f"config key 'sweep.lr_factor' must be > 1, got {cfg.sweep.lr_factor}")
+    for key in ("lora_ranks", "num_prompts", "last_layer_blocks"):
+        values = getattr(cfg.sweep, key)
+        if any(v < (0 if key == "last_layer_blocks" else 1) for v in values):
+            raise UserError(f"config key 'sweep.{key}' holds a value out of range: {values}")
     if cfg.method.lora.dropout >= 1:
         raise UserError("config key 'method.lora.dropout' must be < 1")
     return cfg

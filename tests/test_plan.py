@@ -16,3 +16,21 @@ def test_plan_projection_within_factor_two(tiny_cfg, tmp_path):
     measured = run_experiment(cfg, tmp_path / "lora")["cost"]["train_seconds"]
     ratio = row["train_seconds"] / measured
     assert 0.5 <= ratio <= 2.0, (row["train_seconds"], measured)
+
+
+def test_plan_works_on_data_smaller_than_its_batches(tiny_model_dir, tmp_path, capsys):
+    """40 / 4 / 4 rows and a batch of 64: plan reuses examples to fill what it times, and says so."""
+    from peftsum.cli import main
+    from peftsum.data.demo import write_demo_corpus
+
+    data = write_demo_corpus(tmp_path / "small", {"train": 40, "validation": 4, "test": 4})
+    assert main(["plan", "--preset", "demo", "--model", str(tiny_model_dir), "--data", str(data),
+                 "--methods", "lora,last-layer", "--steps", "2", "--train.batch_size", "64",
+                 "--data.max_source_tokens", "96", "--data.max_target_tokens", "48", "--eval.max_new_tokens", "8",
+                 "--eval.batch_size", "16"]) == 0
+    out, err = capsys.readouterr()
+    assert "training examples reused" in out and "whole protocol" in out
+    assert "[plan] lora:" in err and "[plan] last-layer:" in err
+    assert "MFU against the measured float32 matmul peak" in out
+    rows = [line for line in out.splitlines() if line.startswith(("lora ", "last-layer "))]
+    assert len(rows) == 2 and all(not line.rstrip().endswith("–") for line in rows)  # MFU shown on a CPU

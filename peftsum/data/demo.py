@@ -105,7 +105,7 @@ FILLER = [
 
 def _article(rng: random.Random) -> tuple[str, str]:
     event_index = rng.randrange(len(EVENTS))
-    ev = EVENTS[event_index]
+    event = EVENTS[event_index]
     place, place2 = rng.sample(PLACES, 2)
     v = {
         "person": f"{rng.choice(FIRST)} {rng.choice(LAST)}", "role": rng.choice(ROLES),
@@ -114,7 +114,7 @@ def _article(rng: random.Random) -> tuple[str, str]:
         "small": rng.randint(2, 9), "years": rng.randint(2, 40), "money": rng.randint(5, 900),
         "pop": f"{rng.randint(5, 400)},000",
     }
-    sentences = [ev["lead"], ev["fact"], rng.choice(QUOTES), CONTEXT[event_index]]
+    sentences = [event["lead"], event["fact"], rng.choice(QUOTES), CONTEXT[event_index]]
     sentences += rng.sample(FILLER, rng.randint(2, 6))
     body = sentences[:2] + rng.sample(sentences[2:], len(sentences) - 2)
     paragraphs, i = [], 0
@@ -124,7 +124,7 @@ def _article(rng: random.Random) -> tuple[str, str]:
         i += k
     article = f"{v['place'].upper()} -- " + "\n\n".join(paragraphs)
     n_hl = rng.randint(2, 3) if rng.random() < 0.7 else 3
-    highlights = "\n".join(h.format(**v) for h in ev["hl"][:n_hl])
+    highlights = "\n".join(h.format(**v) for h in event["hl"][:n_hl])
     return article, highlights.replace("{org}", v["org"])
 
 

@@ -74,17 +74,17 @@ def flop_shape(model, method) -> FlopShape:
     blocks = decoder_blocks(model)
     n = len(blocks)
     head = model.get_output_embeddings().weight
-    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    in_blocks = {id(p) for block in blocks for p in block.parameters()}
     trainable = [p for _, p in method.trainable_parameters(model)]
     backward = 0
-    for i, b in enumerate(blocks):
-        if any(p.requires_grad for p in b.parameters()):
+    for i, block in enumerate(blocks):
+        if any(p.requires_grad for p in block.parameters()):
             backward = n - i
             break
     # a trainable soft prompt or input embedding (the tied head) sits below every block
     if any(_below_blocks(model, p) for p in trainable):
         backward = n
-    return FlopShape(trunk=sum(p.numel() for b in blocks for p in b.parameters()), head=head.numel(), n_layer=n,
+    return FlopShape(trunk=sum(p.numel() for block in blocks for p in block.parameters()), head=head.numel(), n_layer=n,
                      d_model=hidden_size(model),
                      trainable_trunk=sum(p.numel() for p in trainable if id(p) in in_blocks),
                      head_trainable=head.requires_grad, backward_layers=backward)

@@ -167,10 +167,10 @@ def generate_summaries(model, method, tokenizer, prompts: list[list[int]], cfg_e
     ctx = autocast or contextlib.nullcontext
     done: dict[int, tuple[str, int]] = {}
     for idx in tqdm(mine, desc="generating", unit="batch", leave=False, disable=not (progress and dist.is_main_process)):
-        b = collate([{"input_ids": prompts[i], "prompt_len": len(prompts[i])} for i in idx], pad, left_pad=True,
+        padded = collate([{"input_ids": prompts[i], "prompt_len": len(prompts[i])} for i in idx], pad, left_pad=True,
                     with_target=False)
         with ctx():
-            rows = generate_ids(model, method, b["input_ids"].to(device), b["attention_mask"].to(device),
+            rows = generate_ids(model, method, padded["input_ids"].to(device), padded["attention_mask"].to(device),
                                 cfg_eval, eos, pad)
         for i, row in zip(idx, rows):
             done[i] = (tokenizer.decode(row, skip_special_tokens=True).strip(), len(row))

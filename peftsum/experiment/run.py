@@ -41,16 +41,17 @@ log = logging.getLogger(__name__)
 _ACCELERATORS: dict = {}
 
 
-def accelerator_for(cfg: Config) -> Accelerator:
-    """One Accelerator per mixed-precision mode for the whole process (Accelerate keeps one state)."""
+def accelerator_for(cfg: Config, cpu: bool = False) -> Accelerator:
+    """One Accelerator per mixed-precision mode for the whole process (Accelerate keeps one state);
+    ``cpu`` forces the CPU where a GPU is present (``plan --device cpu``)."""
+    cpu = cpu or not torch.cuda.is_available()
     mp = cfg.train.mixed_precision
     if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if mp not in _ACCELERATORS:
+        mp = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
+    if (mp, cpu) not in _ACCELERATORS:
         # cpu=True without CUDA: Accelerate then runs several CPU processes (torchrun) over gloo
-        _ACCELERATORS[mp] = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False,
-                                        cpu=not torch.cuda.is_available())
-    return _ACCELERATORS[mp]
+        _ACCELERATORS[(mp, cpu)] = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, cpu=cpu)
+    return _ACCELERATORS[(mp, cpu)]
 
 
 @dataclass

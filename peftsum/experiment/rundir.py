@@ -26,8 +26,9 @@ RESULTS = "results.json"
 CONFIG = "config.yaml"
 LOCK = ".peftsum.lock"
 
-# keys that change how a run is shown or saved, not what it computes
+# keys that change how a run is shown or saved, not what it computes (and the sweep's own section)
 NEUTRAL_KEYS = frozenset({"train.progress", "train.checkpoint_every_steps", "data.cache"})
+NEUTRAL_SECTIONS = ("sweep.",)
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -51,7 +52,7 @@ def config_differences(stored: Config, requested: Config) -> dict[str, tuple]:
     """``{key: (stored, requested)}`` for every key that changes results and differs."""
     a, b = _flat(stored.to_dict()), _flat(requested.to_dict())
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if k not in NEUTRAL_KEYS and a.get(k) != b.get(k)}
+            if k not in NEUTRAL_KEYS and not k.startswith(NEUTRAL_SECTIONS) and a.get(k) != b.get(k)}
 
 
 def describe_differences(diff: dict[str, tuple]) -> str:

@@ -87,3 +87,23 @@ def memory_bars(rows: list[dict], out: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=15)
     return _save(fig, out)
+
+
+def sweep_lr(trials: dict[str, list[dict]], out: Path) -> Path:
+    """Validation loss against learning rate, one colour per method; pruned trials as crosses at the loss
+    they had when stopped."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for m, rows in trials.items():
+        col = COLORS.get(m)
+        for state, marker in (("complete", "o"), ("pruned", "x")):
+            pts = [(r["params"]["lr"], r["value"]) for r in rows if r["state"] == state and r["value"] is not None]
+            if pts:
+                ax.scatter(*zip(*pts), color=col, marker=marker, s=36,
+                           label=f"{m}" + (" (pruned)" if state == "pruned" else ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Sweep: validation loss against learning rate")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)

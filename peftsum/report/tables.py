@@ -28,18 +28,18 @@ def results_table(runs) -> list[list[str]]:
             "epochs (best)"]
     body = []
     for r in runs:
-        ev, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
+        scores, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
 
-        def ci(k, ev=ev, r=r):
+        def ci(k, scores=scores, r=r):
             m, lo, hi = r["ci"][k]
-            return f"{ev[k]:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{ev[k]:.2f}"
+            return f"{scores[k]:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{scores[k]:.2f}"
 
         epochs = f"{t['epochs_run']} ({t['best_epoch']})" if t.get("steps") else "–"
-        body.append([r["method"], fmt(ev["val_loss"], ".4f"), fmt(ev["test_loss"], ".4f"),
-                     fmt(ev["test_perplexity"], ".2f"), ci("rouge1"), ci("rouge2"), ci("rougeL"), ci("rougeLsum"),
-                     fmt(ev.get("mean_generated_tokens"), ".1f"),
-                     fmt(None if ev.get("hit_max_new_tokens") is None else ev["hit_max_new_tokens"] * 100, ".0f")
-                     + ("%" if ev.get("hit_max_new_tokens") is not None else ""),
+        body.append([r["method"], fmt(scores["val_loss"], ".4f"), fmt(scores["test_loss"], ".4f"),
+                     fmt(scores["test_perplexity"], ".2f"), ci("rouge1"), ci("rouge2"), ci("rougeL"), ci("rougeLsum"),
+                     fmt(scores.get("mean_generated_tokens"), ".1f"),
+                     fmt(None if scores.get("hit_max_new_tokens") is None else scores["hit_max_new_tokens"] * 100, ".0f")
+                     + ("%" if scores.get("hit_max_new_tokens") is not None else ""),
                      f"{p['trainable']:,}", f"{p['added']:,}", human(p["adapter_bytes"]),
                      fmt(c["train_seconds"], ".1f"), human(c["peak_memory_bytes"]) + "B",
                      human(c["train_flops"]) if c["train_flops"] else "–", epochs])
@@ -89,14 +89,14 @@ def csv_rows(runs) -> list[dict]:
     """results.csv: one row per method, numbers as numbers, each interval as value / _lo / _hi columns."""
     rows = []
     for r in runs:
-        ev, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
-        row = {"method": r["method"], "val_loss": ev["val_loss"], "test_loss": ev["test_loss"],
-               "test_perplexity": ev["test_perplexity"]}
+        scores, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
+        row = {"method": r["method"], "val_loss": scores["val_loss"], "test_loss": scores["test_loss"],
+               "test_perplexity": scores["test_perplexity"]}
         for k in KEYS:
             mean, lo, hi = r["ci"][k]
-            row.update({k: ev[k], f"{k}_lo": lo, f"{k}_hi": hi})
-        row.update(mean_generated_tokens=ev.get("mean_generated_tokens"),
-                   hit_max_new_tokens=ev.get("hit_max_new_tokens"), test_examples=ev.get("rouge_n"),
+            row.update({k: scores[k], f"{k}_lo": lo, f"{k}_hi": hi})
+        row.update(mean_generated_tokens=scores.get("mean_generated_tokens"),
+                   hit_max_new_tokens=scores.get("hit_max_new_tokens"), test_examples=scores.get("rouge_n"),
                    params_total=p["total"], params_trainable=p["trainable"], params_added=p["added"],
                    adapter_bytes=p["adapter_bytes"], train_seconds=c["train_seconds"], eval_seconds=c["eval_seconds"],
                    examples_per_second=c["examples_per_second"], tokens_per_second=c["tokens_per_second"],

@@ -100,23 +100,25 @@ class Trainer:
         self.accelerator, self.device, self.autocast = accelerator, accelerator.device, accelerator.autocast
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.pad_id, self.metrics_file = pad_id, metrics_file
-        tc = self.train_cfg
+        train_cfg = self.train_cfg
 
         self.params = [p for _, p in method.trainable_parameters(self.model)]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate(), weight_decay=tc.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate(), weight_decay=train_cfg.weight_decay)
         # the dataset and batch plan are the same on every rank: each takes its share of every batch
         self.lengths = seq_lengths(train_ds)
         self.target_lengths = [n - p for n, p in zip(self.lengths, train_ds["prompt_len"])]
-        self.global_batch = tc.batch_size * self.world
-        groups_per_epoch = math.ceil(math.ceil(len(self.lengths) / self.global_batch) / tc.grad_accum)
-        self.total_steps = groups_per_epoch * tc.epochs
-        if tc.max_steps is not None:
-            self.total_steps = min(tc.max_steps, self.total_steps)
-        schedule = tc.schedule if tc.schedule != "constant" else "constant_with_warmup"
-        self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=int(tc.warmup_ratio * self.total_steps),
+        self.global_batch = train_cfg.batch_size * self.world
+        groups_per_epoch = math.ceil(math.ceil(len(self.lengths) / self.global_batch) / train_cfg.grad_accum)
+        self.total_steps = groups_per_epoch * train_cfg.epochs
+        if train_cfg.max_steps is not None:
+            self.total_steps = min(train_cfg.max_steps, self.total_steps)
+        schedule = train_cfg.schedule if train_cfg.schedule != "constant" else "constant_with_warmup"
+        self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=int(train_cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.ddp_lm, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
-        self.stopping = EarlyStopping(tc.patience, tc.min_delta)
+        self.stopping = EarlyStopping(train_cfg.patience, train_cfg.min_delta)
+        self.validation_hooks: list = []  # f(step, val_loss) after each validation (a sweep's pruner)
+        self.validate_at_start = True  # the starting point's validation loss (a sweep's trials skip it)
         self.state = TrainState()
         self.resumed = False
 
@@ -125,10 +127,10 @@ class Trainer:
         if method.cache_features:  # a frozen trunk: its features once, then the head alone trains
             dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
             t0 = time.perf_counter()
-            self.features = FeatureCache(summary_lm, train_ds, tc.batch_size * 2, self.device, pad_id, dtype,
+            self.features = FeatureCache(summary_lm, train_ds, train_cfg.batch_size * 2, self.device, pad_id, dtype,
                                          self.autocast)
             self.cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
-            self.val_features = FeatureCache(summary_lm, self.val_ds, tc.batch_size * 2, self.device, pad_id, dtype,
+            self.val_features = FeatureCache(summary_lm, self.val_ds, train_cfg.batch_size * 2, self.device, pad_id, dtype,
                                              self.autocast)
             log.info("cached the frozen trunk's features: %.1f MB in %.1fs", self.features.nbytes() / 1e6,
                      self.cache_seconds)
@@ -228,6 +230,8 @@ class Trainer:
         if self.stopping.update(val_loss, s.step, s.epoch + 1) and self.accelerator.is_main_process:
             save_file_atomic(self.method.state_dict(self.model), self.run_dir / BEST)
         s.early_stopping = self.stopping.state_dict()
+        for hook in self.validation_hooks:
+            hook(s.step, val_loss)
         if self.stopping.should_stop and not s.stopped_reason:  # a step or epoch limit reached first wins
             s.stopped_reason = "early_stopping"
 
@@ -242,27 +246,28 @@ class Trainer:
 
     # --- the run -----------------------------------------------------------------------------
     def _limit_reason(self) -> str:
-        tc = self.train_cfg
-        return "max_steps" if tc.max_steps is not None and self.state.step >= tc.max_steps else "epochs"
+        train_cfg = self.train_cfg
+        return "max_steps" if train_cfg.max_steps is not None and self.state.step >= train_cfg.max_steps else "epochs"
 
     def run(self) -> TrainState:
-        s, tc = self.state, self.train_cfg
+        s, train_cfg = self.state, self.train_cfg
         if not self.resumed:
             s.train_seconds += self.cache_seconds  # once per run, not again on resume
-            s.initial_val_loss = self.validation_loss()  # the starting point, before any step
-            self.metrics_file.write({"type": "eval", "split": "validation", "epoch": 0, "step": 0,
-                                     "val_loss": s.initial_val_loss})
+            if self.validate_at_start:  # the starting point, before any step
+                s.initial_val_loss = self.validation_loss()
+                self.metrics_file.write({"type": "eval", "split": "validation", "epoch": 0, "step": 0,
+                                         "val_loss": s.initial_val_loss})
         interrupt = DeferredInterrupt()
         bar = tqdm(total=self.total_steps, initial=s.step, desc=self.method.name, unit="step", dynamic_ncols=True,
-                   disable=not (tc.progress and self.accelerator.is_main_process))
+                   disable=not (train_cfg.progress and self.accelerator.is_main_process))
         try:
             if not s.stopped_reason and s.step >= self.total_steps:  # a resumed run that had finished
                 s.stopped_reason = self._limit_reason()
-            while not s.stopped_reason and s.epoch < tc.epochs:
-                batches = epoch_batches(self.lengths, self.global_batch, tc.seed, s.epoch, self.cfg.data.group_by_length)
+            while not s.stopped_reason and s.epoch < train_cfg.epochs:
+                batches = epoch_batches(self.lengths, self.global_batch, train_cfg.seed, s.epoch, self.cfg.data.group_by_length)
                 if self.world > 1:  # every rank needs a share: drop a last batch smaller than the number of ranks
                     batches = [b for b in batches if len(b) >= self.world]
-                groups = [batches[i: i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
+                groups = [batches[i: i + train_cfg.grad_accum] for i in range(0, len(batches), train_cfg.grad_accum)]
                 while s.group < len(groups) and not s.stopped_reason:
                     row = self.train_step(groups[s.group])
                     bar.update(1)
@@ -271,9 +276,9 @@ class Trainer:
                     if s.step >= self.total_steps:
                         s.stopped_reason = self._limit_reason()
                         break  # the end-of-epoch validation and checkpoint below follow
-                    if tc.eval_every_steps and s.step % tc.eval_every_steps == 0:
+                    if train_cfg.eval_every_steps and s.step % train_cfg.eval_every_steps == 0:
                         self.validate()
-                    if s.stopped_reason or s.step % tc.checkpoint_every_steps == 0 or interrupt.requested:
+                    if s.stopped_reason or s.step % train_cfg.checkpoint_every_steps == 0 or interrupt.requested:
                         self.checkpoint()  # early stopping in the middle of an epoch checkpoints too
                     if interrupt.requested:
                         raise KeyboardInterrupt
@@ -283,7 +288,7 @@ class Trainer:
                 self.validate()
                 if s.group >= len(groups):
                     s.epoch, s.group = s.epoch + 1, 0
-                if not s.stopped_reason and s.epoch >= tc.epochs:
+                if not s.stopped_reason and s.epoch >= train_cfg.epochs:
                     s.stopped_reason = "epochs"
                 self.checkpoint()
         finally:

@@ -1,0 +1,60 @@
+"""A sweep's results on their own: each method's trials (table, JSON), validation loss against learning
+rate (pruned trials marked), and the best settings as a YAML that ``compare --config`` takes as is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from ..config import Config
+from ..experiment.sweep import apply, best_params, study_name
+from ..utils import write_json, write_text
+from . import plots
+from .tables import md_table
+
+BEST = "best.yaml"
+
+
+def trial_rows(study: optuna.Study) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        values = t.intermediate_values
+        rows.append({"number": t.number, "state": t.state.name.lower(), "params": t.params,
+                     "value": t.value if t.state == TrialState.COMPLETE else (values[max(values)] if values else None),
+                     "last_step": max(values) if values else None, "seconds": t.user_attrs.get("seconds"),
+                     "steps": t.user_attrs.get("steps"), "worker": t.user_attrs.get("worker")})
+    return rows
+
+
+def write_sweep_report(cfg: Config, studies: dict[str, optuna.Study], out: Path) -> list[Path]:
+    """``best.yaml``, ``sweep.json``, ``sweep_lr.png`` and ``sweep.md`` in ``out``."""
+    best = {m: best_params(s) for m, s in studies.items()}
+    tuned = cfg
+    for params in best.values():
+        tuned = apply(tuned, params)
+    tuned.train.lr = None  # each method's own tuned rate
+    header = ("# peftsum sweep: each method's best settings on the validation split "
+              f"({cfg.sweep.trials} trials of {cfg.sweep.steps} steps).\n# Use as is: peftsum compare --config "
+              f"{out / BEST} --out DIR\n")
+    write_text(out / BEST, header + yaml.safe_dump(tuned.to_dict(), sort_keys=False, allow_unicode=True))
+    trials = {m: trial_rows(s) for m, s in studies.items()}
+    write_json(out / "sweep.json", {"studies": {m: study_name(m) for m in studies}, "best": best, "trials": trials})
+    figure = plots.sweep_lr(trials, out / "sweep_lr.png")
+    rows = [["method", "trials (pruned)", "best validation loss", "best settings", "mean s / trial"]]
+    for m, ts in trials.items():
+        done = [t for t in ts if t["state"] == "complete"]
+        secs = [t["seconds"] for t in ts if t["seconds"] is not None]
+        rows.append([m, f"{len(ts)} ({len(ts) - len(done)})", f"{min(t['value'] for t in done):.4f}",
+                     ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                               for k, v in best[m].items()),
+                     f"{sum(secs) / len(secs):.1f}" if secs else "–"])
+    md = ["# peftsum sweep", "", f"Objective: validation loss after {cfg.sweep.steps} optimizer steps "
+          f"({cfg.sweep.reports} validations on the way, read by Optuna's median pruner); learning rate searched "
+          f"log-uniformly within a factor {cfg.sweep.lr_factor:g} of each method's default. The test split was not "
+          "read.", "", md_table(rows), "", f"![validation loss against learning rate]({figure.name})", "",
+          f"Best settings: `{BEST}` (`peftsum compare --config {BEST}`).", ""]
+    write_text(out / "sweep.md", "\n".join(md))
+    return [out / BEST, out / "sweep.json", figure, out / "sweep.md"]

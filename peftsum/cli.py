@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="cap optimizer steps per method (quick runs)")
     p.add_argument("--rerun", default="", metavar="M1,M2",
                    help="start these methods over (their earlier runs in --out are removed)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train each method with K seeds (train.seed, +1, ...); the report gives mean ± sd and "
+                        "intervals over articles and seeds")
 
     p = sub.add_parser("sweep", help="tune each method on the validation split (one Optuna study per method)")
     _common(p)
@@ -227,7 +230,7 @@ def dispatch(args, overrides) -> int:
         cfg = config_from_args(args, overrides, max_steps=args.max_steps)
         methods, rerun = _method_list(args.methods), _method_list(args.rerun)
         out = Path(args.out)
-        seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun), out)
+        seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun, args.seeds), out)
         if is_main_process():
             build_report(out)
             print(f"compare finished in {seconds:.0f}s; report: {out / 'report.html'} (also .md, .pdf)", flush=True)

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,30 @@ def atomic_path(path: str | os.PathLike):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(folder: str | os.PathLike, marker: str):
+    """Yield a fresh temporary folder beside ``folder``; when the block succeeds, move it into place in one
+    rename.  Several processes may build the same folder at once (each in its own temporary folder): the
+    first complete one to arrive stays, the others are dropped.  ``marker`` is a file every complete
+    folder holds."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # the folder exists: another process finished first, or an incomplete leftover
+            if (folder / marker).exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

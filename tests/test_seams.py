@@ -117,6 +117,7 @@ def test_runs_on_different_test_sets_are_not_compared(compared, tmp_path, capsys
     assert "different test articles" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_peak_memory_is_the_methods_own(tiny_model_dir, demo_dir, tmp_path):
     """full alone and full after lora in one compare process: the same peak within 10 %."""
     def peak(methods, out):

@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
 from ..errors import UserError
-from ..utils import cache_dir, write_json
+from ..utils import atomic_dir, cache_dir, write_json
 from .prepare import prepare_splits
 from .sources import SPLITS, load_raw
 
@@ -181,12 +180,9 @@ def load_tokenized(cfg_data, tokenizer, n_positions: int, num_virtual: int = 0):
     dd = datasets.DatasetDict(tokenized)
     report = {"splits": report, "budget": budget.__dict__, "key": key}
     if cfg_data.cache:
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        dd.save_to_disk(str(tmp / "dataset"))
-        write_json(tmp / "report.json", report)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        with atomic_dir(folder, "report.json") as tmp:  # several processes may tokenize at once
+            dd.save_to_disk(str(tmp / "dataset"))
+            write_json(tmp / "report.json", report)
         dd = datasets.load_from_disk(str(folder / "dataset"))
     report["cache"] = {"hit": False, "path": str(folder) if cfg_data.cache else None}
     return dd, report, budget

@@ -12,7 +12,7 @@ import copy
 import time
 from pathlib import Path
 
-from ..config import METHODS, Config
+from ..config import METHODS, TRAINED_METHODS, Config
 from ..errors import UserError
 from ..utils import distributed_state, is_main_process
 from .run import run_experiment
@@ -38,39 +38,69 @@ def method_config(cfg: Config, method: str) -> Config:
     return mcfg
 
 
-def compare_methods(cfg: Config, methods: list[str], out: Path, rerun: list[str] | None = None) -> float:
-    """Run ``methods`` (in the canonical order) into ``out``; returns the seconds it took."""
+def planned_runs(cfg: Config, methods: list[str], out: Path, seeds: int = 1) -> list[tuple[str, Path, Config]]:
+    """(method, run directory, config) of every run: ``out/<method>`` with one seed; with several,
+    ``out/<method>/seed-<s>`` for s = train.seed, train.seed + 1, ... (the data split stays fixed).
+    The baselines train nothing and generate greedily, so they run once whatever the seeds."""
+    runs = []
+    for m in (m for m in METHODS if m in methods):
+        mcfg = method_config(cfg, m)
+        if seeds == 1 or m not in TRAINED_METHODS:
+            runs.append((m, out / m, mcfg))
+            continue
+        for i in range(seeds):
+            scfg = copy.deepcopy(mcfg)
+            scfg.train.seed = cfg.train.seed + i
+            runs.append((m, out / m / f"seed-{scfg.train.seed}", scfg))
+    return runs
+
+
+def compare_methods(cfg: Config, methods: list[str], out: Path, rerun: list[str] | None = None,
+                    seeds: int = 1) -> float:
+    """Run ``methods`` (in the canonical order, each over ``seeds`` seeds) into ``out``; returns the seconds."""
     rerun = set(rerun or [])
     unknown = sorted(rerun - set(methods))
     if unknown:
         raise UserError(f"--rerun names {', '.join(unknown)}, which --methods does not include")
-    order = [m for m in METHODS if m in methods]
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    runs = planned_runs(cfg, methods, out, seeds)
+    for m in dict.fromkeys(m for m, _, _ in runs):
+        if m in rerun:
+            continue
+        single, several = has_run(out / m), any(has_run(p) for p in (out / m).glob("seed-*"))
+        wanted_several = any(run.parent != out for mm, run, _ in runs if mm == m)
+        if (single and wanted_several) or (several and not wanted_several):
+            raise UserError(f"{out / m} holds {'one run' if single else 'runs of several seeds'}; compare it with "
+                            f"the --seeds it was made with, --rerun {m}, or a new --out")
     # every run kept must have been made with these settings: check them all before anything runs
     conflicts = []
-    for m in order:
-        run = out / m
+    for m, run, rcfg in runs:
         if m not in rerun and has_run(run):
-            diff = config_differences(load_run_config(run), method_config(cfg, m))
+            diff = config_differences(load_run_config(run), rcfg)
             if diff:
-                conflicts.append(f"{m} ({describe_differences(diff)})")
+                conflicts.append(f"{run.relative_to(out)} ({describe_differences(diff)})")
     if conflicts:
+        names = sorted({c.split(" ", 1)[0].split("/", 1)[0] for c in conflicts})
         raise UserError(f"{out} holds runs made with other settings: {'; '.join(conflicts)}. Use a new --out, or "
-                        f"--rerun {','.join(c.split(' ', 1)[0] for c in conflicts)} to redo those methods")
+                        f"--rerun {','.join(names)} to redo those methods")
     t0 = time.perf_counter()
     with RunLock(out, enabled=is_main_process()):
-        for m in order:
-            run = out / m
-            if m in rerun:
+        cleared = set()
+        for m, run, rcfg in runs:
+            if m in rerun and m not in cleared:
                 if is_main_process():
-                    clear_run(run)
+                    clear_run(out / m)
                 distributed_state().wait_for_everyone()
+                cleared.add(m)
+            label = m if run.parent == out else f"{m} {run.name}"
             if is_finished(run):
-                _say(f"[{m}] finished earlier: {run / 'results.json'} (skipped)")
+                _say(f"[{label}] finished earlier: {run / 'results.json'} (skipped)")
                 continue
             resume = (run / "checkpoint.pt").is_file()
-            _say(f"[{m}] {'resuming' if resume else 'running'} -> {run}")
-            r = run_experiment(method_config(cfg, m), run, resume=resume)
+            _say(f"[{label}] {'resuming' if resume else 'running'} -> {run}")
+            r = run_experiment(rcfg, run, resume=resume)
             scores = r["eval"]
             loss = f"val_loss {scores['val_loss']:.4f}, " if scores["val_loss"] is not None else ""
-            _say(f"[{m}] {loss}ROUGE-L {scores['rougeL']:.2f}, train {r['cost']['train_seconds']:.1f}s")
+            _say(f"[{label}] {loss}ROUGE-L {scores['rougeL']:.2f}, train {r['cost']['train_seconds']:.1f}s")
     return time.perf_counter() - t0

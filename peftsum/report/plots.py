@@ -38,7 +38,7 @@ def loss_curves(curves: dict[str, dict], out: Path) -> Path:
 
 
 def rouge_bars(rows: list[dict], out: Path) -> Path:
-
+    """Mean ROUGE per method with its 95 % interval; with several seeds, a dot per seed."""
     keys = ["rouge1", "rouge2", "rougeL"]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     w = 0.8 / max(len(rows), 1)
@@ -48,6 +48,11 @@ def rouge_bars(rows: list[dict], out: Path) -> Path:
         err = [[r["ci"][k][0] - r["ci"][k][1] for k in keys], [r["ci"][k][2] - r["ci"][k][0] for k in keys]]
         ax.bar(x + i * w - 0.4 + w / 2, means, w, yerr=err, capsize=3, label=r["method"],
                color=COLORS.get(r["method"]))
+        seeds = r.get("per_seed", [])
+        if len(seeds) > 1:  # each seed's score, so the spread between training runs shows
+            for j, k in enumerate(keys):
+                ax.scatter([x[j] + i * w - 0.4 + w / 2] * len(seeds), [s[k] for s in seeds], color="black", s=8,
+                           zorder=3)
     ax.set_xticks(x, ["ROUGE-1", "ROUGE-2", "ROUGE-L"])
     ax.set_ylabel("F1 x 100 (95% bootstrap CI)")
     ax.legend(fontsize=8)

@@ -65,7 +65,7 @@ def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
 def summary_rows(runs):
     return [{"method": r["method"], "rougeL": r["eval"]["rougeL"], "trainable": r["params"]["trainable"],
              "train_seconds": r["cost"]["train_seconds"], "peak_memory_bytes": r["cost"]["peak_memory_bytes"],
-             "ci": r["ci"]} for r in runs]
+             "ci": r["ci"], "per_seed": [s["eval"] for s in r.get("seeds", [])]} for r in runs]
 
 
 def make_figures(out: Path, runs) -> dict[str, Path]:
@@ -101,7 +101,14 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
               "tokens. The test split was used only for this final evaluation; early stopping and the best "
               "checkpoint used the validation split. ROUGE rewards length, so the mean number of generated tokens "
               "and the share of summaries cut at the token limit stand beside it. Peak memory: "
-              f"{r0['cost'].get('memory_measure', 'see results.json')}.", "", md_table(results_table(runs)), ""]
+              f"{r0['cost'].get('memory_measure', 'see results.json')}.", ""]
+    if max(boot.get("seeds", [1])) > 1:
+        parts += [f"Each trained method ran {max(boot['seeds'])} seeds (initialisation, data order, dropout; the "
+                  "data split fixed): its figures are the mean ± standard deviation across seeds, and every "
+                  "interval and pairwise difference resamples the test articles and the seeds (a two-level "
+                  "bootstrap), so it holds both sources of variance. The baselines train nothing and ran once. "
+                  "Loss curves show each method's first seed; the ROUGE plot marks every seed.", ""]
+    parts += [md_table(results_table(runs)), ""]
     if boot["pairs"]:
         parts += ["## Which differences are significant", "",
                   f"Paired bootstrap of each difference on the same test articles ({boot['resamples']} resamples): "

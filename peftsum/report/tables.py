@@ -26,22 +26,35 @@ def results_table(runs) -> list[list[str]]:
     head = ["method", "val loss", "test loss", "test ppl", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum",
             "gen. tokens", "cut at max", "trainable", "added", "adapter bytes", "train s", "peak mem", "train FLOPs",
             "epochs (best)"]
+    several = any(len(r.get("seeds", [])) > 1 for r in runs)
+    if several:
+        head.insert(1, "seeds")
     body = []
     for r in runs:
         scores, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
+        spread = r.get("eval_std", {}) if len(r.get("seeds", [])) > 1 else {}
+        cost_spread = r.get("cost_std", {}) if spread else {}
 
-        def ci(k, scores=scores, r=r):
+        def sd(value: str, std) -> str:
+            return f"{value} ± {std:.{2 if '.' not in value else len(value.split('.')[1])}f}" if std is not None else value
+
+        def ci(k, scores=scores, r=r, spread=spread):
             m, lo, hi = r["ci"][k]
-            return f"{scores[k]:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{scores[k]:.2f}"
+            text = sd(f"{scores[k]:.2f}", spread.get(k))
+            return f"{text} [{lo:.2f}, {hi:.2f}]" if lo is not None else text
 
         epochs = f"{t['epochs_run']} ({t['best_epoch']})" if t.get("steps") else "–"
-        body.append([r["method"], fmt(scores["val_loss"], ".4f"), fmt(scores["test_loss"], ".4f"),
+        loss = [sd(fmt(scores[k], ".4f"), spread.get(k)) if scores[k] is not None else "–"
+                for k in ("val_loss", "test_loss")]
+        body.append([r["method"], *([str(len(r.get("seeds", [r])))] if several else []), *loss,
                      fmt(scores["test_perplexity"], ".2f"), ci("rouge1"), ci("rouge2"), ci("rougeL"), ci("rougeLsum"),
                      fmt(scores.get("mean_generated_tokens"), ".1f"),
                      fmt(None if scores.get("hit_max_new_tokens") is None else scores["hit_max_new_tokens"] * 100, ".0f")
                      + ("%" if scores.get("hit_max_new_tokens") is not None else ""),
                      f"{p['trainable']:,}", f"{p['added']:,}", human(p["adapter_bytes"]),
-                     fmt(c["train_seconds"], ".1f"), human(c["peak_memory_bytes"]) + "B",
+                     sd(fmt(c["train_seconds"], ".1f"), cost_spread.get("train_seconds")),
+                     human(c["peak_memory_bytes"]) + "B"
+                     + (f" ± {human(cost_spread['peak_memory_bytes'])}B" if cost_spread.get("peak_memory_bytes") else ""),
                      human(c["train_flops"]) if c["train_flops"] else "–", epochs])
     return [head, *body]
 
@@ -90,13 +103,16 @@ def csv_rows(runs) -> list[dict]:
     rows = []
     for r in runs:
         scores, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
-        row = {"method": r["method"], "val_loss": scores["val_loss"], "test_loss": scores["test_loss"],
-               "test_perplexity": scores["test_perplexity"]}
+        std, cost_std = r.get("eval_std", {}), r.get("cost_std", {})
+        row = {"method": r["method"], "seeds": len(r.get("seeds", [r])), "val_loss": scores["val_loss"],
+               "val_loss_std": std.get("val_loss"), "test_loss": scores["test_loss"],
+               "test_loss_std": std.get("test_loss"), "test_perplexity": scores["test_perplexity"]}
         for k in KEYS:
             mean, lo, hi = r["ci"][k]
-            row.update({k: scores[k], f"{k}_lo": lo, f"{k}_hi": hi})
+            row.update({k: scores[k], f"{k}_lo": lo, f"{k}_hi": hi, f"{k}_std": std.get(k)})
         row.update(mean_generated_tokens=scores.get("mean_generated_tokens"),
                    hit_max_new_tokens=scores.get("hit_max_new_tokens"), test_examples=scores.get("rouge_n"),
+                   train_seconds_std=cost_std.get("train_seconds"), peak_memory_bytes_std=cost_std.get("peak_memory_bytes"),
                    params_total=p["total"], params_trainable=p["trainable"], params_added=p["added"],
                    adapter_bytes=p["adapter_bytes"], train_seconds=c["train_seconds"], eval_seconds=c["eval_seconds"],
                    examples_per_second=c["examples_per_second"], tokens_per_second=c["tokens_per_second"],

@@ -23,20 +23,11 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(dtype, device, n: int = 2048, repeats: int = 10) -> float:
-    if device.type == "cuda":
-        n = 8192
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+def matmul_peak(dtype, device) -> float:
+    """peftsum's measurement (plan uses it too) at this benchmark's sizes: 2048 on CPU, 8192 on GPUs."""
+    from peftsum.evaluate.cost import matmul_peak as measure
+
+    return measure(device, dtype, n=8192 if device.type == "cuda" else 2048, seconds=1.0)
 
 
 def lora_step_flops_per_s(batch: int, steps: int, device, dtype, dropout: float | None) -> tuple[float, float, float]:

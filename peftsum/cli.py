@@ -225,6 +225,7 @@ def dispatch(args, overrides) -> int:
     if cmd == "compare":
         from .experiment import compare_methods
         from .report.render import build_report
+        from .report.sweep import adopt_sweep
         from .utils import is_main_process
 
         cfg = config_from_args(args, overrides, max_steps=args.max_steps)
@@ -232,6 +233,7 @@ def dispatch(args, overrides) -> int:
         out = Path(args.out)
         seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun, args.seeds), out)
         if is_main_process():
+            adopt_sweep(args.config, out)
             build_report(out)
             print(f"compare finished in {seconds:.0f}s; report: {out / 'report.html'} (also .md, .pdf)", flush=True)
         return 0

@@ -263,7 +263,7 @@ def _merge(obj, data: dict, prefix: str = "") -> None:
 
 
 def validate(cfg: Config) -> Config:
-    flat = _flatten(cfg.to_dict())
+    flat = flatten_dict(cfg.to_dict())
     for key, choices in _CHOICES.items():
         if flat.get(key) not in choices:
             shown = ", ".join(str(c) for c in choices if c is not None)
@@ -295,11 +295,12 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten_dict(d: dict, prefix: str = "") -> dict:
+    """``{'train': {'lr': 1}}`` -> ``{'train.lr': 1}``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_dict(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

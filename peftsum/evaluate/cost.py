@@ -21,6 +21,7 @@ FLOPs than it runs (600-token sequences, 70 of them summary).
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,28 @@ def peak_flops(name: str) -> float | None:
         if key in name:
             return peak
     return None
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 0.5) -> float:
+    """This device's measured dense matmul rate (FLOP/s) in ``dtype``: the best n x n product of a short burst."""
+    n = n or (4096 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @dataclass

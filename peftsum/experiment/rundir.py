@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Config, config_from_dict
+from ..config import Config, config_from_dict, flatten_dict
 from ..errors import UserError
 from ..utils import read_jsonl
 
@@ -38,19 +38,9 @@ def load_run_config(run_dir: Path) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(stored: Config, requested: Config) -> dict[str, tuple]:
     """``{key: (stored, requested)}`` for every key that changes results and differs."""
-    a, b = _flat(stored.to_dict()), _flat(requested.to_dict())
+    a, b = flatten_dict(stored.to_dict()), flatten_dict(requested.to_dict())
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k not in NEUTRAL_KEYS and not k.startswith(NEUTRAL_SECTIONS) and a.get(k) != b.get(k)}
 

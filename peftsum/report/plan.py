@@ -77,27 +77,11 @@ def plan(cfg: Config, methods: list[str], device: str | None, steps: int, shape:
     return render(result)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """This device's measured dense matmul rate (FLOP/s) in the training dtype, best of a short burst."""
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    best, t_end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
 def _timed(dev, fn, *args) -> float:
-    _sync(dev)
+    costs.synchronize(dev)
     t0 = time.perf_counter()
     fn(*args)
-    _sync(dev)
+    costs.synchronize(dev)
     return time.perf_counter() - t0
 
 
@@ -127,7 +111,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
     peak_flops = costs.peak_flops(costs.device_name(dev))
     peak_source = "datasheet" if peak_flops else f"measured {str(dtype).replace('torch.', '')} matmul"
     if peak_flops is None:
-        peak_flops = matmul_peak(dev, dtype)
+        peak_flops = costs.matmul_peak(dev, dtype)
     rng = np.random.default_rng(cfg.train.seed)
     train_cfg, eval_cfg = cfg.train, cfg.eval
     bs = train_cfg.batch_size
@@ -235,20 +219,14 @@ def _generation_seconds(model, method, tokenizer, prompts, cfg_eval, accelerator
     c = copy.deepcopy(cfg_eval)
     c.max_new_tokens = n_new
     dev = accelerator.device
-    _sync(dev)
+    costs.synchronize(dev)
     t0 = time.perf_counter()
     with accelerator.autocast():
         rows = [torch.tensor(p, device=dev) for p in prompts]
         greedy_ids(model, method, rows, n_new, 10**9, tokenizer.pad_token_id) if c.num_beams == 1 else \
             generate_summaries(model, method, tokenizer, prompts, c, dev, accelerator.autocast)
-    _sync(dev)
+    costs.synchronize(dev)
     return time.perf_counter() - t0
-
-
-def _sync(dev) -> None:
-    """Wait for queued GPU work, so wall-clock timings cover it."""
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def _hms(s: float) -> str:

@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..utils import atomic_path, write_text
 from . import plots
 from .collect import collect, flatten, with_intervals
+from .sweep import tuning_section
 from .tables import csv_rows, hyper_table, md_table, pairs_table, results_table
 
 BANNER = ("synthetic demo corpus and a small GPT-2 — a demonstration of the pipeline, not CNN/DailyMail results")
@@ -83,6 +84,8 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
     figs["rouge"] = plots.rouge_bars(rows, out / "rouge.png")
     figs["cost"] = plots.quality_vs_cost(rows, out / "quality_vs_cost.png")
     figs["memory"] = plots.memory_bars(rows, out / "memory.png")
+    if (out / "sweep.json").is_file() and (out / "sweep_lr.png").is_file():  # compare --config a sweep's best.yaml
+        figs["sweep"] = out / "sweep_lr.png"
     return figs
 
 
@@ -117,7 +120,8 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
                   "by Holm–Bonferroni; a difference is called significant when its adjusted p is below 0.05.",
                   "", md_table(pairs_table(boot)), ""]
     titles = {"loss": "Loss curves", "rouge": "ROUGE with 95 % intervals", "cost": "Quality against cost",
-              "memory": "Peak memory"}
+              "memory": "Peak memory", "sweep": "Sweep: validation loss against learning rate"}
+    parts += tuning_section(out)
     parts += ["## Figures", ""]
     for k, p in figs.items():
         parts += [f"### {titles[k]}", "", f"![{titles[k]}]({p.name})", ""]

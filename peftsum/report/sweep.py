@@ -3,6 +3,8 @@ rate (pruned trials marked), and the best settings as a YAML that ``compare --co
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import optuna
@@ -43,6 +45,17 @@ def write_sweep_report(cfg: Config, studies: dict[str, optuna.Study], out: Path)
     trials = {m: trial_rows(s) for m, s in studies.items()}
     write_json(out / "sweep.json", {"studies": {m: study_name(m) for m in studies}, "best": best, "trials": trials})
     figure = plots.sweep_lr(trials, out / "sweep_lr.png")
+    rows = sweep_table(trials, best)
+    md = ["# peftsum sweep", "", f"Objective: validation loss after {cfg.sweep.steps} optimizer steps "
+          f"({cfg.sweep.reports} validations on the way, read by Optuna's median pruner); learning rate searched "
+          f"log-uniformly within a factor {cfg.sweep.lr_factor:g} of each method's default. The test split was not "
+          "read.", "", md_table(rows), "", f"![validation loss against learning rate]({figure.name})", "",
+          f"Best settings: `{BEST}` (`peftsum compare --config {BEST}`).", ""]
+    write_text(out / "sweep.md", "\n".join(md))
+    return [out / BEST, out / "sweep.json", figure, out / "sweep.md"]
+
+
+def sweep_table(trials: dict[str, list[dict]], best: dict[str, dict]) -> list[list[str]]:
     rows = [["method", "trials (pruned)", "best validation loss", "best settings", "mean s / trial"]]
     for m, ts in trials.items():
         done = [t for t in ts if t["state"] == "complete"]
@@ -51,10 +64,29 @@ def write_sweep_report(cfg: Config, studies: dict[str, optuna.Study], out: Path)
                      ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
                                for k, v in best[m].items()),
                      f"{sum(secs) / len(secs):.1f}" if secs else "–"])
-    md = ["# peftsum sweep", "", f"Objective: validation loss after {cfg.sweep.steps} optimizer steps "
-          f"({cfg.sweep.reports} validations on the way, read by Optuna's median pruner); learning rate searched "
-          f"log-uniformly within a factor {cfg.sweep.lr_factor:g} of each method's default. The test split was not "
-          "read.", "", md_table(rows), "", f"![validation loss against learning rate]({figure.name})", "",
-          f"Best settings: `{BEST}` (`peftsum compare --config {BEST}`).", ""]
-    write_text(out / "sweep.md", "\n".join(md))
-    return [out / BEST, out / "sweep.json", figure, out / "sweep.md"]
+    return rows
+
+
+def tuning_section(out: Path) -> list[str]:
+    """Markdown lines for a comparison configured from a sweep (its ``sweep.json`` copied beside the runs)."""
+    path = out / "sweep.json"
+    if not path.is_file():
+        return []
+    sweep = json.loads(path.read_text())
+    lines = ["## Tuning", "", "The settings compared here were tuned per method on the validation split by "
+             "`peftsum sweep` (the test split was not read). Its trials:", "",
+             md_table(sweep_table(sweep["trials"], sweep["best"])), "",
+             "Its plot of validation loss against learning rate is among the figures below.", ""]
+    return lines
+
+
+def adopt_sweep(config_file: str | None, out: Path) -> None:
+    """``compare --config DIR/best.yaml``: copy the sweep's record beside the runs, for the report."""
+    if not config_file:
+        return
+    source = Path(config_file).parent
+    if (source / "sweep.json").is_file() and Path(config_file).name == BEST:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("sweep.json", "sweep_lr.png"):
+            if (source / name).is_file():
+                shutil.copyfile(source / name, out / name)

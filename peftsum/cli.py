@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--methods", default=",".join(TRAINED_METHODS))
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per method")
+    p.add_argument("--steps", type=int,
+                   help="timed passes per method (default: up to 3, fewer where a pass takes over 10 s)")
     p.add_argument("--shape", choices=("real", "gpt2-small"), default="real",
                    help="gpt2-small: random weights of GPT-2 small's shape (no download)")
     return ap

@@ -25,12 +25,14 @@ def test_plan_works_on_data_smaller_than_its_batches(tiny_model_dir, tmp_path, c
 
     data = write_demo_corpus(tmp_path / "small", {"train": 40, "validation": 4, "test": 4})
     assert main(["plan", "--preset", "demo", "--model", str(tiny_model_dir), "--data", str(data),
-                 "--methods", "lora,last-layer", "--steps", "2", "--train.batch_size", "64",
+                 "--methods", "lora,last-layer", "--train.batch_size", "64",
                  "--data.max_source_tokens", "96", "--data.max_target_tokens", "48", "--eval.max_new_tokens", "8",
                  "--eval.batch_size", "16"]) == 0
     out, err = capsys.readouterr()
     assert "training examples reused" in out and "whole protocol" in out
     assert "[plan] lora:" in err and "[plan] last-layer:" in err
     assert "MFU against the measured float32 matmul peak" in out
+    assert "up to 3 timed, fewer where one pass takes over 10 s" in out  # the default timing
+    assert "examples: 40 train / 4 validation / 4 test" in out  # projected on what the data has
     rows = [line for line in out.splitlines() if line.startswith(("lora ", "last-layer "))]
     assert len(rows) == 2 and all(not line.rstrip().endswith("–") for line in rows)  # MFU shown on a CPU

@@ -58,21 +58,22 @@ def _synthetic_examples(n: int, cfg: Config, rng) -> list[dict]:
 def _examples(cfg: Config, tokenizer, positions: int, num_virtual: int, n: int, rng):
     """``n`` training examples drawn from the configured data (drawn again when it has fewer), or synthetic
     CNN/DailyMail-like ones when the data cannot be loaded here; their source; the mean length of the
-    whole training split."""
+    whole training split; the sizes of the splits a run would use."""
+    sizes = {"train": cfg.data.train_size, "validation": cfg.data.val_size, "test": cfg.data.test_size}
     try:
         dd, _, _ = load_tokenized(cfg.data, tokenizer, positions, num_virtual)
     except UserError:
         ex = _synthetic_examples(n, cfg, rng)
-        return ex, float(np.mean([len(e["input_ids"]) for e in ex])), "synthetic CNN/DailyMail-like lengths"
+        return ex, float(np.mean([len(e["input_ids"]) for e in ex])), "synthetic CNN/DailyMail-like lengths", sizes
     ds = dd["train"]
     reuse = n > len(ds)
     idx = rng.choice(len(ds), size=n, replace=reuse)
     source = "the configured data (sampled" + (f"; its {len(ds)} training examples reused to fill the timed batches)"
                                                if reuse else ")")
-    return [ds[int(i)] for i in idx], float(np.mean(seq_lengths(ds))), source
+    return [ds[int(i)] for i in idx], float(np.mean(seq_lengths(ds))), source, {k: len(v) for k, v in dd.items()}
 
 
-def plan(cfg: Config, methods: list[str], device: str | None, steps: int, shape: str) -> str:
+def plan(cfg: Config, methods: list[str], device: str | None, steps: int | None, shape: str) -> str:
     result = measure(cfg, methods, device, steps, shape, progress=True)
     return render(result)
 
@@ -85,7 +86,7 @@ def _timed(dev, fn, *args) -> float:
     return time.perf_counter() - t0
 
 
-def measure(cfg: Config, methods: list[str], device: str | None, steps: int, shape: str = "real",
+def measure(cfg: Config, methods: list[str], device: str | None, steps: int | None = None, shape: str = "real",
             progress: bool = False) -> dict:
     """Time the loop's own optimizer step (one forward/backward pass per probe step, scaled by the passes
     a real step makes), the validation the loop runs (cached features for a frozen trunk), and generation
@@ -115,7 +116,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
     rng = np.random.default_rng(cfg.train.seed)
     train_cfg, eval_cfg = cfg.train, cfg.eval
     bs = train_cfg.batch_size
-    rows, source = [], ""
+    rows, source, sizes = [], "", {}
     t_plan = time.perf_counter()
     for m in methods:
         mcfg = copy.deepcopy(cfg)
@@ -130,7 +131,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         model.to(dev)
         summary_lm = SummaryLM(model, method)
         n_ex = max(bs, eval_cfg.batch_size)
-        ex, mean_len, source = _examples(mcfg, tokenizer, positions, method.num_virtual_tokens, n_ex, rng)
+        ex, mean_len, source, sizes = _examples(mcfg, tokenizer, positions, method.num_virtual_tokens, n_ex, rng)
         mean_target = float(np.mean([len(e["input_ids"]) - e["prompt_len"] for e in ex]))
         # a forward/backward pass as the loop makes it: micro-batches of the batch (the cached head: whole batches)
         longest = max(len(e["input_ids"]) for e in ex) + method.num_virtual_tokens
@@ -146,16 +147,19 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
             trainer = Trainer(probe_cfg, Path(tmp), summary_lm, method, ds, ds.select(range(eval_cfg.batch_size)),
                               accelerator, tokenizer.pad_token_id, MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
             cache_per_ex = trainer.cache_seconds / len(ds) if method.cache_features else 0.0
-            groups = [[[(k * pass_size + i) % len(ds) for i in range(pass_size)]] for k in range(steps + 1)]
-            trainer.train_step(groups[0])  # warm-up
-            pass_s = sum(_timed(dev, trainer.train_step, g) for g in groups[1:]) / steps
-            step_s = pass_s * passes_per_step
+            trainer.train_step([[i % len(ds) for i in range(pass_size)]])  # warm-up
+            timings = []  # --steps passes, or (by default) up to 3 and until 10 s of timing
+            while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
+                k = len(timings) + 1
+                timings.append(_timed(dev, trainer.train_step, [[(k * pass_size + i) % len(ds) for i in range(pass_size)]]))
+            step_s = float(np.mean(timings)) * passes_per_step
             # validation as the loop runs it: on cached features for a frozen trunk, else the trunk's forward
             val_per_ex = _timed(dev, trainer.validation_loss) / eval_cfg.batch_size
-            # the final evaluation's loss always runs the trunk (no cache)
-            eval_ds = ds.select(range(eval_cfg.batch_size))
-            fwd_per_ex = _timed(dev, evaluate_loss, summary_lm, eval_ds, eval_cfg.batch_size, dev, tokenizer.pad_token_id,
-                                accelerator.autocast) / eval_cfg.batch_size
+            fwd_per_ex = val_per_ex
+            if method.cache_features:  # the final evaluation's loss runs the trunk (no cache)
+                fwd_per_ex = _timed(dev, evaluate_loss, summary_lm, ds.select(range(eval_cfg.batch_size)),
+                                    eval_cfg.batch_size, dev, tokenizer.pad_token_id, accelerator.autocast) \
+                    / eval_cfg.batch_size
             accelerator.free_memory()
         # a batch's generation = its prefill + one decode step per further token
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
@@ -166,7 +170,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
         gen_per_batch = prefill_s + max(per_token, 0.0) * (eval_cfg.max_new_tokens - 1)
         peak = costs.peak_memory(dev)
 
-        n_train, n_val, n_test = cfg.data.train_size, cfg.data.val_size, cfg.data.test_size
+        n_train, n_val, n_test = sizes["train"], sizes["validation"], sizes["test"]  # what a run would use
         if eval_cfg.limit:
             n_test = min(n_test, eval_cfg.limit)
         steps_per_epoch = math.ceil(math.ceil(n_train / bs) / train_cfg.grad_accum)
@@ -204,12 +208,15 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int, sha
                 f"every method runs all {train_cfg.epochs} epochs (early stopping can only shorten this)"
                 + (f", capped at {train_cfg.max_steps} steps" if train_cfg.max_steps else ""),
                 f"batch {bs} x accumulation {train_cfg.grad_accum}; lengths from {source or 'n/a'}",
-                f"validation on {min(cfg.data.val_size, train_cfg.val_limit or cfg.data.val_size)} examples before "
-                "training and after every epoch (last-layer: on its cached features)",
+                "examples: " + (" / ".join(f"{sizes[k]} {k}" for k in ("train", "validation", "test")) if sizes else
+                                "n/a") + " (the configured sizes, or all the data has where it has fewer)",
+                f"validation on {min(sizes.get('validation', 0), train_cfg.val_limit or sizes.get('validation', 0))} "
+                "examples before training and after every epoch (last-layer: on its cached features)",
                 f"ROUGE generation: {eval_cfg.max_new_tokens} new tokens for every test article (no early eos), "
                 f"batch {eval_cfg.batch_size}",
-                f"a step = its forward/backward passes x the time of one pass of the training loop ({steps} timed "
-                "after one warm-up; --steps for more); peak memory is the process's (CPU: RSS)",
+                "a step = its forward/backward passes x the mean time of one pass of the training loop ("
+                + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
+                + " after one warm-up; --steps N for more); peak memory is the process's (CPU: RSS)",
                 f"MFU against the {peak_source} peak of {peak_flops / 1e12:.3g} TFLOP/s",
             ]}
 

@@ -158,7 +158,8 @@ def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, train
         test = test.select(range(min(cfg.eval.limit, len(test))))
     scores: dict = {"val_loss": None, "test_loss": None, "test_perplexity": None}
     if parts.summary_lm is not None:
-        scores["val_loss"] = evaluate_split_loss(parts, data["validation"], cfg, accelerator)
+        scores["val_loss"] = evaluate_loss(parts.summary_lm, data["validation"], cfg.eval.batch_size, accelerator.device,
+                                           parts.tokenizer.pad_token_id, accelerator.autocast)["loss"]
     test_metrics, rows = evaluate_split(parts.summary_lm, parts.model, parts.method, parts.tokenizer, test, cfg.eval,
                                         accelerator.device, accelerator.autocast, progress=cfg.train.progress)
     scores.update(test_loss=test_metrics["loss"], test_perplexity=test_metrics["perplexity"])
@@ -170,11 +171,6 @@ def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, train
         write_jsonl(run_dir / "predictions.jsonl", rows)
         write_json(run_dir / RESULTS, results)
     return results
-
-
-def evaluate_split_loss(parts: Components, dataset, cfg, accelerator) -> float:
-    return evaluate_loss(parts.summary_lm, dataset, cfg.eval.batch_size, accelerator.device,
-                         parts.tokenizer.pad_token_id, accelerator.autocast)["loss"]
 
 
 def _adapter_bytes(run_dir: Path) -> int:

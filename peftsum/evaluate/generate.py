@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 import warnings
 
 import torch
@@ -36,6 +37,7 @@ from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from ..data.collate import collate, sorted_batches
 from ..utils import distributed_state
+from .cost import synchronize
 
 # tokens per prefill forward on CPU: larger batches ran slower there (cache effects; see above)
 CPU_PREFILL_TOKENS = 2048
@@ -69,9 +71,14 @@ def _prefill_groups(lengths: list[int], max_tokens: int | None) -> list[list[int
 
 @torch.no_grad()
 def greedy_ids(model, method, prompts: list[torch.Tensor], max_new_tokens: int, eos_id: int, pad_id: int,
-               no_repeat_ngram_size: int = 0, prefill_tokens: int | None = None) -> list[list[int]]:
-    """Greedy continuations of ``prompts`` (1-D token tensors of any lengths), eos excluded."""
+               no_repeat_ngram_size: int = 0, prefill_tokens: int | None = None,
+               timings: dict | None = None) -> list[list[int]]:
+    """Greedy continuations of ``prompts`` (1-D token tensors of any lengths), eos excluded.
+
+    ``timings``: a dict that receives the seconds of the prefill (steps 1-2), of the decode (step 3) and the
+    number of decode forwards (``peftsum plan`` times both phases in one call)."""
     device = prompts[0].device
+    t0 = _clock(device, timings)
     if prefill_tokens is None and device.type == "cpu":
         prefill_tokens = CPU_PREFILL_TOKENS
     B = len(prompts)
@@ -105,6 +112,8 @@ def greedy_ids(model, method, prompts: list[torch.Tensor], max_new_tokens: int, 
     for i, n in enumerate(lens):
         mask[i, width - n:] = 1  # slots past the current step are excluded by causality
     position = torch.tensor(lens, device=device)
+    t1 = _clock(device, timings)
+    decode_steps = 0
     # 3. decode
     no_repeat = NoRepeatNGramLogitsProcessor(no_repeat_ngram_size) if no_repeat_ngram_size else None
     generated = torch.empty(B, 0, dtype=torch.long, device=device)
@@ -121,7 +130,18 @@ def greedy_ids(model, method, prompts: list[torch.Tensor], max_new_tokens: int, 
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None] + step,
                     use_cache=True, **{cache_kw: cache})
         logits = out.logits[:, -1].float()
+        decode_steps += 1
+    if timings is not None:
+        timings.update(prefill=t1 - t0, decode=_clock(device, timings) - t1, decode_steps=decode_steps)
     return _cut_at_eos(generated.tolist(), eos_id)
+
+
+def _clock(device, timings: dict | None) -> float:
+    """A timestamp after the device's queued work (only when timing is asked for)."""
+    if timings is None:
+        return 0.0
+    synchronize(device)
+    return time.perf_counter()
 
 
 @torch.no_grad()

@@ -27,7 +27,6 @@ from ..data.tokenize import load_tokenized
 from ..errors import UserError
 from ..evaluate import cost as costs
 from ..evaluate.generate import generate_summaries, greedy_ids
-from ..evaluate.metrics import evaluate_loss
 from ..experiment import accelerator_for
 from ..methods import build_method
 from ..model.loading import (
@@ -146,8 +145,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(probe_cfg, Path(tmp), summary_lm, method, ds, ds.select(range(eval_cfg.batch_size)),
                               accelerator, tokenizer.pad_token_id, MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
-            cache_per_ex = trainer.cache_seconds / len(ds) if method.cache_features else 0.0
-            trainer.train_step([[i % len(ds) for i in range(pass_size)]])  # warm-up
+            # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU)
+            trainer.train_step([[i % len(ds) for i in range(pass_size)]])
             timings = []  # --steps passes, or (by default) up to 3 and until 10 s of timing
             while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
                 k = len(timings) + 1
@@ -155,19 +154,16 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             step_s = float(np.mean(timings)) * passes_per_step
             # validation as the loop runs it: on cached features for a frozen trunk, else the trunk's forward
             val_per_ex = _timed(dev, trainer.validation_loss) / eval_cfg.batch_size
-            fwd_per_ex = val_per_ex
-            if method.cache_features:  # the final evaluation's loss runs the trunk (no cache)
-                fwd_per_ex = _timed(dev, evaluate_loss, summary_lm, ds.select(range(eval_cfg.batch_size)),
-                                    eval_cfg.batch_size, dev, tokenizer.pad_token_id, accelerator.autocast) \
-                    / eval_cfg.batch_size
+            # the final evaluation's loss runs the trunk; with a frozen trunk that is what building its feature
+            # cache timed (the head on the summary positions adds a few per cent)
+            fwd_per_ex = trainer.cache_seconds / len(ds) if method.cache_features else val_per_ex
+            cache_per_ex = fwd_per_ex if method.cache_features else 0.0
             accelerator.free_memory()
-        # a batch's generation = its prefill + one decode step per further token
+        # a batch's generation = its prefill + one decode step per further token (both timed in one call)
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
-        probe = min(8, eval_cfg.max_new_tokens)
-        prefill_s = _generation_seconds(model, method, tokenizer, prompts, eval_cfg, accelerator, 1)
-        per_token = (_generation_seconds(model, method, tokenizer, prompts, eval_cfg, accelerator, probe) - prefill_s) \
-            / max(probe - 1, 1) if probe > 1 else 0.0
-        gen_per_batch = prefill_s + max(per_token, 0.0) * (eval_cfg.max_new_tokens - 1)
+        prefill_s, per_token = _generation_seconds(model, method, tokenizer, prompts, eval_cfg, accelerator,
+                                                   min(8, eval_cfg.max_new_tokens))
+        gen_per_batch = prefill_s + per_token * (eval_cfg.max_new_tokens - 1)
         peak = costs.peak_memory(dev)
 
         n_train, n_val, n_test = sizes["train"], sizes["validation"], sizes["test"]  # what a run would use
@@ -221,19 +217,24 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             ]}
 
 
-def _generation_seconds(model, method, tokenizer, prompts, cfg_eval, accelerator, n_new: int) -> float:
-    """Seconds to generate ``n_new`` tokens for each prompt (the evaluation's path; no early eos)."""
-    c = copy.deepcopy(cfg_eval)
-    c.max_new_tokens = n_new
+def _generation_seconds(model, method, tokenizer, prompts, cfg_eval, accelerator, n_new: int) -> tuple[float, float]:
+    """Seconds of a batch's prefill and of one decode step, generating ``n_new`` tokens for each prompt on the
+    evaluation's path (no early eos).  Greedy: both phases timed inside one call; beam search: two calls."""
     dev = accelerator.device
-    costs.synchronize(dev)
-    t0 = time.perf_counter()
-    with accelerator.autocast():
-        rows = [torch.tensor(p, device=dev) for p in prompts]
-        greedy_ids(model, method, rows, n_new, 10**9, tokenizer.pad_token_id) if c.num_beams == 1 else \
-            generate_summaries(model, method, tokenizer, prompts, c, dev, accelerator.autocast)
-    costs.synchronize(dev)
-    return time.perf_counter() - t0
+    if cfg_eval.num_beams == 1:
+        timings: dict = {}
+        with accelerator.autocast():
+            greedy_ids(model, method, [torch.tensor(p, device=dev) for p in prompts], n_new, 10**9,
+                       tokenizer.pad_token_id, timings=timings)
+        return timings["prefill"], timings["decode"] / max(timings["decode_steps"], 1)
+
+    def seconds(n: int) -> float:
+        c = copy.deepcopy(cfg_eval)
+        c.max_new_tokens = n
+        return _timed(dev, generate_summaries, model, method, tokenizer, prompts, c, dev, accelerator.autocast)
+
+    prefill = seconds(1)
+    return prefill, max(seconds(n_new) - prefill, 0.0) / max(n_new - 1, 1)
 
 
 def _hms(s: float) -> str:

@@ -66,7 +66,9 @@ class LoraConfig:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
-    targets: list[str] = field(default_factory=lambda: ["attn.c_attn"])
+    # module-name suffixes to adapt; null: the model type's attention projections (GPT-2 attn.c_attn; Llama,
+    # Qwen2, Mistral q_proj,v_proj; GPT-NeoX query_key_value; ...: model.arch.default_lora_targets)
+    targets: list[str] | None = None
     backend: str = "peftsum"  # peftsum | peft
     lr: float = 2e-4
 

@@ -29,7 +29,7 @@ from .sources import SPLITS, load_raw
 
 log = logging.getLogger(__name__)
 
-TOKENIZE_VERSION = 4
+TOKENIZE_VERSION = 5  # 5: special tokens once at the start (Llama's BOS), none inside
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,21 @@ class Budget:
     n_positions: int
 
 
+def encode(tokenizer, texts):
+    """Token ids of a text (or a list of texts) alone: no special tokens (the prompt gets them once, in front)."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def leading_special_tokens(tokenizer) -> list[int]:
+    """What the tokenizer puts before a text by itself (Llama's BOS; nothing for GPT-2): a sequence starts
+    with it once, as the model was trained, and no piece of the template repeats it."""
+    full, plain = tokenizer("a")["input_ids"], encode(tokenizer, "a")
+    return full[: len(full) - len(plain)] if plain and full[len(full) - len(plain):] == plain else []
+
+
 def make_budget(tokenizer, cfg_data, n_positions: int, num_virtual: int = 0) -> Budget:
     t = Template.parse(cfg_data.template)
-    sep = len(tokenizer(t.before)["input_ids"]) + len(tokenizer(t.between)["input_ids"])
+    sep = len(leading_special_tokens(tokenizer)) + len(encode(tokenizer, t.before)) + len(encode(tokenizer, t.between))
     target = cfg_data.max_target_tokens
     room = n_positions - num_virtual - sep - target - 1
     if room < 16:
@@ -92,11 +104,12 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.template = Template.parse(cfg_data.template)
         self.budget = make_budget(tokenizer, cfg_data, n_positions, num_virtual)
-        self.before = tokenizer(self.template.before)["input_ids"] if self.template.before else []
-        self.between = tokenizer(self.template.between)["input_ids"]
+        self.before = leading_special_tokens(tokenizer) + (encode(tokenizer, self.template.before)
+                                                           if self.template.before else [])
+        self.between = encode(tokenizer, self.template.between)
 
     def article_ids(self, articles: list[str]) -> list[list[int]]:
-        return self.tokenizer(list(articles))["input_ids"]
+        return encode(self.tokenizer, list(articles))
 
     def prompt_ids(self, article_ids: list[int]) -> list[int]:
         return self.before + article_ids[: self.budget.source] + self.between
@@ -109,7 +122,7 @@ class PromptBuilder:
         """``datasets.map`` function: a batch of id / article / highlights -> the stored example columns."""
         eos = self.tokenizer.eos_token_id
         arts = self.article_ids(batch["article"])
-        sums = self.tokenizer([self.template.summary_text(s) for s in batch["highlights"]])["input_ids"]
+        sums = encode(self.tokenizer, [self.template.summary_text(s) for s in batch["highlights"]])
         out = {"input_ids": [], "length": [], "prompt_len": [], "article_tokens": [], "summary_tokens": [],
                "source_truncated": [], "target_truncated": []}
         for a, s in zip(arts, sums):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.text import lead3
+from ..data.tokenize import encode
 from .generate import generate_summaries
 from .metrics import evaluate_loss, rouge_means, rouge_per_example
 
@@ -37,7 +38,7 @@ def evaluate_split(summary_lm, model, method, tokenizer, dataset, cfg_eval, devi
         hit_max = float(np.mean([n >= cfg_eval.max_new_tokens for n in lengths])) if lengths else None
     else:
         predictions = [lead3(a) for a in dataset["article"]]
-        lengths = [len(ids) for ids in tokenizer(predictions)["input_ids"]] if predictions else []
+        lengths = [len(ids) for ids in encode(tokenizer, predictions)] if predictions else []
         hit_max = None  # nothing is generated, so nothing is cut
     references = list(dataset["highlights"])
     per_example = rouge_per_example(predictions, references)

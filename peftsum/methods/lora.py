@@ -23,10 +23,12 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer as PeftLoraLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import UserError
+from ..model.arch import default_lora_targets
 from ..utils import safe_load_file, save_file_atomic
 from .base import Method
 
@@ -87,13 +89,22 @@ class LoRA(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.settings = cfg.method.lora
+        self.targets: list[str] | None = self.settings.targets  # resolved by the model's type where unset
+        self.fan_in_fan_out = True  # GPT-2's Conv1D stores [in, out]; nn.Linear [out, in]
 
     def target_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        targets = [(n, m) for n, m in model.named_modules() if matches(n, self.settings.targets)]
+        if not self.targets:
+            self.targets = default_lora_targets(model)
+        targets = [(n, m) for n, m in model.named_modules() if matches(n, self.targets)]
         if not targets:
-            raise UserError(f"method.lora.targets {self.settings.targets} match no module of the model "
-                            "(GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)")
+            raise UserError(f"method.lora.targets {self.targets} match no module of the "
+                            f"{model.config.model_type} model (GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, "
+                            "mlp.c_proj; Llama: q_proj, k_proj, v_proj, o_proj, ...)")
+        self.fan_in_fan_out = isinstance(targets[0][1], Conv1D)
         return targets
+
+    def describe(self) -> dict:
+        return {**super().describe(), "targets": self.targets}
 
     def _adapt(self, model: nn.Module) -> None:
         for name, module in self.target_modules(model):
@@ -103,8 +114,8 @@ class LoRA(Method):
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(r=self.settings.rank, lora_alpha=self.settings.alpha, lora_dropout=self.settings.dropout,
-                          target_modules=list(self.settings.targets), fan_in_fan_out=True, task_type="CAUSAL_LM",
-                          base_model_name_or_path=self.base_model_path(), bias="none")
+                          target_modules=list(self.targets), fan_in_fan_out=self.fan_in_fan_out, task_type="CAUSAL_LM",
+                          base_model_name_or_path=self.base_model_name(), bias="none")
 
     def layers(self, model: nn.Module) -> dict[str, LoRALayer]:
         return {n: m for n, m in model.named_modules() if isinstance(m, LoRALayer)}
@@ -140,11 +151,30 @@ class LoRA(Method):
         with torch.no_grad():
             self._copy_peft_state(model, state)
 
+    def save_adapter(self, model, folder: Path) -> None:
+        """The adapter in PEFT's format: ``adapter_model.safetensors`` and ``adapter_config.json``."""
+        save_file_atomic(self.peft_state_dict(model), Path(folder) / "adapter_model.safetensors", {"format": "pt"})
+        self.peft_config().save_pretrained(str(folder))
+
     def save(self, model, run_dir: Path) -> None:
-        run_dir = Path(run_dir)
-        save_file_atomic(self.peft_state_dict(model), run_dir / "adapter_model.safetensors", {"format": "pt"})
-        self.peft_config().save_pretrained(str(run_dir))
+        self.save_adapter(model, run_dir)
         self.write_method_file(run_dir)
+
+    def merge_and_unload(self, model: nn.Module) -> nn.Module:
+        """Fold every ΔW into its base weight and put the plain base layers back: the base architecture with
+        new weights, which transformers saves and loads like any model."""
+        for name, layer in self.layers(model).items():
+            layer.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base)
+        return model
+
+    def export(self, model, folder: Path, merge: bool = True) -> tuple[str, str]:
+        if not merge:
+            self.save_adapter(model, folder)
+            return "adapter", "LoRA kept as a PEFT adapter (--no-merge): load the base model, then this adapter."
+        self.merge_and_unload(model).save_pretrained(str(folder))
+        return "model", "LoRA merged into the base weights: a plain model of the base architecture."
 
     def load(self, model, run_dir: Path) -> None:
         self.load_peft_state_dict(model, safe_load_file(Path(run_dir) / "adapter_model.safetensors"))
@@ -170,6 +200,14 @@ class PeftLoRA(LoRA):
             params[k[len(PEFT_PREFIX):].replace(".weight", ".default.weight")].copy_(v)
 
     def merge(self, model):
-        raise UserError("merging is implemented for method.lora.backend: peftsum only")
+        raise UserError("merging in place is implemented for method.lora.backend: peftsum only")
 
     unmerge = merge
+
+    def merge_and_unload(self, model: nn.Module) -> nn.Module:
+        for name, module in list(model.named_modules()):
+            if isinstance(module, PeftLoraLayer):
+                module.merge()
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+        return model

@@ -19,6 +19,7 @@ import torch
 from peft import PromptTuningConfig
 from torch import nn
 
+from ..data.tokenize import encode
 from ..model.arch import attention_heads, decoder_blocks, hidden_size
 from ..model.loading import load_tokenizer
 from ..utils import safe_load_file, save_file_atomic
@@ -60,7 +61,7 @@ class PromptTuning(Method):
             return wte[ids].detach().float().cpu()
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.cfg.model.tokenizer or self.base_model_path())
-        ids = self.tokenizer(self.settings.init_text)["input_ids"]
+        ids = encode(self.tokenizer, self.settings.init_text)
         ids = [ids[i % len(ids)] for i in range(n)]  # cycle (or cut) the text's tokens to n rows
         return wte[torch.tensor(ids)].detach().float().cpu()
 
@@ -77,14 +78,21 @@ class PromptTuning(Method):
             task_type="CAUSAL_LM", num_virtual_tokens=self.settings.num_prompts, token_dim=hidden_size(model),
             num_transformer_submodules=1, num_attention_heads=attention_heads(model.config),
             num_layers=len(decoder_blocks(model)),
-            prompt_tuning_init="RANDOM", base_model_name_or_path=self.base_model_path())
+            prompt_tuning_init="RANDOM", base_model_name_or_path=self.base_model_name())
+
+    def save_adapter(self, model, folder: Path) -> None:
+        save_file_atomic({"prompt_embeddings": model.soft_prompt.weight}, Path(folder) / "adapter_model.safetensors",
+                         {"format": "pt"})
+        self.peft_config(model).save_pretrained(str(folder))
 
     def save(self, model, run_dir: Path) -> None:
-        run_dir = Path(run_dir)
-        save_file_atomic({"prompt_embeddings": model.soft_prompt.weight}, run_dir / "adapter_model.safetensors",
-                         {"format": "pt"})
-        self.peft_config(model).save_pretrained(str(run_dir))
+        self.save_adapter(model, run_dir)
         self.write_method_file(run_dir)
+
+    def export(self, model, folder: Path, merge: bool = True) -> tuple[str, str]:
+        self.save_adapter(model, folder)
+        return "adapter", ("Prompt tuning cannot be merged into the model's weights (the soft prompt is extra input, "
+                           "not a change of a weight): this is a PEFT adapter; load the base model, then this adapter.")
 
     def load(self, model, run_dir: Path) -> None:
         state = safe_load_file(Path(run_dir) / "adapter_model.safetensors")

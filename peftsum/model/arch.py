@@ -7,7 +7,13 @@ instead of naming GPT-2's attributes.
 
 from __future__ import annotations
 
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
+
+from ..errors import UserError
+
+# peftsum's names where they differ from PEFT's table (the same modules: GPT-2's c_attn is its attention's)
+_LORA_TARGETS = {"gpt2": ["attn.c_attn"]}
 
 
 def trunk(model: nn.Module) -> nn.Module:
@@ -47,3 +53,16 @@ def n_positions(model: nn.Module) -> int:
 
 def attention_heads(model_config) -> int:
     return int(getattr(model_config, "n_head", None) or getattr(model_config, "num_attention_heads", 1) or 1)
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """LoRA's default modules for the model's type: the attention's query and value projections, as Hu et
+    al. adapt them (GPT-2 ``attn.c_attn``, Llama / Qwen2 / Mistral ``q_proj``, ``v_proj``, GPT-NeoX
+    ``query_key_value``), from PEFT's table of model types."""
+    model_type = getattr(model.config, "model_type", None)
+    targets = _LORA_TARGETS.get(model_type) or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if not targets:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise UserError(f"no default LoRA targets are known for model type {model_type!r}; set method.lora.targets "
+                        f"to module-name suffixes of its attention (its linear layers: {', '.join(linear[:12])})")
+    return list(targets)

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("validation", "test"), default="test")
     p.add_argument("--limit", type=int)
 
+    p = sub.add_parser("export", help="write a finished run as a folder transformers / PEFT load without peftsum")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="a new folder")
+    p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
+                   help="LoRA: merge into the base weights (default) or, with --no-merge, keep a PEFT adapter")
+
     p = sub.add_parser("summarize", help="summarize articles with a saved run (or zero-shot / lead-3)")
     p.add_argument("run", help="run directory, or the name zero-shot / lead-3")
     p.add_argument("file", nargs="?", default="-", help="one article's text file, or - for stdin")
@@ -217,6 +223,12 @@ def dispatch(args, overrides) -> int:
         res = evaluate_saved(Path(args.run_dir), args.split, args.limit)
         for k, v in res.items():
             print(f"{k:>12}: {v:.4f}" if isinstance(v, float) else f"{k:>12}: {v}")
+        return 0
+    if cmd == "export":
+        from .experiment.export import export_run
+
+        r = export_run(Path(args.run_dir), Path(args.out), args.merge)
+        print(f"exported {r['kind']} -> {r['path']}" + (f"\n{r['note']}" if r["note"] else ""))
         return 0
     if cmd == "summarize":
         from .summarize import summarize_cli

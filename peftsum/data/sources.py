@@ -30,6 +30,12 @@ _SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "va
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
+def is_hub_id(source: str) -> bool:
+    """``owner/name`` that is not a local path: a data set on the Hugging Face Hub."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not source.startswith((".", "/")) \
+        and not Path(source).expanduser().exists()
+
+
 def describe_source(source: str) -> str:
     return "synthetic demo corpus" if source == "demo" else source
 
@@ -96,7 +102,7 @@ def load_raw(cfg_data) -> datasets.DatasetDict:
             # one file: map its columns once, then carve the splits out of it
             one = _load_files({"train": path})["train"]
             return _split_single(_map_split(one, "file", cfg_data, where=f"data file {path}"), cfg_data)
-        elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+        elif is_hub_id(source):
             dd = _load_hub(source, cfg_data.hub_config)
         else:
             raise UserError(f"data source not found: {source!r} (give a directory, a data file, a hub id, or 'demo')")

@@ -34,6 +34,7 @@ from ..train.loop import BEST, Trainer, train
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..utils import release_memory, safe_load_file, write_json, write_jsonl, write_text
+from .card import model_card
 from .rundir import CONFIG, RESULTS, RunLock, load_run_config
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
     main = accelerator.is_main_process
     method, model = parts.method, parts.model
     if main:
-        for stale in (RESULTS, "predictions.jsonl"):
+        for stale in (RESULTS, "predictions.jsonl", "README.md"):
             (run_dir / stale).unlink(missing_ok=True)
         write_text(run_dir / CONFIG, cfg.to_yaml())
         write_json(run_dir / "data_report.json", report)
@@ -170,6 +171,8 @@ def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, train
     if accelerator.is_main_process:
         write_jsonl(run_dir / "predictions.jsonl", rows)
         write_json(run_dir / RESULTS, results)
+        shown = run_dir if not run_dir.is_absolute() else Path(run_dir.name)  # the card names no absolute path
+        write_text(run_dir / "README.md", model_card(results, "run", path=str(shown)))
     return results
 
 

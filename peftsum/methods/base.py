@@ -110,12 +110,28 @@ class Method:
         return dataclasses.asdict(section) if section is not None else {}
 
     def base_model_path(self) -> str:
-        """The base model's hub id or local path (the demo base's built directory), for restoring alone."""
+        """Where the base model loads from here: its hub id or local path (the demo base's built directory)."""
         return resolve_model_name(self.cfg.model.name)
 
+    def base_model_name(self) -> str:
+        """The base model as configured (``gpt2``, ``demo``, the user's path): what saved files record, so a
+        run directory moved to another machine names nothing of this one."""
+        return self.cfg.model.name
+
     def write_method_file(self, run_dir: Path, extra: dict | None = None) -> None:
-        write_json(Path(run_dir) / METHOD_FILE, {"method": self.name, "base_model": self.base_model_path(),
+        write_json(Path(run_dir) / METHOD_FILE, {"method": self.name, "base_model": self.base_model_name(),
                                                  **self.describe(), **(extra or {})})
+
+    # --- a standalone copy (``peftsum export``) -----------------------------------------------
+    def export(self, model: nn.Module, folder: Path, merge: bool = True) -> tuple[str, str]:
+        """Write what transformers (or PEFT) loads without peftsum into ``folder``; returns the kind of folder
+        (``model``: ``save_pretrained`` of the whole model; ``adapter``: a PEFT adapter) and a note for the user.
+        The default: the whole model (last-layer with its untied head, full fine-tuning)."""
+        if not self.trains:
+            raise UserError(f"{self.name} trains nothing: there is no model to export (its base model is "
+                            f"{self.cfg.model.name!r})")
+        model.save_pretrained(str(folder))
+        return "model", ""
 
 
 def read_method_file(run_dir: Path) -> dict:

@@ -1,0 +1,56 @@
+"""``peftsum export RUN OUT``: a finished run as a folder that transformers or PEFT loads without peftsum.
+
+LoRA is merged into the base weights by default (``merge=False``: a PEFT adapter); last-layer (its untied
+head included) and full fine-tuning write the whole model with ``save_pretrained``; prompt tuning cannot
+be merged and is written as a PEFT adapter.  The tokenizer and a model card go with each.  An adapter of
+the demo base model also carries that base (``OUT/base``), which exists nowhere else.  OUT is written in
+a temporary folder and moved into place at the end: an export that fails leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+from ..utils import atomic_dir, write_text
+from .card import model_card
+from .run import load_trained
+from .rundir import RESULTS
+
+DEMO_BASE = "base"  # where an adapter export of the demo base model keeps that base
+
+
+def export_run(run_dir: str | Path, out: str | Path, merge: bool = True) -> dict:
+    """Export ``run_dir`` into ``out`` (which must not exist or be empty); returns kind, path and a note."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / RESULTS).is_file():
+        raise UserError(f"{run_dir} is not a finished run ({RESULTS} missing): train it to the end first")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not empty: export into a new folder")
+    results = json.loads((run_dir / RESULTS).read_text())
+    parts = load_trained(run_dir)
+    if out.is_dir():
+        out.rmdir()  # empty: replaced by the finished export in one rename
+    with atomic_dir(out, "README.md") as tmp:
+        kind, note = parts.method.export(parts.model, tmp, merge)
+        parts.tokenizer.save_pretrained(str(tmp))
+        base = None
+        if kind == "adapter":
+            base = _adapter_base(parts, tmp, out)
+        write_text(tmp / "README.md", model_card(results, kind, path=str(out), base=base, note=note))
+    return {"kind": kind, "path": str(out), "note": note}
+
+
+def _adapter_base(parts, folder: Path, out: Path) -> str:
+    """The base an adapter loads onto: the configured hub id or path; the demo base is copied beside it."""
+    name = parts.cfg.model.name
+    if name != "demo":
+        return name
+    shutil.copytree(parts.method.base_model_path(), folder / DEMO_BASE)
+    config_file = folder / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = DEMO_BASE  # relative to the export: PeftModel is given the base itself
+    write_text(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return str(out / DEMO_BASE)

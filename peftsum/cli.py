@@ -34,6 +34,12 @@ def _common(p: argparse.ArgumentParser, method: bool = False) -> None:
         p.add_argument("--method", choices=METHODS, help="fine-tuning method or baseline")
 
 
+def _report_to(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", metavar="NAME[,NAME]|all|none",
+                   help="experiment trackers through Accelerate: tensorboard, wandb, mlflow, aim, ... (default none); "
+                        "local ones log under OUT/tracking")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="peftsum", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -46,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="cap optimizer steps per method (quick runs)")
     p.add_argument("--rerun", default="", metavar="M1,M2",
                    help="start these methods over (their earlier runs in --out are removed)")
+    _report_to(p)
     p.add_argument("--seeds", type=int, default=1,
                    help="train each method with K seeds (train.seed, +1, ...); the report gives mean ± sd and "
                         "intervals over articles and seeds")
@@ -56,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="finished trials per method (sweep.trials)")
     p.add_argument("--steps", type=int, help="optimizer steps of each trial (sweep.steps)")
     p.add_argument("--storage", help="Optuna storage URL shared by workers (default: a journal file in --out)")
+    _report_to(p)
     p.add_argument("--out", default="runs/sweep", help="output directory")
 
     p = sub.add_parser("train", help="train (and evaluate) one method")
@@ -63,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<method>)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    _report_to(p)
 
     p = sub.add_parser("eval", help="evaluate a finished run on a split")
     p.add_argument("run_dir")
@@ -145,6 +154,8 @@ def config_from_args(args, overrides, method: str | None = None, max_steps: int 
         ov.append(("method.name", method))
     if max_steps is not None:
         ov.append(("train.max_steps", max_steps))
+    if getattr(args, "report_to", None) is not None:
+        ov.append(("train.report_to", args.report_to))
     return load_config(args.preset, args.config, ov)
 
 
@@ -196,6 +207,7 @@ def dispatch(args, overrides) -> int:
         return 0
     if cmd == "train":
         from .experiment import check_same_config, load_run_config, run_experiment
+        from .train.tracking import resolve_trackers
         from .utils import is_main_process
 
         out = Path(args.out or f"runs/{args.method}")
@@ -209,10 +221,13 @@ def dispatch(args, overrides) -> int:
             elif args.max_steps is not None:
                 cfg.train.max_steps = args.max_steps
                 check_same_config(out, cfg, "resume without --max-steps, or train into a new --out")
+            if args.report_to is not None:  # trackers change no result: any may follow a resumed run
+                cfg.train.report_to = [t for t in args.report_to.split(",") if t.strip()]
         else:
             if not args.method and not any(k == "method.name" for k, _ in overrides):
                 raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
             cfg = config_from_args(args, overrides, args.method, args.max_steps)
+        resolve_trackers(cfg.train.report_to)  # a missing tracker package: said before anything runs
         results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
         if is_main_process():  # several processes: only rank 0 prints
             _print_results(results, out)
@@ -239,9 +254,11 @@ def dispatch(args, overrides) -> int:
         from .experiment import compare_methods
         from .report.render import build_report
         from .report.sweep import adopt_sweep
+        from .train.tracking import resolve_trackers
         from .utils import is_main_process
 
         cfg = config_from_args(args, overrides, max_steps=args.max_steps)
+        resolve_trackers(cfg.train.report_to)
         methods, rerun = _method_list(args.methods), _method_list(args.rerun)
         out = Path(args.out)
         seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun, args.seeds), out)
@@ -253,10 +270,12 @@ def dispatch(args, overrides) -> int:
     if cmd == "sweep":
         from .experiment.sweep import sweep
         from .report.sweep import write_sweep_report
+        from .train.tracking import resolve_trackers
         from .utils import is_main_process
 
         extra = [(k, v) for k, v in (("sweep.trials", args.trials), ("sweep.steps", args.steps)) if v is not None]
         cfg = config_from_args(args, [*overrides, *extra])
+        resolve_trackers(cfg.train.report_to)
         out = Path(args.out)
         studies = sweep(cfg, _method_list(args.methods), out, args.storage)
         if is_main_process():

@@ -121,6 +121,8 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     progress: bool = True
+    # experiment trackers (``--report-to``): tensorboard, wandb, mlflow, aim, ... or all; empty: none
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass

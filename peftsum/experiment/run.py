@@ -33,6 +33,7 @@ from ..model.loading import load_model, load_tokenizer, n_positions, resolve_mod
 from ..train.loop import BEST, Trainer, train
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
+from ..train.tracking import Tracking, final_values, resolve_trackers
 from ..utils import release_memory, safe_load_file, write_json, write_jsonl, write_text
 from .card import model_card
 from .rundir import CONFIG, RESULTS, RunLock, load_run_config
@@ -49,10 +50,14 @@ def accelerator_for(cfg: Config, cpu: bool = False) -> Accelerator:
     mp = cfg.train.mixed_precision
     if mp == "auto":
         mp = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
-    if (mp, cpu) not in _ACCELERATORS:
-        # cpu=True without CUDA: Accelerate then runs several CPU processes (torchrun) over gloo
-        _ACCELERATORS[(mp, cpu)] = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, cpu=cpu)
-    return _ACCELERATORS[(mp, cpu)]
+    trackers = tuple(resolve_trackers(cfg.train.report_to))
+    key = (mp, cpu, trackers)
+    if key not in _ACCELERATORS:
+        # cpu=True without CUDA: Accelerate then runs several CPU processes (torchrun) over gloo.  Trackers log
+        # under a directory set per run (train.tracking.Tracking); "." only satisfies Accelerate's check here.
+        _ACCELERATORS[key] = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, cpu=cpu,
+                                         log_with=list(trackers) or None, project_dir="." if trackers else None)
+    return _ACCELERATORS[key]
 
 
 @dataclass
@@ -101,7 +106,10 @@ def _main_first(accelerator):
     return accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
 
 
-def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False, tracking_root: Path | None = None,
+                   run_name: str | None = None) -> dict:
+    """Train and evaluate one method into ``run_dir``.  With ``train.report_to`` the run is also one tracker run
+    named ``run_name`` (default: the method) under ``tracking_root`` (default: the run directory)."""
     run_dir = Path(run_dir)
     accelerator = accelerator_for(cfg)
     device = accelerator.device
@@ -116,10 +124,17 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False) -> di
         parts = load_components(cfg, device)
         data, report = parts.load_data()
     with RunLock(run_dir, enabled=main):
-        return _run(cfg, run_dir, resume, parts, data, report, accelerator)
+        tracking = Tracking(accelerator, cfg, tracking_root or run_dir, run_name or cfg.method.name,
+                            fresh=not (resume and (run_dir / "checkpoint.pt").is_file()))
+        results = None
+        try:
+            results = _run(cfg, run_dir, resume, parts, data, report, accelerator, tracking)
+        finally:
+            tracking.finish(final_values(results) if results else None)
+        return results
 
 
-def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, accelerator) -> dict:
+def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, accelerator, tracking) -> dict:
     main = accelerator.is_main_process
     method, model = parts.method, parts.model
     if main:
@@ -128,7 +143,7 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
         write_text(run_dir / CONFIG, cfg.to_yaml())
         write_json(run_dir / "data_report.json", report)
     accelerator.wait_for_everyone()
-    metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=main)
+    metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=main, sinks=[tracking.log_row])
     trainer = None
     if method.trains:
         has_ckpt = (run_dir / "checkpoint.pt").is_file()

@@ -27,7 +27,7 @@ CONFIG = "config.yaml"
 LOCK = ".peftsum.lock"
 
 # keys that change how a run is shown or saved, not what it computes (and the sweep's own section)
-NEUTRAL_KEYS = frozenset({"train.progress", "train.checkpoint_every_steps", "data.cache"})
+NEUTRAL_KEYS = frozenset({"train.progress", "train.checkpoint_every_steps", "data.cache", "train.report_to"})
 NEUTRAL_SECTIONS = ("sweep.",)
 
 

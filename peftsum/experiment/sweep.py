@@ -41,6 +41,7 @@ from ..model.loading import load_model, load_tokenizer, n_positions, resolve_mod
 from ..train.loop import Trainer
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
+from ..train.tracking import Tracking
 from ..utils import is_main_process, release_memory
 from .run import accelerator_for
 
@@ -103,14 +104,15 @@ class SweepResources:
     tokenizer: object
     positions: int
     _data: dict
+    out: Path = Path(".")  # the sweep's folder (trackers log under out/tracking)
 
     @classmethod
-    def load(cls, cfg: Config) -> SweepResources:
+    def load(cls, cfg: Config, out: Path = Path(".")) -> SweepResources:
         name = resolve_model_name(cfg.model.name)
         base = load_model(name, cfg.model.trust_remote_code)
         set_dropout(base, cfg.model.dropout)
         tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
-        return cls(cfg, base, tokenizer, n_positions(base), {})
+        return cls(cfg, base, tokenizer, n_positions(base), {}, out)
 
     def splits(self, num_virtual: int) -> dict:
         """train and validation only: a sweep never reads the test split."""
@@ -181,10 +183,11 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
     method_obj.prepare_model(model)
     model.to(accelerator.device)
     t0 = time.perf_counter()
+    tracking = Tracking(accelerator, tcfg, res.out, f"{method}/trial-{trial.number}")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(tcfg, Path(tmp), SummaryLM(model, method_obj), method_obj, data["train"],
                           data["validation"], accelerator, res.tokenizer.pad_token_id,
-                          MetricsFile(Path(tmp) / "metrics.jsonl", enabled=False))
+                          MetricsFile(Path(tmp) / "metrics.jsonl", enabled=False, sinks=[tracking.log_row]))
 
         last: dict[str, float] = {}
 
@@ -199,6 +202,7 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
         try:
             trainer.run()
         finally:
+            tracking.finish({"final/val_loss": last["value"]} if "value" in last else None)
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             trial.set_user_attr("steps", trainer.state.step)
             accelerator.free_memory()
@@ -245,7 +249,7 @@ def sweep(cfg: Config, methods: list[str], out: Path, storage_url: str | None = 
     if bad:
         raise UserError(f"sweep tunes trained methods only ({', '.join(TRAINED_METHODS)}), not {', '.join(bad)}")
     storage = open_storage(out, storage_url)
-    res = SweepResources.load(cfg)
+    res = SweepResources.load(cfg, out)
 
     def say(text: str) -> None:
         if is_main_process():

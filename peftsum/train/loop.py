@@ -196,11 +196,12 @@ class Trainer:
         s.group += 1
         s.train_seconds += dt
         s.target_tokens += n_target
-        s.tokens += sum(self.lengths[i] for mb in group for i in mb)  # the whole job's, not this rank's
+        step_tokens = sum(self.lengths[i] for mb in group for i in mb)  # the whole job's, not this rank's
+        s.tokens += step_tokens
         s.examples += sum(len(mb) for mb in group)
         row = {"type": "train", "epoch": s.epoch + 1, "step": s.step, "loss": loss,
                "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "target_tokens": n_target,
-               "seconds": dt}
+               "tokens": step_tokens, "seconds": dt}
         self.metrics_file.write(row)
         return row
 

@@ -11,13 +11,16 @@ from ..utils import write_text
 class MetricsFile:
     """``metrics.jsonl``: one JSON object per line, appended; truncated to a checkpoint on resume."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, sinks: list | None = None):
         self.path, self.enabled = Path(path), enabled
+        self.sinks = list(sinks or [])  # also given every row (experiment trackers), file or not
         self.lines = 0
         if enabled and self.path.is_file():
             self.lines = sum(1 for line in self.path.read_text().splitlines() if line.strip())
 
     def write(self, row: dict) -> None:
+        for sink in self.sinks:
+            sink(row)
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as f:

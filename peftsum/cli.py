@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import METHODS, PRESETS, TRAINED_METHODS, load_config, parse_override
+from .config import METHODS, PEFT_METHOD, PRESETS, TRAINED_METHODS, load_config, parse_override
 from .errors import UserError
 
 log = logging.getLogger("peftsum")
@@ -31,7 +31,8 @@ def _common(p: argparse.ArgumentParser, method: bool = False) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=3e-4 (or --train.lr 3e-4)")
     if method:
-        p.add_argument("--method", choices=METHODS, help="fine-tuning method or baseline")
+        p.add_argument("--method", choices=(*METHODS, PEFT_METHOD),
+                       help="fine-tuning method or baseline; peft: any PEFT tuner (--set method.peft.config=FILE)")
 
 
 def _report_to(p: argparse.ArgumentParser) -> None:
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run every method and write the report (the main job)")
     _common(p)
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated methods; peft:FILE adds any PEFT tuner from its config file")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.add_argument("--max-steps", type=int, help="cap optimizer steps per method (quick runs)")
     p.add_argument("--rerun", default="", metavar="M1,M2",
@@ -293,17 +295,18 @@ def dispatch(args, overrides) -> int:
         from .report.plan import plan
 
         cfg = config_from_args(args, overrides)
-        print(plan(cfg, [m.strip() for m in args.methods.split(",") if m.strip()], args.device, args.steps,
-                   args.shape))
+        print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape))
         return 0
     raise UserError(f"unknown command {cmd}")
 
 
 def _method_list(text: str) -> list[str]:
+    """Built-in methods, ``peft:FILE`` entries (any PEFT tuner), and (for --rerun) their ``peft-<name>`` folders."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHODS and not m.startswith((f"{PEFT_METHOD}:", f"{PEFT_METHOD}-"))]
     if bad:
-        raise UserError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(METHODS)}")
+        raise UserError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(METHODS)}, or peft:FILE for a PEFT "
+                        "config file")
     return methods
 
 

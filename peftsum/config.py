@@ -20,6 +20,7 @@ import yaml
 from .errors import UserError
 
 METHODS = ("zero-shot", "lead-3", "prompt-tuning", "lora", "last-layer", "full")
+PEFT_METHOD = "peft"  # any PEFT tuner from its config file (method.peft.config); compare: --methods peft:FILE
 TRAINED_METHODS = ("prompt-tuning", "lora", "last-layer", "full")
 PRESETS = ("demo", "assignment")
 
@@ -87,12 +88,22 @@ class FullConfig:
 
 
 @dataclass
+class PeftMethodConfig:
+    """``method.name: peft``: any PEFT tuner (IA³, prefix tuning, LoHa, ...) from a PEFT config JSON."""
+
+    config: str | None = None  # a PEFT config file as adapter_config.json holds it, or a folder with one
+    name: str | None = None  # the method's name in reports and run folders (default: peft-<file stem>)
+    lr: float = 3e-3
+
+
+@dataclass
 class MethodConfig:
     name: str = "lora"
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     last_layer: LastLayerConfig = field(default_factory=LastLayerConfig)
     full: FullConfig = field(default_factory=FullConfig)
+    peft: PeftMethodConfig = field(default_factory=PeftMethodConfig)
 
 
 @dataclass
@@ -183,7 +194,7 @@ class Config:
 # --- loading and validation ----------------------------------------------------------------
 
 _CHOICES = {
-    "method.name": METHODS,
+    "method.name": (*METHODS, PEFT_METHOD),
     "method.prompt_tuning.init": ("text", "vocab", "random"),
     "method.lora.backend": ("peftsum", "peft"),
     "train.schedule": ("linear", "cosine", "constant"),
@@ -194,7 +205,7 @@ _POSITIVE = {
     "data.train_size", "data.val_size", "data.test_size", "data.max_source_tokens",
     "data.max_target_tokens", "method.prompt_tuning.num_prompts", "method.lora.rank",
     "method.lora.alpha", "method.prompt_tuning.lr", "method.lora.lr", "method.last_layer.lr",
-    "method.full.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
+    "method.full.lr", "method.peft.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
     "train.lr", "train.micro_batch_size", "train.patience", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
     "eval.batch_size", "eval.max_new_tokens", "eval.num_beams", "eval.limit", "eval.bootstrap",
     "train.max_grad_norm", "sweep.trials", "sweep.steps", "sweep.reports", "sweep.val_limit",
@@ -296,7 +307,20 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"config key 'sweep.{key}' holds a value out of range: {values}")
     if cfg.method.lora.dropout >= 1:
         raise UserError("config key 'method.lora.dropout' must be < 1")
+    if cfg.method.name == PEFT_METHOD:
+        if not cfg.method.peft.config:
+            raise UserError("method peft needs a PEFT config file: --set method.peft.config=FILE (as adapter_config.json "
+                            "holds it, e.g. {\"peft_type\": \"IA3\", ...})")
+        if not cfg.method.peft.name:
+            cfg.method.peft.name = peft_method_name(cfg.method.peft.config)
     return cfg
+
+
+def peft_method_name(config_file: str) -> str:
+    """``configs/ia3.json`` -> ``peft-ia3``: the method's name in reports and its run folder."""
+    path = Path(config_file)
+    stem = path.parent.name if path.name == "adapter_config.json" or not path.suffix else path.stem
+    return f"peft-{stem}"
 
 
 def flatten_dict(d: dict, prefix: str = "") -> dict:

@@ -67,7 +67,7 @@ def runs(tmp_path_factory, tiny_model_dir, demo_dir):
 def _examples_file(run: Path, path: Path) -> Path:
     parts = load_trained(run)
     data, _ = parts.load_data()
-    test = data["test"].select(range(min(parts.cfg.eval.limit, len(data["test"]))))
+    test = data["test"].select(range(min(parts.cfg.eval.limit or len(data["test"]), len(data["test"]))))
     path.write_text("".join(json.dumps({"input_ids": e["input_ids"], "prompt_len": e["prompt_len"]}) + "\n"
                             for e in test))
     return path

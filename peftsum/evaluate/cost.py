@@ -117,9 +117,10 @@ def _below_blocks(model, p) -> bool:
     """Is ``p`` used before the first block (input or position embeddings, a soft prompt)?"""
     t = trunk(model)
     below = [model.get_input_embeddings().weight, getattr(getattr(t, "wpe", None), "weight", None)]
-    prompt = getattr(model, "soft_prompt", None)
-    if prompt is not None:
-        below += list(prompt.parameters())
+    for name in ("soft_prompt", "peft_prompt_encoder"):  # soft prompts and PEFT's prompt / prefix encoders
+        prompt = getattr(model, name, None)
+        if prompt is not None:
+            below += list(prompt.parameters())
     return any(p is q for q in below if q is not None)
 
 

@@ -148,6 +148,8 @@ def _clock(device, timings: dict | None) -> float:
 def generate_ids(model, method, input_ids, attention_mask, cfg_eval, eos_id: int, pad_id: int,
                  use_cache: bool = True) -> list[list[int]]:
     """New tokens for a left-padded batch of prompts (eos and everything after it removed)."""
+    if not method.fast_generation:  # prefix tuning: PEFT's generate() (see methods/peft_tuner.py)
+        return method.generate_ids(input_ids, attention_mask, cfg_eval, eos_id, pad_id)
     if cfg_eval.num_beams == 1 and use_cache:
         return greedy_ids(model, method, _rows(input_ids, attention_mask), cfg_eval.max_new_tokens, eos_id,
                           pad_id, cfg_eval.no_repeat_ngram_size)

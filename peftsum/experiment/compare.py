@@ -12,7 +12,7 @@ import copy
 import time
 from pathlib import Path
 
-from ..config import METHODS, TRAINED_METHODS, Config
+from ..config import METHODS, PEFT_METHOD, TRAINED_METHODS, Config, peft_method_name, validate
 from ..errors import UserError
 from ..utils import distributed_state, is_main_process
 from .run import run_experiment
@@ -33,19 +33,31 @@ def _say(text: str) -> None:
 
 
 def method_config(cfg: Config, method: str) -> Config:
+    """The config of one entry of ``--methods``: a built-in method, or ``peft:FILE`` (any PEFT tuner)."""
     mcfg = copy.deepcopy(cfg)
+    if method.startswith(f"{PEFT_METHOD}:"):
+        file = method.split(":", 1)[1]
+        mcfg.method.name, mcfg.method.peft.config, mcfg.method.peft.name = PEFT_METHOD, file, peft_method_name(file)
+        return validate(mcfg)
     mcfg.method.name = method
     return mcfg
+
+
+def run_name(method: str) -> str:
+    """The name of an entry of ``--methods`` in reports and run folders (``peft:cfg/ia3.json`` -> ``peft-ia3``)."""
+    return peft_method_name(method.split(":", 1)[1]) if method.startswith(f"{PEFT_METHOD}:") else method
 
 
 def planned_runs(cfg: Config, methods: list[str], out: Path, seeds: int = 1) -> list[tuple[str, Path, Config]]:
     """(method, run directory, config) of every run: ``out/<method>`` with one seed; with several,
     ``out/<method>/seed-<s>`` for s = train.seed, train.seed + 1, ... (the data split stays fixed).
-    The baselines train nothing and generate greedily, so they run once whatever the seeds."""
+    The baselines train nothing and generate greedily, so they run once whatever the seeds.  Built-in
+    methods come in their canonical order, then PEFT tuners (``peft:FILE``) in the order given."""
     runs = []
-    for m in (m for m in METHODS if m in methods):
-        mcfg = method_config(cfg, m)
-        if seeds == 1 or m not in TRAINED_METHODS:
+    ordered = [m for m in METHODS if m in methods] + [m for m in methods if m.startswith(f"{PEFT_METHOD}:")]
+    for entry in ordered:
+        m, mcfg = run_name(entry), method_config(cfg, entry)
+        if seeds == 1 or mcfg.method.name not in (*TRAINED_METHODS, PEFT_METHOD):
             runs.append((m, out / m, mcfg))
             continue
         for i in range(seeds):
@@ -59,7 +71,11 @@ def compare_methods(cfg: Config, methods: list[str], out: Path, rerun: list[str]
                     seeds: int = 1) -> float:
     """Run ``methods`` (in the canonical order, each over ``seeds`` seeds) into ``out``; returns the seconds."""
     rerun = set(rerun or [])
-    unknown = sorted(rerun - set(methods))
+    names = [run_name(m) for m in methods]
+    if len(set(names)) < len(names):
+        raise UserError(f"--methods names one run folder twice ({', '.join(names)}); give PEFT config files "
+                        "different names")
+    unknown = sorted(rerun - set(names))
     if unknown:
         raise UserError(f"--rerun names {', '.join(unknown)}, which --methods does not include")
     if seeds < 1:

@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from .. import __version__
-from ..config import Config
+from ..config import PEFT_METHOD, Config
 from ..data.collate import seq_lengths
 from ..data.tokenize import PromptBuilder, load_tokenized
 from ..evaluate import cost as costs
@@ -254,6 +254,8 @@ def load_trained(run_dir: Path) -> Components:
     No data is loaded (``summarize`` works offline on any article), and the model is in eval mode."""
     cfg = load_run_config(run_dir)
     read_method_file(run_dir)  # no weights saved: say so before loading anything
+    if cfg.method.name == PEFT_METHOD:  # the tuner's config as saved with its weights (the run may have moved)
+        cfg.method.peft.config = str(Path(run_dir) / "adapter_config.json")
     accelerator = accelerator_for(cfg)
     with _main_first(accelerator):
         parts = load_components(cfg, accelerator.device)

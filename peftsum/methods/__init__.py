@@ -7,11 +7,12 @@ from .baselines import Lead3, ZeroShot
 from .full import Full
 from .last_layer import LastLayer
 from .lora import LoRA, PeftLoRA
+from .peft_tuner import PeftTuner
 from .prompt_tuning import PromptTuning
 
 REGISTRY: dict[str, type[Method]] = {
     "zero-shot": ZeroShot, "lead-3": Lead3, "prompt-tuning": PromptTuning, "lora": LoRA,
-    "last-layer": LastLayer, "full": Full,
+    "last-layer": LastLayer, "full": Full, "peft": PeftTuner,
 }
 
 

@@ -43,6 +43,7 @@ class Method:
     num_virtual_tokens: int = 0
     trunk_backward: bool = True  # do gradients flow back through the transformer blocks?
     cache_features: bool = False  # frozen trunk: the loop may cache its final hidden states
+    fast_generation: bool = True  # peftsum's greedy loop applies; else the method's own generate_ids
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -81,6 +82,15 @@ class Method:
     def embed(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Input embeddings and mask the transformer sees; a soft prompt prepends rows here."""
         return model.get_input_embeddings()(input_ids), attention_mask
+
+    def hidden_states(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The trunk's final hidden states over the input positions, for a method whose trunk call differs
+        (prefix tuning's key/value prefix); None: the shared path (:meth:`embed`, then the trunk)."""
+        return None
+
+    def generate_ids(self, input_ids, attention_mask, cfg_eval, eos_id: int, pad_id: int) -> list[list[int]]:
+        """New tokens of a left-padded batch, for a method without ``fast_generation``."""
+        raise NotImplementedError
 
     # --- weights --------------------------------------------------------------------------
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:

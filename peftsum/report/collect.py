@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import METHODS
+from ..config import METHODS, PEFT_METHOD
 from ..errors import UserError
 from ..experiment import read_metrics
 from ..utils import read_jsonl
@@ -63,7 +63,8 @@ def aggregate(seed_runs: list[dict]) -> dict:
 
 def collect(out: Path) -> list[dict]:
     """The finished runs under ``out`` (one row per method, over its seeds); all share one test set."""
-    runs = [aggregate(seed_runs) for m in METHODS if (seed_runs := method_runs(out, m))]
+    peft = sorted(p.name for p in out.glob(f"{PEFT_METHOD}-*") if p.is_dir())  # any PEFT tuner's runs
+    runs = [aggregate(seed_runs) for m in (*METHODS, *peft) if (seed_runs := method_runs(out, m))]
     if not runs:
         raise UserError(f"no finished runs (results.json) under {out}")
     check_same_test_set(runs)

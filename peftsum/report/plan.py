@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..evaluate import cost as costs
 from ..evaluate.generate import generate_summaries, greedy_ids
 from ..experiment import accelerator_for
+from ..experiment.compare import method_config, run_name
 from ..methods import build_method
 from ..model.loading import (
     load_model,
@@ -117,9 +118,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     bs = train_cfg.batch_size
     rows, source, sizes = [], "", {}
     t_plan = time.perf_counter()
-    for m in methods:
-        mcfg = copy.deepcopy(cfg)
-        mcfg.method.name = m
+    for entry in methods:
+        m, mcfg = run_name(entry), method_config(cfg, entry)  # a built-in method or peft:FILE
         method = build_method(mcfg)
         if not method.trains:
             continue
@@ -221,7 +221,7 @@ def _generation_seconds(model, method, tokenizer, prompts, cfg_eval, accelerator
     """Seconds of a batch's prefill and of one decode step, generating ``n_new`` tokens for each prompt on the
     evaluation's path (no early eos).  Greedy: both phases timed inside one call; beam search: two calls."""
     dev = accelerator.device
-    if cfg_eval.num_beams == 1:
+    if cfg_eval.num_beams == 1 and method.fast_generation:
         timings: dict = {}
         with accelerator.autocast():
             greedy_ids(model, method, [torch.tensor(p, device=dev) for p in prompts], n_new, 10**9,

@@ -12,6 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"zero-shot": "#7f7f7f", "lead-3": "#bcbd22", "prompt-tuning": "#1f77b4", "lora": "#2ca02c",
           "last-layer": "#ff7f0e", "full": "#d62728"}
+# PEFT tuners (peft-<name>) in the order they first appear: tab10's colours the built-in methods leave free
+EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#393b79", "#637939", "#843c39", "#7b4173"]
+
+
+def color(method: str) -> str:
+    if method not in COLORS:
+        COLORS[method] = EXTRA_COLORS[(len(COLORS) - 6) % len(EXTRA_COLORS)]
+    return COLORS[method]
 
 
 def _save(fig, path: Path) -> Path:
@@ -24,7 +32,7 @@ def _save(fig, path: Path) -> Path:
 def loss_curves(curves: dict[str, dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for m, c in curves.items():
-        col = COLORS.get(m)
+        col = color(m)
         if c["train_steps"]:
             ax.plot(c["train_steps"], c["train_loss"], color=col, alpha=0.35, lw=1)
         if c["val_steps"]:
@@ -47,7 +55,7 @@ def rouge_bars(rows: list[dict], out: Path) -> Path:
         means = [r["ci"][k][0] for k in keys]
         err = [[r["ci"][k][0] - r["ci"][k][1] for k in keys], [r["ci"][k][2] - r["ci"][k][0] for k in keys]]
         ax.bar(x + i * w - 0.4 + w / 2, means, w, yerr=err, capsize=3, label=r["method"],
-               color=COLORS.get(r["method"]))
+               color=color(r["method"]))
         seeds = r.get("per_seed", [])
         if len(seeds) > 1:  # each seed's score, so the spread between training runs shows
             for j, k in enumerate(keys):
@@ -63,7 +71,7 @@ def rouge_bars(rows: list[dict], out: Path) -> Path:
 def quality_vs_cost(rows: list[dict], out: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
     for r in rows:
-        col = COLORS.get(r["method"])
+        col = color(r["method"])
         y = r["rougeL"]
         if r["trainable"]:
             a.scatter(r["trainable"], y, color=col, s=50)
@@ -86,7 +94,7 @@ def memory_bars(rows: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     names = [r["method"] for r in rows]
     vals = [(r["peak_memory_bytes"] or 0) / 2**20 for r in rows]
-    ax.bar(names, vals, color=[COLORS.get(n) for n in names])
+    ax.bar(names, vals, color=[color(n) for n in names])
     ax.set_ylabel("peak memory (MiB)")
     ax.set_title("Peak memory per method (CUDA max allocated, or process peak RSS on CPU)")
     ax.grid(axis="y", alpha=0.3)
@@ -99,7 +107,7 @@ def sweep_lr(trials: dict[str, list[dict]], out: Path) -> Path:
     they had when stopped."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for m, rows in trials.items():
-        col = COLORS.get(m)
+        col = color(m)
         for state, marker in (("complete", "o"), ("pruned", "x")):
             pts = [(r["params"]["lr"], r["value"]) for r in rows if r["state"] == state and r["value"] is not None]
             if pts:

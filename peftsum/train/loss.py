@@ -31,6 +31,9 @@ class SummaryLM(nn.Module):
         self.method = method
 
     def hidden_states(self, input_ids, attention_mask) -> torch.Tensor:
+        own = self.method.hidden_states(self.model, input_ids, attention_mask)  # prefix tuning: its own trunk call
+        if own is not None:
+            return own
         emb, mask = self.method.embed(self.model, input_ids, attention_mask)
         if right_padded(mask):
             # Causal attention already keeps every real token from seeing the padding after it, so

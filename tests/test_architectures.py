@@ -139,16 +139,10 @@ def test_greedy_loop_equals_generate_on_each_architecture(arch, method):
 def test_peft_loads_adapters_of_each_architecture(arch_dir, tokenizer, tmp_path, method):
     from peft import PeftModel
 
+    from tests.test_methods import prepared_and_saved
+
     arch, folder = arch_dir
-    model = load_model(str(folder)).eval()
-    m = build_method(load_config(None, None, [("method.name", method), ("model.name", str(folder))]))
-    m.tokenizer = tokenizer
-    m.prepare_model(model)
-    model.eval()
-    with torch.no_grad():
-        for _, p in m.trainable_parameters(model):
-            p.add_(torch.randn_like(p) * 0.05)
-    m.save(model, tmp_path)
+    model, m = prepared_and_saved(folder, method, tokenizer, tmp_path)
     ids = torch.tensor([tokenizer("Rain flooded the town on Monday, officials said.")["input_ids"]])
     mask = torch.ones_like(ids)
     lm = SummaryLM(model, m)

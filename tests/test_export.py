@@ -167,6 +167,7 @@ def test_a_moved_run_directory_still_works(runs, tmp_path, capsys):
         (runs["lora"].parent / "lora-gone").rename(runs["lora"])
     card = ModelCard.load(moved / "README.md")
     assert "peftsum summarize" in card.text and card.data.tags == ["peftsum", "summarization", "lora"]
+    assert card.data.library_name == "peft"  # a LoRA run directory is a PEFT adapter folder
 
 
 def test_export_refusals_leave_nothing(runs, tmp_path, capsys):

@@ -170,19 +170,25 @@ def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer):
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt-tuning"])
-def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer, tmp_path, method):
-    from peft import PeftModel
-
-    model = load_model(str(tiny_model_dir)).eval()
-    m = build_method(cfg_for(method, str(tiny_model_dir)))
+def prepared_and_saved(model_dir, method: str, tokenizer, folder):
+    """``method`` on the model in ``model_dir``, its weights moved off their initial values, saved to ``folder``."""
+    model = load_model(str(model_dir)).eval()
+    m = build_method(cfg_for(method, str(model_dir)))
     m.tokenizer = tokenizer
     m.prepare_model(model)
     model.eval()
     with torch.no_grad():
         for _, p in m.trainable_parameters(model):
             p.add_(torch.randn_like(p) * 0.05)
-    m.save(model, tmp_path)
+    m.save(model, folder)
+    return model, m
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt-tuning"])
+def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer, tmp_path, method):
+    from peft import PeftModel
+
+    model, m = prepared_and_saved(tiny_model_dir, method, tokenizer, tmp_path)
     ids, mask = _batch(tokenizer, ["Researchers studied walking and blood pressure in a small town."])
     ours = _logits(model, m, ids, mask)
     peft_model = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(tmp_path)).eval()

@@ -72,7 +72,9 @@ def model_card(results: dict, kind: str, path: str = ".", base: str | None = Non
     data, train, scores, params, cost = cfg["data"], cfg["train"], results["eval"], results["params"], results["cost"]
     training = results["training"]
     method = results["method"]
-    library = "peft" if kind == "adapter" else "transformers"
+    # a run directory of LoRA, prompt tuning or a PEFT tuner is a PEFT adapter folder
+    adapter_run = kind == "run" and (method in ("lora", "prompt-tuning") or method.startswith("peft-"))
+    library = "peft" if kind == "adapter" or adapter_run else "transformers"
     lines = ["---", card_data(results, library).to_yaml(), "---", "",
              f"# {method} on {results['model']} for summarization", ""]
     if results.get("preset") == "demo" or cfg["model"]["name"] == "demo":

@@ -56,11 +56,13 @@ def runs(tmp_path_factory, tiny_model_dir, demo_dir):
 
     root = tmp_path_factory.mktemp("export-runs")
     out = {}
-    for method in [*METHODS, "zero-shot"]:
+    for name in [*METHODS, "zero-shot", "lora-peft-backend"]:
+        method = name.split("-peft-")[0]
         cfg = load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{
-            "method.name": method, "train.max_steps": 3, "eval.limit": 6, "method.lora.lr": 2e-2}))
-        run_experiment(cfg, root / method)
-        out[method] = root / method
+            "method.name": method, "train.max_steps": 3, "eval.limit": 6, "method.lora.lr": 2e-2,
+            "method.lora.backend": "peft" if name.endswith("backend") else "peftsum"}))
+        run_experiment(cfg, root / name)
+        out[name] = root / name
     return out
 
 
@@ -83,7 +85,8 @@ def _loss_without_peftsum(out: Path, examples: Path, base: str = "-") -> float:
 
 
 @pytest.mark.parametrize("method, merge, kind", [
-    ("lora", True, "model"), ("lora", False, "adapter"), ("prompt-tuning", True, "adapter"),
+    ("lora", True, "model"), ("lora", False, "adapter"), ("lora-peft-backend", True, "model"),
+    ("prompt-tuning", True, "adapter"),
     ("last-layer", True, "model"), ("full", True, "model"),
 ])
 def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, tiny_model_dir, capsys, method, merge,

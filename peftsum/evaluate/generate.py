@@ -25,7 +25,6 @@ its n-grams); a test checks the two paths give the same tokens.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 import warnings
 
@@ -36,6 +35,7 @@ from transformers import StaticCache
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from ..data.collate import collate, sorted_batches
+from ..model.arch import cache_kwarg
 from ..utils import distributed_state
 from .cost import synchronize
 
@@ -82,8 +82,7 @@ def greedy_ids(model, method, prompts: list[torch.Tensor], max_new_tokens: int, 
     if prefill_tokens is None and device.type == "cpu":
         prefill_tokens = CPU_PREFILL_TOKENS
     B = len(prompts)
-    # transformers 5.x renamed past_key_values to cache (the old name is deprecated, not yet removed)
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_kw = cache_kwarg(model)
     # 1. prefill, unpadded
     lens = [0] * B
     first = [None] * B
@@ -148,7 +147,7 @@ def _clock(device, timings: dict | None) -> float:
 def generate_ids(model, method, input_ids, attention_mask, cfg_eval, eos_id: int, pad_id: int,
                  use_cache: bool = True) -> list[list[int]]:
     """New tokens for a left-padded batch of prompts (eos and everything after it removed)."""
-    if not method.fast_generation:  # prefix tuning: PEFT's generate() (see methods/peft_tuner.py)
+    if not method.fast_generation:  # prefix tuning: its own greedy loop (see methods/peft_tuner.py)
         return method.generate_ids(input_ids, attention_mask, cfg_eval, eos_id, pad_id)
     if cfg_eval.num_beams == 1 and use_cache:
         return greedy_ids(model, method, _rows(input_ids, attention_mask), cfg_eval.max_new_tokens, eos_id,

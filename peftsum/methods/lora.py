@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer as PeftLoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import UserError
-from ..model.arch import default_lora_targets
+from ..model.arch import default_lora_targets, replace_module
 from ..utils import safe_load_file, save_file_atomic
 from .base import Method
 
@@ -108,9 +108,7 @@ class LoRA(Method):
 
     def _adapt(self, model: nn.Module) -> None:
         for name, module in self.target_modules(model):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALayer(module, self.settings.rank, self.settings.alpha, self.settings.dropout))
+            replace_module(model, name, LoRALayer(module, self.settings.rank, self.settings.alpha, self.settings.dropout))
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(r=self.settings.rank, lora_alpha=self.settings.alpha, lora_dropout=self.settings.dropout,
@@ -165,8 +163,7 @@ class LoRA(Method):
         new weights, which transformers saves and loads like any model."""
         for name, layer in self.layers(model).items():
             layer.merge()
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base)
+            replace_module(model, name, layer.base)
         return model
 
     def export(self, model, folder: Path, merge: bool = True) -> tuple[str, str]:
@@ -205,9 +202,12 @@ class PeftLoRA(LoRA):
     unmerge = merge
 
     def merge_and_unload(self, model: nn.Module) -> nn.Module:
-        for name, module in list(model.named_modules()):
-            if isinstance(module, PeftLoraLayer):
-                module.merge()
-                parent_name, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
-        return model
+        return merge_peft_layers(model)
+
+
+def merge_peft_layers(model: nn.Module) -> nn.Module:
+    """Fold every layer PEFT injected (LoRA, IA³, ...) into its base layer and put the base layer back."""
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]:
+        module.merge()
+        replace_module(model, name, module.get_base_layer())
+    return model

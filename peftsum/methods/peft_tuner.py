@@ -22,7 +22,6 @@ Weights are saved in PEFT's format, so ``PeftModel.from_pretrained(base, RUN)`` 
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -40,10 +39,10 @@ from torch import nn
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from ..errors import UserError
-from ..model.arch import trunk
+from ..model.arch import cache_kwarg, trunk
 from ..utils import safe_load_file, save_file_atomic
 from .base import Method
-from .lora import PEFT_PREFIX
+from .lora import PEFT_PREFIX, merge_peft_layers
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -75,10 +74,9 @@ class PeftTuner(Method):
         self.settings = cfg.method.peft
         self.name = self.settings.name or "peft"
         self.peft_config = read_peft_config(self.settings.config)
-        self.kind = ("prefix" if self.peft_config.peft_type == "PREFIX_TUNING" else "prompt") \
-            if self.peft_config.is_prompt_learning else "layers"
-        if self.peft_config.is_prompt_learning and self.kind == "prompt" \
-                and self.peft_config.peft_type not in ("PROMPT_TUNING", "P_TUNING"):
+        kinds = {"PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt", "P_TUNING": "prompt"}
+        self.kind = kinds.get(self.peft_config.peft_type) if self.peft_config.is_prompt_learning else "layers"
+        if self.kind is None:
             raise UserError(f"PEFT tuner {self.peft_config.peft_type} is not supported for causal LMs here "
                             "(supported prompt-learning tuners: PROMPT_TUNING, P_TUNING, PREFIX_TUNING)")
         self.num_virtual_tokens = self.peft_config.num_virtual_tokens if self.kind != "layers" else 0
@@ -116,10 +114,6 @@ class PeftTuner(Method):
         ones = attention_mask.new_ones(B, self.num_virtual_tokens)
         return torch.cat([prompt, emb], dim=1), torch.cat([ones, attention_mask], dim=1)
 
-    def _cache_kw(self, module) -> str:
-        # transformers 5.x renamed past_key_values to cache (the old name is deprecated, not yet removed)
-        return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
     def hidden_states(self, model, input_ids, attention_mask) -> torch.Tensor | None:
         """Prefix tuning: the trunk with the prefix's key/value cache in front, as PEFT's forward runs it."""
         if self.kind != "prefix":
@@ -128,7 +122,7 @@ class PeftTuner(Method):
         mask = torch.cat([attention_mask.new_ones(B, self.num_virtual_tokens), attention_mask], dim=1)
         body = trunk(model)
         return body(input_ids=input_ids, attention_mask=mask, use_cache=True,
-                    **{self._cache_kw(body): self.peft_model.get_prompt(batch_size=B)}).last_hidden_state
+                    **{cache_kwarg(body): self.peft_model.get_prompt(batch_size=B)}).last_hidden_state
 
     @torch.no_grad()
     def generate_ids(self, input_ids, attention_mask, cfg_eval, eos_id: int, pad_id: int) -> list[list[int]]:
@@ -140,7 +134,7 @@ class PeftTuner(Method):
         if cfg_eval.num_beams > 1:
             raise UserError("prefix tuning generates greedily here: set eval.num_beams 1")
         model = self.peft_model.get_base_model()
-        kw = self._cache_kw(model)
+        kw = cache_kwarg(model)
         no_repeat = NoRepeatNGramLogitsProcessor(cfg_eval.no_repeat_ngram_size) if cfg_eval.no_repeat_ngram_size else None
         out = []
         for ids, m in zip(input_ids, attention_mask):
@@ -195,14 +189,9 @@ class PeftTuner(Method):
             raise UserError(f"{run_dir}: the saved adapter does not match method.peft.config (e.g. {missing[0]})")
 
     def export(self, model, folder: Path, merge: bool = True) -> tuple[str, str]:
-        tuner_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
-        if merge and self.kind == "layers" and tuner_layers:
+        if merge and self.kind == "layers" and any(isinstance(m, BaseTunerLayer) for m in model.modules()):
             try:
-                for name, module in tuner_layers:
-                    module.merge()
-                    parent_name, _, child = name.rpartition(".")
-                    setattr(model.get_submodule(parent_name) if parent_name else model, child,
-                            module.get_base_layer())
+                merge_peft_layers(model)
             except (NotImplementedError, ValueError) as e:
                 raise UserError(f"{self.peft_config.peft_type} cannot be merged ({str(e).splitlines()[0]}); "
                                 "export with --no-merge") from None

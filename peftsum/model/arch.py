@@ -7,6 +7,8 @@ instead of naming GPT-2's attributes.
 
 from __future__ import annotations
 
+import inspect
+
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
@@ -66,3 +68,15 @@ def default_lora_targets(model: nn.Module) -> list[str]:
         raise UserError(f"no default LoRA targets are known for model type {model_type!r}; set method.lora.targets "
                         f"to module-name suffixes of its attention (its linear layers: {', '.join(linear[:12])})")
     return list(targets)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` (dotted, as ``named_modules`` gives it) was."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def cache_kwarg(module: nn.Module) -> str:
+    """The keyword a forward takes its key/value cache under: transformers 5.x renamed ``past_key_values`` to
+    ``cache`` (the old name is deprecated, not yet removed)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"

@@ -205,7 +205,8 @@ def dispatch(args, overrides) -> int:
 
         cfg = config_from_args(args, overrides)
         tokenizer = load_tokenizer(cfg.model.tokenizer or resolve_model_name(cfg.model.name), cfg.model.trust_remote_code)
-        print(format_stats(compute_stats(cfg.data, tokenizer)))
+        print(format_stats(compute_stats(cfg.data, tokenizer, reserve=cfg.virtual_token_reserve(),
+                                         generated=cfg.generation_tokens())))
         return 0
     if cmd == "train":
         from .experiment import check_same_config, load_run_config, run_experiment
@@ -332,7 +333,7 @@ def _print_results(r: dict, out: Path) -> None:
         return "n/a" if x is None else format(x, fmt)
 
     print(f"{r['method']}: val_loss {f(scores['val_loss'])}  test_loss {f(scores['test_loss'])}  "
-          f"ROUGE-1/2/L {scores['rouge1']:.2f}/{scores['rouge2']:.2f}/{scores['rougeL']:.2f}  "
+          f"ROUGE-1/2/L {scores['rouge1']:.2f}/{scores['rouge2']:.2f}/{scores['rougeLsum']:.2f}  "
           f"trainable {p['trainable']:,}  train {c['train_seconds']:.1f}s")
     print(f"results: {out / 'results.json'}")
 

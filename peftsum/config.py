@@ -48,8 +48,15 @@ class DataConfig:
     test_size: int = 3000
     seed: int = 42
     template: str = "{article}\nTL;DR: {summary}"
-    max_source_tokens: int = 512
+    # Article tokens: null = all the model's context leaves once the template, the summary budget
+    # (max(max_target_tokens + eos, the longest generation)) and the reserved virtual tokens are taken;
+    # a number caps that.  Every method of a comparison gets the same article tokens.
+    max_source_tokens: int | None = None
     max_target_tokens: int = 128
+    # Positions reserved for soft tokens in every method's budget, so prompt tuning's virtual tokens do not
+    # buy it a shorter article than the others get; null = the largest of method.prompt_tuning.num_prompts
+    # and sweep.num_prompts.  A method with more virtual tokens than this is refused.
+    virtual_token_reserve: int | None = None
     group_by_length: bool = True
     cache: bool = True
 
@@ -97,8 +104,16 @@ class PeftMethodConfig:
 
 
 @dataclass
+class ZeroShotConfig:
+    # gpt2-paper: Radford et al. (2019), section 3.6: "TL;DR:" after the article, 100 tokens sampled with
+    # top-k 2 (seeded: eval.decoding.seed), the first 3 generated sentences kept; decoding: eval.decoding
+    protocol: str = "gpt2-paper"
+
+
+@dataclass
 class MethodConfig:
     name: str = "lora"
+    zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     last_layer: LastLayerConfig = field(default_factory=LastLayerConfig)
@@ -126,6 +141,11 @@ class TrainConfig:
     # `patience` consecutive evaluations that do not beat the best by more than `min_delta` (null: never).
     patience: int | None = 2
     min_delta: float = 0.0
+    # What picks the best checkpoint, stops early and is a sweep's objective: the validation loss, or
+    # ROUGE-Lsum of summaries generated with eval.decoding on a fixed, seeded subset of rouge_examples
+    # validation articles (its generation time counts as training time)
+    select_by: str = "loss"  # loss | rougeLsum
+    rouge_examples: int = 200
     eval_every_steps: int | None = None  # also validate every N optimizer steps (always at the end of an epoch)
     val_limit: int | None = None  # a fixed, seeded subset of validation examples for early stopping (None: all)
     checkpoint_every_steps: int = 200
@@ -137,13 +157,30 @@ class TrainConfig:
 
 
 @dataclass
+class DecodingConfig:
+    """How summaries are generated: the same rules for every method, in the evaluation, ``summarize`` and
+    ROUGE-based checkpoint selection.  Beam search follows transformers' ``generate()`` (tested token for
+    token); fairseq's BART CNN/DailyMail setting is beam 4, length penalty 2.0, 55-140 tokens, no 3-gram twice."""
+
+    num_beams: int = 1
+    length_penalty: float = 1.0  # beam search: a finished hypothesis scores sum(log p) / new_tokens ** length_penalty
+    early_stopping: bool = True  # beam search: an article is done once num_beams hypotheses have finished
+    min_new_tokens: int = 0  # the end-of-text token is forbidden before this many new tokens
+    max_new_tokens: int = 128
+    no_repeat_ngram_size: int = 3  # on the generated tokens only (not the article)
+    do_sample: bool = False  # top-k sampling instead of greedy (num_beams 1)
+    top_k: int = 0  # sampling: draw among the k most likely tokens (0: all)
+    seed: int = 0  # sampling: each article's generator is seeded from this and the article's tokens
+    max_sentences: int | None = None  # keep only the first N generated sentences
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 16
-    max_new_tokens: int = 128
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 3
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     limit: int | None = None
     bootstrap: int = 1000
+    examples: int = 5  # the report shows this many seeded test articles with every method's summary
 
 
 @dataclass
@@ -184,6 +221,17 @@ class Config:
             raise UserError(f"method {self.method.name!r} trains nothing and has no learning rate")
         return section.lr
 
+    def virtual_token_reserve(self) -> int:
+        """Positions every method's budget keeps for soft tokens (``data.virtual_token_reserve``)."""
+        if self.data.virtual_token_reserve is not None:
+            return self.data.virtual_token_reserve
+        return max([self.method.prompt_tuning.num_prompts, *self.sweep.num_prompts])
+
+    def generation_tokens(self) -> int:
+        """The most new tokens any method of this config generates (the zero-shot protocol's 100 included)."""
+        n = self.eval.decoding.max_new_tokens
+        return max(n, GPT2_PAPER_DECODING.max_new_tokens) if self.method.zero_shot.protocol == "gpt2-paper" else n
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -191,12 +239,19 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
+# Radford et al. (2019), 3.6 Summarization: "TL;DR:" after the article, 100 tokens of top-k sampling with k = 2,
+# the first 3 generated sentences as the summary
+GPT2_PAPER_DECODING = DecodingConfig(num_beams=1, do_sample=True, top_k=2, max_new_tokens=100, no_repeat_ngram_size=0,
+                                     max_sentences=3)
+
 # --- loading and validation ----------------------------------------------------------------
 
 _CHOICES = {
     "method.name": (*METHODS, PEFT_METHOD),
     "method.prompt_tuning.init": ("text", "vocab", "random"),
     "method.lora.backend": ("peftsum", "peft"),
+    "method.zero_shot.protocol": ("gpt2-paper", "decoding"),
+    "train.select_by": ("loss", "rougeLsum"),
     "train.schedule": ("linear", "cosine", "constant"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "preset": (*PRESETS, None),
@@ -207,11 +262,13 @@ _POSITIVE = {
     "method.lora.alpha", "method.prompt_tuning.lr", "method.lora.lr", "method.last_layer.lr",
     "method.full.lr", "method.peft.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
     "train.lr", "train.micro_batch_size", "train.patience", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
-    "eval.batch_size", "eval.max_new_tokens", "eval.num_beams", "eval.limit", "eval.bootstrap",
-    "train.max_grad_norm", "sweep.trials", "sweep.steps", "sweep.reports", "sweep.val_limit",
+    "eval.batch_size", "eval.limit", "eval.bootstrap",
+    "train.max_grad_norm", "train.rouge_examples", "eval.decoding.num_beams", "eval.decoding.max_new_tokens",
+    "eval.decoding.max_sentences", "sweep.trials", "sweep.steps", "sweep.reports", "sweep.val_limit",
 }
-_NON_NEGATIVE = {"train.weight_decay", "train.warmup_ratio", "train.min_delta",
-                 "method.lora.dropout", "method.last_layer.blocks", "eval.no_repeat_ngram_size"}
+_NON_NEGATIVE = {"train.weight_decay", "train.warmup_ratio", "train.min_delta", "method.lora.dropout",
+                 "method.last_layer.blocks", "eval.decoding.no_repeat_ngram_size", "eval.decoding.min_new_tokens",
+                 "eval.decoding.top_k", "eval.examples", "data.virtual_token_reserve"}
 
 
 def _type_name(tp) -> str:
@@ -305,6 +362,12 @@ def validate(cfg: Config) -> Config:
         values = getattr(cfg.sweep, key)
         if any(v < (0 if key == "last_layer_blocks" else 1) for v in values):
             raise UserError(f"config key 'sweep.{key}' holds a value out of range: {values}")
+    dec = cfg.eval.decoding
+    if dec.min_new_tokens > dec.max_new_tokens:
+        raise UserError(f"config key 'eval.decoding.min_new_tokens' ({dec.min_new_tokens}) exceeds max_new_tokens "
+                        f"({dec.max_new_tokens})")
+    if dec.do_sample and dec.num_beams > 1:
+        raise UserError("eval.decoding: do_sample with num_beams > 1 (beam sampling) is not offered; set one of them")
     if cfg.method.lora.dropout >= 1:
         raise UserError("config key 'method.lora.dropout' must be < 1")
     if cfg.method.name == PEFT_METHOD:

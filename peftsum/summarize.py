@@ -15,7 +15,7 @@ from .config import load_config
 from .data.sources import load_articles
 from .data.text import clean_text, lead3
 from .errors import UserError
-from .evaluate.generate import generate_summaries
+from .evaluate.generate import Summary, generate_summaries
 from .experiment import Components, accelerator_for, load_components, load_trained
 from .utils import atomic_path
 
@@ -53,13 +53,14 @@ def _components(args) -> Components | None:
     return parts if parts.method.uses_model else None
 
 
-def summarize_articles(parts: Components | None, articles: list[str], progress: bool = False) -> list[tuple[str, int | None]]:
-    """Each article's summary and its generated token count (None for Lead-3, which generates nothing)."""
+def summarize_articles(parts: Components | None, articles: list[str], progress: bool = False) -> list[Summary]:
+    """Each article's summary and its length in tokens (None for Lead-3, which generates nothing)."""
     if parts is None:
-        return [(lead3(a), None) for a in articles]
+        return [Summary(lead3(a), None, False) for a in articles]
     accelerator = accelerator_for(parts.cfg)
     return generate_summaries(parts.model, parts.method, parts.tokenizer, parts.prompts.prompts(articles),
-                              parts.cfg.eval, accelerator.device, accelerator.autocast, progress=progress)
+                              parts.method.decoding(), parts.cfg.eval.batch_size, accelerator.device,
+                              accelerator.autocast, progress=progress)
 
 
 def summarize_cli(args) -> None:
@@ -73,7 +74,7 @@ def summarize_cli(args) -> None:
     parts = _components(args)
     summaries = summarize_articles(parts, [r["article"] for r in rows], progress=True)
     lines = "".join(json.dumps({"id": r["id"], "prediction": text, "generated_tokens": n}) + "\n"
-                    for r, (text, n) in zip(rows, summaries))
+                    for r, (text, n, _) in zip(rows, summaries))
     if args.output is None:
         sys.stdout.write(lines)
         return

@@ -5,6 +5,8 @@ parameter counts follow each model's shape."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
@@ -53,7 +55,7 @@ def arch_dir(request, tmp_path_factory, tokenizer):
 def _cfg(model_dir, data_dir, method, **extra):
     ov = tiny_overrides(model_dir, data_dir, **{"method.name": method, "train.max_steps": 2,
                                                 "data.train_size": 16, "data.val_size": 8, "data.test_size": 8,
-                                                "eval.max_new_tokens": 6, **extra})
+                                                "eval.decoding.max_new_tokens": 6, **extra})
     return load_config("demo", None, ov)
 
 
@@ -108,17 +110,19 @@ def test_flop_and_parameter_counts_follow_the_shape(arch):
     assert shape.trainable_trunk == lora and shape.backward_layers == 2
 
 
+@pytest.mark.parametrize("beams", [1, 4])
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", ["prompt-tuning", "lora", "last-layer"])
-def test_greedy_loop_equals_generate_on_each_architecture(arch, method):
-    from peftsum.evaluate.generate import greedy_ids, hf_generate_ids
+def test_decoding_loop_equals_generate_on_each_architecture(arch, method, beams):
+    """Greedy and beam search (length penalty 2, a minimum length) on each architecture's cache layout."""
+    from peftsum.evaluate.generate import decode_ids, hf_generate_ids
 
     torch.manual_seed(1)
     cfg = tiny_config(arch, vocab=1000, eos=999)
     cfg.initializer_range = 0.3
     model = AutoModelForCausalLM.from_config(cfg)
-    ecfg = load_config(None, None, [("method.name", method), ("eval.max_new_tokens", 10),
-                                    ("eval.no_repeat_ngram_size", 2), ("method.prompt_tuning.init", "random"),
+    ecfg = load_config(None, None, [("method.name", method), ("eval.decoding.max_new_tokens", 10),
+                                    ("eval.decoding.no_repeat_ngram_size", 2), ("method.prompt_tuning.init", "random"),
                                     ("method.prompt_tuning.num_prompts", 4)])
     m = build_method(ecfg)
     m.prepare_model(model)
@@ -128,8 +132,9 @@ def test_greedy_loop_equals_generate_on_each_architecture(arch, method):
                 torch.nn.init.normal_(p, std=0.5)
     model.eval()
     prompts = [torch.randint(0, 999, (n,)) for n in (9, 4, 6, 11)]
-    fast = greedy_ids(model, m, prompts, 10, 999, 0, 2, prefill_tokens=8)
-    slow = [hf_generate_ids(model, m, p[None], torch.ones(1, len(p), dtype=torch.long), ecfg.eval, 999, 0)[0]
+    dec = dataclasses.replace(ecfg.eval.decoding, num_beams=beams, length_penalty=2.0, min_new_tokens=3)
+    fast = decode_ids(model, m, prompts, dec, 999, 0, prefill_tokens=8)
+    slow = [hf_generate_ids(model, m, p[None], torch.ones(1, len(p), dtype=torch.long), dec, 999, 0)[0]
             for p in prompts]
     assert fast == slow
     assert len({tuple(r) for r in fast}) > 1

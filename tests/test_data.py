@@ -159,6 +159,28 @@ def test_budget_counts_soft_prompt_tokens(tokenizer, demo_dir):
         make_budget(tokenizer, cfg_for(demo_dir, **{"data.max_target_tokens": 900}), 1024, num_virtual=200)
 
 
+def test_the_article_gets_the_whole_context_and_every_method_the_same_tokens(tokenizer, demo_dir):
+    """max_source_tokens null: the article gets the positions the reserved soft tokens, the template and the
+    summary (the longer of target + eos and the generation) leave, the same for a method with soft tokens and
+    one without; a method with more soft tokens than the reserve is refused."""
+    from peftsum.config import load_config
+
+    cfg = load_config("assignment", None, [])
+    assert cfg.data.max_source_tokens is None and cfg.virtual_token_reserve() == 20
+    assert cfg.generation_tokens() == 140  # fairseq's BART setting outlasts the zero-shot paper's 100
+    lora = make_budget(tokenizer, cfg.data, 1024, 0, cfg.virtual_token_reserve(), cfg.generation_tokens())
+    prompt = make_budget(tokenizer, cfg.data, 1024, 20, cfg.virtual_token_reserve(), cfg.generation_tokens())
+    assert lora.separator == len(tokenizer("\nTL;DR:")["input_ids"]) == 5
+    assert lora.source == prompt.source == 1024 - 20 - 5 - max(128 + 1, 140) == 859
+    assert lora.summary == 140
+    cap = load_config("assignment", None, [("data.max_source_tokens", 512)])
+    assert make_budget(tokenizer, cap.data, 1024, 0, 20, 140).source == 512  # a number caps it
+    tuned = load_config("assignment", None, [("sweep.num_prompts", [10, 50])])
+    assert tuned.virtual_token_reserve() == 50  # a sweep over soft tokens reserves the largest
+    with pytest.raises(UserError, match="virtual_token_reserve 30"):
+        make_budget(tokenizer, cfg.data, 1024, 30, cfg.virtual_token_reserve(), cfg.generation_tokens())
+
+
 def test_tokenization_is_cached(tokenizer, demo_dir):
     c = cfg_for(demo_dir, **{"data.train_size": 12, "data.val_size": 3, "data.test_size": 3, "data.seed": 99})
     a, ra, _ = load_tokenized(c, tokenizer, 1024, 0)

@@ -241,12 +241,12 @@ def test_only_intended_parameters_change(tiny_model_dir, tokenizer, tmp_path, me
 def test_generation_cache_and_batching_equalities():
     """Soft prompt + generate(): cache on == cache off; a left-padded batch == one article at a time
     (the bugs of peft#2123 and peft#1391). A random model with a wide init gives varied tokens."""
-    from peftsum.evaluate.generate import generate_ids
+    from peftsum.evaluate.generate import generate_ids, hf_generate_ids
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, initializer_range=0.3,
                                        eos_token_id=999, bos_token_id=999))
-    cfg = cfg_for("prompt-tuning", **{"eval.max_new_tokens": 10, "eval.no_repeat_ngram_size": 0,
+    cfg = cfg_for("prompt-tuning", **{"eval.decoding.max_new_tokens": 10, "eval.decoding.no_repeat_ngram_size": 0,
                                       "method.prompt_tuning.init": "random", "method.prompt_tuning.num_prompts": 5})
     m = build_method(cfg)
     m.prepare_model(model)
@@ -255,9 +255,9 @@ def test_generation_cache_and_batching_equalities():
     singles = []
     for p in prompts:
         ids = p[None]
-        a = generate_ids(model, m, ids, torch.ones_like(ids), cfg.eval, 999, 0, use_cache=True)
-        b = generate_ids(model, m, ids, torch.ones_like(ids), cfg.eval, 999, 0, use_cache=False)
-        assert a == b
+        a = hf_generate_ids(model, m, ids, torch.ones_like(ids), cfg.eval.decoding, 999, 0, use_cache=True)
+        b = hf_generate_ids(model, m, ids, torch.ones_like(ids), cfg.eval.decoding, 999, 0, use_cache=False)
+        assert a == b == generate_ids(model, m, ids, torch.ones_like(ids), cfg.eval.decoding, 999, 0)
         singles.append(a[0])
     assert len({tuple(s) for s in singles}) == 3  # the outputs are not trivially identical
     T = max(len(p) for p in prompts)
@@ -265,21 +265,31 @@ def test_generation_cache_and_batching_equalities():
     mask = torch.zeros(3, T, dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, T - len(p):], mask[i, T - len(p):] = p, 1
-    assert generate_ids(model, m, ids, mask, cfg.eval, 999, 0) == singles
+    assert generate_ids(model, m, ids, mask, cfg.eval.decoding, 999, 0) == singles
 
 
-@pytest.mark.parametrize("method", ["zero-shot", "prompt-tuning", "lora", "last-layer"])
-def test_greedy_loop_equals_generate(method):
-    """peftsum's greedy loop (unpadded prefill, one left-padded static cache, batched decode) gives the
-    tokens transformers' generate() gives one article at a time: with no_repeat_ngram_size, with rows
-    of different lengths and with rows that stop at eos while others go on."""
-    from peftsum.evaluate.generate import greedy_ids, hf_generate_ids
+DECODINGS = {
+    "greedy": dict(num_beams=1, no_repeat_ngram_size=2),
+    "greedy-min": dict(num_beams=1, no_repeat_ngram_size=2, min_new_tokens=6),
+    "beam4-lp2-min": dict(num_beams=4, length_penalty=2.0, min_new_tokens=5, no_repeat_ngram_size=2),
+    "beam3-lp05-late": dict(num_beams=3, length_penalty=0.5, early_stopping=False, no_repeat_ngram_size=0),
+}
+
+
+@pytest.mark.parametrize("decoding", list(DECODINGS))
+@pytest.mark.parametrize("method", ["zero-shot", "prompt-tuning", "lora", "last-layer", "full"])
+def test_decoding_loop_equals_generate(method, decoding):
+    """peftsum's batched loop (unpadded prefill, one left-padded static cache, batched decode; beam search with
+    only the generated part of the cache reordered) gives the tokens transformers' generate() gives one
+    article at a time: greedy and beam search, with length penalty, min_new_tokens, no_repeat_ngram_size and
+    both early-stopping rules, with rows of different lengths and rows that stop at eos while others go on."""
+    from peftsum.config import DecodingConfig
+    from peftsum.evaluate.generate import decode_ids, hf_generate_ids
 
     torch.manual_seed(1)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, initializer_range=0.3,
                                        eos_token_id=999, bos_token_id=999))
-    cfg = cfg_for(method, **{"eval.max_new_tokens": 12, "eval.no_repeat_ngram_size": 2,
-                             "method.prompt_tuning.init": "random", "method.prompt_tuning.num_prompts": 5})
+    cfg = cfg_for(method, **{"method.prompt_tuning.init": "random", "method.prompt_tuning.num_prompts": 5})
     m = build_method(cfg)
     m.prepare_model(model)
     if method == "lora":  # B starts at zero: move it so the adapter changes the output
@@ -288,11 +298,15 @@ def test_greedy_loop_equals_generate(method):
                 torch.nn.init.normal_(p, std=0.5)
     model.eval()
     prompts = [torch.randint(0, 999, (n,)) for n in (9, 4, 6, 4, 11)]
-    free = greedy_ids(model, m, prompts, 12, 999, 0, 2, prefill_tokens=8)
-    eos = free[1][3]  # a token row 1 emits fourth: with it as eos, rows stop at different steps
-    fast = greedy_ids(model, m, prompts, 12, eos, 0, 2, prefill_tokens=8)
-    slow = [hf_generate_ids(model, m, p[None], torch.ones(1, len(p), dtype=torch.long), cfg.eval, eos, 0)[0]
+    dec = DecodingConfig(max_new_tokens=12, **DECODINGS[decoding])
+    free = decode_ids(model, m, prompts, DecodingConfig(max_new_tokens=12, no_repeat_ngram_size=2), 999, 0,
+                      prefill_tokens=8)
+    eos = free[1][7]  # a token row 1 emits eighth under greedy: as eos, rows stop at different steps
+    fast = decode_ids(model, m, prompts, dec, eos, 0, prefill_tokens=8)
+    slow = [hf_generate_ids(model, m, p[None], torch.ones(1, len(p), dtype=torch.long), dec, eos, 0)[0]
             for p in prompts]
     assert fast == slow
-    assert len(fast[1]) == 3 and max(len(r) for r in fast) == 12
+    assert min(len(r) for r in fast) >= dec.min_new_tokens
+    if dec.length_penalty < 1 or dec.num_beams == 1:  # (a length penalty of 2 favours running to the limit)
+        assert len({len(r) for r in fast}) > 1  # some rows ended at eos before others
     assert len({tuple(r) for r in fast}) == len(prompts)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -13,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from peftsum.cli import main
 from peftsum.config import load_config
+from peftsum.errors import UserError
 from peftsum.methods import build_method
 from peftsum.model.loading import load_model
 from peftsum.train.loss import SummaryLM
@@ -131,7 +133,7 @@ def _plain_greedy(peft_model, ids, n_new, eos, no_repeat):
 def test_generation_equals_a_plain_greedy_decode(tmp_path, spec):
     """IA³ and P-tuning take peftsum's fast greedy loop, prefix tuning PEFT's generate() (the stated fall
     back): both give the tokens of step-by-step greedy decoding with PEFT's own forward."""
-    from peftsum.evaluate.generate import generate_ids
+    from peftsum.evaluate.generate import generate_ids, hf_generate_ids
     from tests.test_architectures import tiny_config
 
     (tmp_path / "c.json").write_text(json.dumps(spec))
@@ -141,7 +143,7 @@ def test_generation_equals_a_plain_greedy_decode(tmp_path, spec):
     model = AutoModelForCausalLM.from_config(cfg).eval()
     model.save_pretrained(str(tmp_path / "base"))
     ecfg = load_config(None, None, [("method.name", "peft"), ("method.peft.config", str(tmp_path / "c.json")),
-                                    ("eval.max_new_tokens", 10), ("eval.no_repeat_ngram_size", 2)])
+                                    ("eval.decoding.max_new_tokens", 10), ("eval.decoding.no_repeat_ngram_size", 2)])
     m = build_method(ecfg)
     m.prepare_model(model)
     with torch.no_grad():
@@ -158,10 +160,22 @@ def test_generation_equals_a_plain_greedy_decode(tmp_path, spec):
     mask = torch.zeros(3, T, dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, T - len(p):], mask[i, T - len(p):] = p, 1
-    ours = generate_ids(model, m, ids, mask, ecfg.eval, 999, 0)
+    ours = generate_ids(model, m, ids, mask, ecfg.eval.decoding, 999, 0)
     plain = [_plain_greedy(reference, p[None], 10, 999, 2) for p in prompts]
     assert ours == plain
     assert len({tuple(r) for r in ours}) > 1
+    if spec is not PREFIX:  # beam search on the batched path equals generate() on the same weights
+        beam = dataclasses.replace(ecfg.eval.decoding, num_beams=4, length_penalty=2.0, min_new_tokens=3)
+        slow = [hf_generate_ids(model, m, p[None], torch.ones(1, len(p), dtype=torch.long), beam, 999, 0)[0]
+                for p in prompts]
+        assert generate_ids(model, m, ids, mask, beam, 999, 0) == slow
+
+
+def test_prefix_tuning_refuses_beam_search_before_training(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps(PREFIX))
+    with pytest.raises(UserError, match="prefix tuning generates greedily"):
+        build_method(load_config(None, None, [("method.name", "peft"), ("method.peft.config", str(tmp_path / "p.json")),
+                                              ("eval.decoding.num_beams", 4)]))
 
 
 def test_a_bad_peft_config_is_one_clear_error(tiny_model_dir, demo_dir, tmp_path, capsys):

@@ -26,7 +26,7 @@ def test_plan_works_on_data_smaller_than_its_batches(tiny_model_dir, tmp_path, c
     data = write_demo_corpus(tmp_path / "small", {"train": 40, "validation": 4, "test": 4})
     assert main(["plan", "--preset", "demo", "--model", str(tiny_model_dir), "--data", str(data),
                  "--methods", "lora,last-layer", "--train.batch_size", "64",
-                 "--data.max_source_tokens", "96", "--data.max_target_tokens", "48", "--eval.max_new_tokens", "8",
+                 "--data.max_source_tokens", "96", "--data.max_target_tokens", "48", "--eval.decoding.max_new_tokens", "8",
                  "--eval.batch_size", "16"]) == 0
     out, err = capsys.readouterr()
     assert "training examples reused" in out and "whole protocol" in out

@@ -144,7 +144,7 @@ def test_huge_article_is_truncated_without_blowing_up(tmp_path, tokenizer):
             w.writeheader()
             w.writerows(part)
     cfg = load_config("demo", overrides=[("data.source", str(tmp_path)), ("data.max_source_tokens", 512)])
-    dd, _, budget = load_tokenized(cfg.data, tokenizer, 1024, 20)
+    dd, _, budget = load_tokenized(cfg.data, tokenizer, 1024, 20, 20)
     big = next(x for x in dd["train"] if x["article_tokens"] > 90_000)
     assert big["source_truncated"] and big["prompt_len"] <= 512 + budget.separator
     assert 20 + len(big["input_ids"]) <= 1024

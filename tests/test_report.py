@@ -18,7 +18,7 @@ ALL = "zero-shot,lead-3,prompt-tuning,lora,last-layer,full"
 
 
 def _args(tiny_model_dir, demo_dir, out):
-    ov = dict(tiny_overrides(tiny_model_dir, demo_dir, **{"train.max_steps": 3}))
+    ov = dict(tiny_overrides(tiny_model_dir, demo_dir, **{"train.max_steps": 3, "eval.decoding.num_beams": 4}))
     sets = [f"--set={k}={'null' if v is None else v}" for k, v in ov.items()]
     return ["compare", "--preset", "demo", "--methods", ALL, "--out", str(out), *sets]
 
@@ -32,15 +32,15 @@ def compared(tmp_path_factory, tiny_model_dir, demo_dir):
 
 def test_compare_writes_every_file(compared):
     for f in ("results.csv", "results_config.csv", "report.md", "report.html", "report.pdf", "loss_curves.png", "rouge.png",
-              "quality_vs_cost.png", "memory.png"):
+              "quality_vs_cost.png", "memory.png", "lengths.png"):
         assert (compared / f).is_file() and (compared / f).stat().st_size > 0, f
     for m in ALL.split(","):
         assert (compared / m / "results.json").is_file()
     pdf = (compared / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
-    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) >= 4  # the four plots are embedded
+    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) >= 5  # the five plots are embedded
     html = (compared / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "src=\"http" not in html
+    assert html.count("data:image/png;base64,") == 5 and "src=\"http" not in html
     md = (compared / "report.md").read_text()
     assert "not CNN/DailyMail results" in md and "not CNN/DailyMail results" in html
 
@@ -49,14 +49,19 @@ def test_report_numbers_equal_results_json(compared):
     rows = list(csv.DictReader(open(compared / "results.csv")))
     assert [r["method"] for r in rows] == ALL.split(",")
     md = (compared / "report.md").read_text()
+    header = [c.strip() for c in next(x for x in md.splitlines() if x.startswith("| method | val loss")).strip("|").split("|")]
     for row in rows:
         r = json.loads((compared / row["method"] / "results.json").read_text())
         assert float(row["rougeL"]) == pytest.approx(r["eval"]["rougeL"])
+        assert float(row["rougeLsum"]) == pytest.approx(r["eval"]["rougeLsum"])
         assert float(row["rougeL_lo"]) <= float(row["rougeL"]) <= float(row["rougeL_hi"])  # numbers, not tuples
         assert int(row["params_trainable"]) == r["params"]["trainable"]
         assert float(row["mean_generated_tokens"]) == pytest.approx(r["eval"]["mean_generated_tokens"])
         line = next(x for x in md.splitlines() if x.startswith(f"| {row['method']} |") and "[" in x)
-        assert f"{r['eval']['rougeL']:.2f} [" in line
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        # the headline ROUGE-L is the summary-level one; the sentence-level one is named for what it is
+        assert cells["ROUGE-L"].startswith(f"{r['eval']['rougeLsum']:.2f} [")
+        assert cells["ROUGE-L (sentence-level)"].startswith(f"{r['eval']['rougeL']:.2f} [")
         if r["eval"]["val_loss"] is not None:
             assert f"| {r['eval']['val_loss']:.4f} |" in line
         assert f"{r['params']['trainable']:,}" in line
@@ -72,8 +77,9 @@ def test_report_rebuilds_without_training_and_fills_analysis(compared, tmp_path)
     assert before == {m: (compared / m / "results.json").stat().st_mtime_ns for m in ALL.split(",")}
     text = doc.read_text()
     assert "old" not in text and text.startswith("# A\n\ntheory") and text.rstrip().endswith("tail")
-    lora = json.loads((compared / "lora" / "results.json").read_text())
-    assert f"{lora['eval']['rougeL']:.2f}" in text
+    best = max((json.loads((compared / m / "results.json").read_text()) for m in ALL.split(",")),
+               key=lambda r: r["eval"]["rougeLsum"])
+    assert f"Highest ROUGE-L (summary-level): **{best['method']}** ({best['eval']['rougeLsum']:.2f})" in text
 
 
 def test_compare_skips_finished_and_resumes(compared, tiny_model_dir, demo_dir, tmp_path, capsys):
@@ -115,4 +121,50 @@ def test_report_html_images_load_in_chromium(compared, tmp_path):
                           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",
                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r"<title>(\d+):(\d+)</title>", res.stdout)
-    assert m and m.group(1) == m.group(2) == "4", res.stdout[:500]
+    assert m and m.group(1) == m.group(2) == "5", res.stdout[:500]
+    # the summaries side by side are collapsible and start closed
+    assert res.stdout.count("<details class=\"example\">") == 10 and "<details class=\"example\" open" not in res.stdout
+
+
+def test_report_states_the_protocol_and_shows_summaries(compared):
+    """Beside the table: the ROUGE variant, stemmer, splitter, each decoding and the article budget; then K
+    seeded test articles with every method's stored summary, and the articles where methods disagree most."""
+    from peftsum.utils import read_jsonl
+
+    md = (compared / "report.md").read_text()
+    assert "summary-level ROUGE-L of CNN/DailyMail papers (rouge-score's rougeLsum" in md
+    assert "Porter stemmer" in md and "NLTK Punkt" in md
+    assert "beam search (4 beams, length penalty 1, early stopping), at most 12 new tokens" in md
+    assert "zero-shot: top-k sampling (k = 2" in md and "Zero-shot follows the GPT-2 paper" in md
+    lora = json.loads((compared / "lora" / "results.json").read_text())
+    assert f"read the same article tokens: at most {lora['data']['budget']['source']} " in md
+    assert lora["protocol"]["headline"] == "rougeLsum" and lora["protocol"]["decoding"]["num_beams"] == 4
+    section = md.split("## Summaries side by side", 1)[1]
+    seeded, disagree = section.split("### Where the methods disagree most")
+    ids = re.findall(r"\*\*Article `([^`]+)`\*\*", seeded)
+    assert len(ids) == 5 and len(re.findall(r"\*\*Article `", disagree)) == 5
+    preds = {m: {p["id"]: p for p in read_jsonl(compared / m / "predictions.jsonl")} for m in ALL.split(",")}
+    for i in ids:  # every method's stored summary of each shown article, with its score
+        block = seeded.split(f"**Article `{i}`**", 1)[1].split("**Article `", 1)[0]
+        assert " / ".join(preds["lora"][i]["reference"].splitlines()) in block
+        for m in ALL.split(","):
+            p = preds[m][i]
+            text = " / ".join(x.strip() for x in p["prediction"].splitlines() if x.strip()) or "(empty)"
+            assert f"- **{m}** ({p['rougeLsum']:.1f}): {text}" in block
+    spreads = [float(x) for x in re.findall(r"ROUGE-L spread ([0-9.]+)\)", disagree)]
+    assert spreads == sorted(spreads, reverse=True)
+    every = max(max(p["rougeLsum"] for p in (preds[m][i] for m in preds)) - min(p["rougeLsum"] for p in
+                (preds[m][i] for m in preds)) for i in preds["lora"])
+    assert spreads[0] == pytest.approx(every, abs=0.05)
+    html = (compared / "report.html").read_text()
+    assert html.count("<details class='example'>") == 10 and "<script" not in html.split("Summaries side by side")[1]
+
+
+def test_significance_plots_and_analysis_rank_by_the_summary_level_rouge_l():
+    from peftsum.report.tables import COMPARED, pairs_table
+
+    d = {k: {"diff": v, "low": v - 1, "high": v + 1, "p_holm": 0.01, "significant": True}
+         for k, v in (("rouge1", 1.0), ("rouge2", 2.0), ("rougeL", 3.0), ("rougeLsum", 4.0))}
+    rows = pairs_table({"pairs": {("a", "b"): d}})
+    assert rows[0][3] == "ROUGE-L diff [95% CI] (p Holm)" and rows[1][3].startswith("+4.00 [")
+    assert COMPARED == ("rouge1", "rouge2", "rougeLsum")

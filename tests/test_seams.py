@@ -84,14 +84,14 @@ def test_a_rerun_with_other_settings_is_refused_and_rerun_redoes(compared, tiny_
     out = tmp_path / "c"
     shutil.copytree(compared, out)
     before = (out / "lora" / "results.json").read_text()
-    args = _compare_args(tiny_model_dir, demo_dir, out, **{"eval.max_new_tokens": 5})
+    args = _compare_args(tiny_model_dir, demo_dir, out, **{"eval.decoding.max_new_tokens": 5})
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "eval.max_new_tokens: 12 in the run, 5 now" in err and "--rerun" in err and "new --out" in err
+    assert "eval.decoding.max_new_tokens: 12 in the run, 5 now" in err and "--rerun" in err and "new --out" in err
     assert (out / "lora" / "results.json").read_text() == before  # nothing ran, nothing was overwritten
-    quick = _compare_args(tiny_model_dir, demo_dir, out, methods="zero-shot,lead-3", **{"eval.max_new_tokens": 5})
+    quick = _compare_args(tiny_model_dir, demo_dir, out, methods="zero-shot,lead-3", **{"eval.decoding.max_new_tokens": 5})
     assert main([*quick, "--rerun", "zero-shot,lead-3"]) == 0
-    assert json.loads((out / "zero-shot" / "results.json").read_text())["config"]["eval"]["max_new_tokens"] == 5
+    assert json.loads((out / "zero-shot" / "results.json").read_text())["config"]["eval"]["decoding"]["max_new_tokens"] == 5
     # train --resume follows the same rule
     assert main(["train", "--out", str(out / "lora"), "--resume", "--train.lr", "0.5"]) == 2
     assert "train.lr" in capsys.readouterr().err

@@ -17,9 +17,10 @@ def split_stats(ds) -> dict:
             "target_truncated": float(np.mean(ds["target_truncated"]))}
 
 
-def compute_stats(cfg_data, tokenizer, positions: int = 1024) -> dict:
-    """Statistics of the prepared splits as ``tokenizer`` sees them (no soft prompt in the budget)."""
-    dd, report, budget = load_tokenized(cfg_data, tokenizer, positions, 0)
+def compute_stats(cfg_data, tokenizer, positions: int = 1024, reserve: int = 0, generated: int = 0) -> dict:
+    """Statistics of the prepared splits as ``tokenizer`` sees them, with the budget every method reads
+    (``reserve`` positions for soft tokens, ``generated`` new tokens at most)."""
+    dd, report, budget = load_tokenized(cfg_data, tokenizer, positions, 0, reserve, generated)
     return {"source": describe_source(cfg_data.source), "budget": budget.__dict__, "report": report,
             "splits": {s: split_stats(dd[s]) for s in SPLITS}}
 
@@ -27,8 +28,9 @@ def compute_stats(cfg_data, tokenizer, positions: int = 1024) -> dict:
 def format_stats(st: dict) -> str:
     b = st["budget"]
     lines = [f"source: {st['source']}",
-             f"budget: article <= {b['source']} tokens, summary <= {b['target']} tokens, template {b['separator']} "
-             f"tokens, positions {b['n_positions']}", ""]
+             f"budget: article <= {b['source']} tokens, summary <= {b['target']} tokens (+ eos; {b['summary']} "
+             f"positions kept for the summary or its generation), template {b['separator']} tokens, "
+             f"{b['reserve']} reserved for soft tokens, positions {b['n_positions']}", ""]
     head = f"{'split':<11}{'rows':>8}{'empty art':>10}{'empty sum':>10}{'leaked':>8}{'kept':>8}"
     head += f"{'article p50/p90/p99':>24}{'summary p50/p90/p99':>22}{'trunc art':>10}{'trunc sum':>10}"
     lines.append(head)

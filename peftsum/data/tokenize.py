@@ -4,9 +4,12 @@ One example is ``{article}\\nTL;DR: {summary}<|endoftext|>`` (``data.template``)
 three pieces — the article, the template text around it, the summary — so that the article can be
 truncated on its own.  The budget guarantees
 
-    num_virtual (soft prompt) + source + separator + target + 1 (eos) <= n_positions
+    reserve (soft tokens) + source + separator + max(target + 1 (eos), generated tokens) <= n_positions
 
-where source <= ``max_source_tokens`` and target <= ``max_target_tokens``.  Each stored example keeps
+where target <= ``max_target_tokens``, the generated tokens are the most any method generates, and the
+reserve is the same for every method of a comparison (``data.virtual_token_reserve``), so every method
+reads the same article tokens: prompt tuning's virtual tokens do not buy it a shorter article.  The
+article gets all the positions left (``max_source_tokens: null``) or at most ``max_source_tokens``.  Each stored example keeps
 ``input_ids`` (prompt + summary + eos) and ``prompt_len``; labels are derived at collation time:
 -100 on the prompt (and the soft prompt and padding), the token ids on the summary and the final eos
 of the same sequence.
@@ -55,11 +58,13 @@ class Template:
 
 @dataclass(frozen=True)
 class Budget:
-    source: int
-    target: int
-    separator: int
-    num_virtual: int
-    n_positions: int
+    source: int  # article tokens at most
+    target: int  # summary tokens at most (training), before the eos
+    separator: int  # the template's tokens around the article (and a leading BOS)
+    num_virtual: int  # this method's soft tokens
+    n_positions: int  # the model's context
+    reserve: int = 0  # positions every method keeps for soft tokens (>= num_virtual)
+    summary: int = 0  # positions kept for the summary: max(target + eos, the most new tokens generated)
 
 
 def encode(tokenizer, texts):
@@ -74,23 +79,32 @@ def leading_special_tokens(tokenizer) -> list[int]:
     return full[: len(full) - len(plain)] if plain and full[len(full) - len(plain):] == plain else []
 
 
-def make_budget(tokenizer, cfg_data, n_positions: int, num_virtual: int = 0) -> Budget:
+def make_budget(tokenizer, cfg_data, n_positions: int, num_virtual: int = 0, reserve: int | None = None,
+                generated: int = 0) -> Budget:
+    """The article's token budget: what the context leaves after the reserved soft tokens, the template and the
+    summary (the longer of the training target with its eos and the generation), capped by ``max_source_tokens``."""
+    reserve = num_virtual if reserve is None else reserve
+    if num_virtual > reserve:
+        raise UserError(f"the method has {num_virtual} virtual tokens but every method's budget reserves {reserve} "
+                        f"positions for them; set --data.virtual_token_reserve {num_virtual} (for every method of the "
+                        "comparison, so that all read the same article tokens)")
     t = Template.parse(cfg_data.template)
     sep = len(leading_special_tokens(tokenizer)) + len(encode(tokenizer, t.before)) + len(encode(tokenizer, t.between))
     target = cfg_data.max_target_tokens
-    room = n_positions - num_virtual - sep - target - 1
+    summary = max(target + 1, generated)
+    room = n_positions - reserve - sep - summary
     if room < 16:
         raise UserError(
-            f"token budget does not fit: {num_virtual} soft-prompt + {sep} template + {target} target + 1 eos "
-            f"tokens leave {room} of the model's {n_positions} positions for the article; lower "
-            "data.max_target_tokens or method.prompt_tuning.num_prompts"
+            f"token budget does not fit: {reserve} soft-token + {sep} template + {summary} summary (the longer of "
+            f"data.max_target_tokens + eos and the generated tokens) positions leave {room} of the model's "
+            f"{n_positions} for the article; lower data.max_target_tokens, eval.decoding.max_new_tokens or the "
+            "soft tokens (data.virtual_token_reserve, method.prompt_tuning.num_prompts)"
         )
-    source = min(cfg_data.max_source_tokens, room)
-    if source < cfg_data.max_source_tokens:
-        log.warning("data.max_source_tokens %d lowered to %d so that %d soft-prompt + %d template + %d target + "
-                    "1 eos tokens fit in %d positions", cfg_data.max_source_tokens, source, num_virtual, sep,
-                    target, n_positions)
-    return Budget(source, target, sep, num_virtual, n_positions)
+    source = room if cfg_data.max_source_tokens is None else min(cfg_data.max_source_tokens, room)
+    if cfg_data.max_source_tokens is not None and source < cfg_data.max_source_tokens:
+        log.warning("data.max_source_tokens %d lowered to %d so that %d soft-token + %d template + %d summary "
+                    "positions fit in %d", cfg_data.max_source_tokens, source, reserve, sep, summary, n_positions)
+    return Budget(source, target, sep, num_virtual, n_positions, reserve, summary)
 
 
 class PromptBuilder:
@@ -100,10 +114,11 @@ class PromptBuilder:
     alone, the template around it.  ``example(article, summary)`` appends the summary (cut to
     ``budget.target``) and eos, the sequence whose summary tokens carry the labels."""
 
-    def __init__(self, tokenizer, cfg_data, n_positions: int, num_virtual: int = 0):
+    def __init__(self, tokenizer, cfg_data, n_positions: int, num_virtual: int = 0, reserve: int | None = None,
+                 generated: int = 0):
         self.tokenizer = tokenizer
         self.template = Template.parse(cfg_data.template)
-        self.budget = make_budget(tokenizer, cfg_data, n_positions, num_virtual)
+        self.budget = make_budget(tokenizer, cfg_data, n_positions, num_virtual, reserve, generated)
         self.before = leading_special_tokens(tokenizer) + (encode(tokenizer, self.template.before)
                                                            if self.template.before else [])
         self.between = encode(tokenizer, self.template.between)
@@ -173,9 +188,10 @@ def dataset_key(cfg_data, tokenizer, budget: Budget) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_tokenized(cfg_data, tokenizer, n_positions: int, num_virtual: int = 0):
+def load_tokenized(cfg_data, tokenizer, n_positions: int, num_virtual: int = 0, reserve: int | None = None,
+                   generated: int = 0):
     """Cleaned, subset, tokenized splits plus the preparation report; cached on disk by key."""
-    builder = PromptBuilder(tokenizer, cfg_data, n_positions, num_virtual)
+    builder = PromptBuilder(tokenizer, cfg_data, n_positions, num_virtual, reserve, generated)
     budget = builder.budget
     key = dataset_key(cfg_data, tokenizer, budget)
     folder = cache_dir() / "data" / key

@@ -3,7 +3,7 @@
 On a split: the token-weighted loss of the summary tokens (methods with a model), the summaries
 (generated for methods with a model, Lead-3's first sentences otherwise), ROUGE against the
 references, and the length of what was produced, since ROUGE rewards length: the mean number of
-generated tokens and the share of summaries cut at ``eval.max_new_tokens``.
+generated tokens and the share of summaries cut at the decoding's ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def evaluate_split(summary_lm, model, method, tokenizer, dataset, cfg_eval, devi
     if summary_lm is not None:
         metrics.update(evaluate_loss(summary_lm, dataset, cfg_eval.batch_size, device, tokenizer.pad_token_id,
                                      autocast))
-        generated = generate_summaries(model, method, tokenizer, prompts_of(dataset), cfg_eval, device, autocast,
-                                       progress=progress)
-        predictions = [text for text, _ in generated]
-        lengths = [n for _, n in generated]
-        hit_max = float(np.mean([n >= cfg_eval.max_new_tokens for n in lengths])) if lengths else None
+        decoding = method.decoding()
+        generated = generate_summaries(model, method, tokenizer, prompts_of(dataset), decoding, cfg_eval.batch_size,
+                                       device, autocast, progress=progress)
+        predictions = [s.text for s in generated]
+        lengths = [s.tokens for s in generated]
+        hit_max = float(np.mean([s.at_limit for s in generated])) if generated else None
     else:
         predictions = [lead3(a) for a in dataset["article"]]
         lengths = [len(ids) for ids in encode(tokenizer, predictions)] if predictions else []

@@ -1,32 +1,42 @@
-"""Generation of summaries: new tokens only, stopping at eos, the same rules for every method.
+"""Generation of summaries: new tokens only, stopping at eos, the same rules for every method
+(``eval.decoding``: greedy, top-k sampling or beam search; a minimum and maximum of new tokens; no repeated
+n-grams among the new tokens; optionally only the first N generated sentences kept).
 
-Greedy decoding (the default, ``eval.num_beams: 1``) runs peftsum's own loop, read top to bottom in
-:func:`greedy_ids`:
+Every strategy runs peftsum's own batched loop, read top to bottom in :func:`decode_ids`:
 
 1. **Prefill** each article without padding, in small groups of equal-length prompts, so attention
    takes its causal kernel and no mask; a soft prompt is prepended by ``method.embed`` exactly as in
    training (positions 0..P-1 over the prompt, on over the article).
 2. **Gather** every article's keys and values into one preallocated cache (transformers'
    ``StaticCache``), left-padded: slot ``s`` holds the same cache index for every row, padding slots
-   are masked out, and each row's position ids continue from its own length.
-3. **Decode** one batched step per new token; finished rows are fed padding and ignored.
+   are masked out, and each row's position ids continue from its own length.  With beam search each
+   article fills ``num_beams`` rows.
+3. **Decode** one batched step per new token: greedy / sampling in :func:`_greedy_or_sample`, beam search
+   in :func:`_beam_search`.  The beam search is transformers' (``GenerationMixin._beam_search``, 5.x: the
+   top ``2 * num_beams`` continuations, finished hypotheses scored ``sum log p / length ** length_penalty``
+   with the eos counted in the length, its early-stopping rules); a test holds it to ``generate()`` token
+   for token.  Beams of one article share the article: when beams are reordered, only the generated
+   part of the cache moves (``generate()`` copies the whole cache every step).
 
 Measured on the 2-core CPU (docs/performance.md §3): batched prefill of 16 × 517 tokens was slower
 than one article at a time (13.4 s against 11.3 s; groups of 4: 10.1 s), and the dynamic cache's
 ``torch.cat`` of every layer's keys and values on every step was the largest cost of a batched decode
 step, which the preallocated cache removes.
 
-Beam search (``num_beams > 1``) and ``use_cache=False`` go through ``generate()``.  Either way every
-method decodes from input embeddings, so ``no_repeat_ngram_size`` constrains the generated tokens
+Every method decodes from input embeddings, so ``no_repeat_ngram_size`` constrains the generated tokens
 only (with ``input_ids`` ``generate()`` would apply it to the article too and forbid copying any of
-its n-grams); a test checks the two paths give the same tokens.
+its n-grams).  ``hf_generate_ids`` runs the same decoding through ``generate()``, for the tests and the
+benchmark.  Sampling draws each article's tokens from its own generator, seeded by ``decoding.seed`` and
+the article's tokens, so a summary does not depend on the batch or the process it was generated in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import warnings
+from typing import NamedTuple
 
 import torch
 from accelerate.utils import gather_object
@@ -35,12 +45,15 @@ from transformers import StaticCache
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from ..data.collate import collate, sorted_batches
+from ..data.text import first_sentences
+from ..data.tokenize import encode
 from ..model.arch import cache_kwarg
 from ..utils import distributed_state
 from .cost import synchronize
 
 # tokens per prefill forward on CPU: larger batches ran slower there (cache effects; see above)
 CPU_PREFILL_TOKENS = 2048
+NEG = -1.0e9  # transformers' beam search marks excluded candidates with this score
 
 
 def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -69,70 +82,69 @@ def _prefill_groups(lengths: list[int], max_tokens: int | None) -> list[list[int
     return groups
 
 
-@torch.no_grad()
-def greedy_ids(model, method, prompts: list[torch.Tensor], max_new_tokens: int, eos_id: int, pad_id: int,
-               no_repeat_ngram_size: int = 0, prefill_tokens: int | None = None,
-               timings: dict | None = None) -> list[list[int]]:
-    """Greedy continuations of ``prompts`` (1-D token tensors of any lengths), eos excluded.
+def prompt_seed(prompt: list[int], seed: int) -> int:
+    """A sampling seed for one article: ``seed`` and the article's tokens (not its place in a batch)."""
+    blob = f"{seed}|" + ",".join(map(str, prompt))
+    return int.from_bytes(hashlib.blake2b(blob.encode(), digest_size=8).digest(), "little") & (2**63 - 1)
 
-    ``timings``: a dict that receives the seconds of the prefill (steps 1-2), of the decode (step 3) and the
-    number of decode forwards (``peftsum plan`` times both phases in one call)."""
-    device = prompts[0].device
-    t0 = _clock(device, timings)
-    if prefill_tokens is None and device.type == "cpu":
-        prefill_tokens = CPU_PREFILL_TOKENS
-    B = len(prompts)
-    cache_kw = cache_kwarg(model)
-    # 1. prefill, unpadded
-    lens = [0] * B
-    first = [None] * B
-    kv: list = [None] * B  # per row: [(k, v) per layer], each [heads, len, head_dim]
-    for group in _prefill_groups([len(p) for p in prompts], prefill_tokens):
-        ids = torch.stack([prompts[i] for i in group])
-        emb, _ = method.embed(model, ids, torch.ones_like(ids))
-        out = model(inputs_embeds=emb, use_cache=True, logits_to_keep=1)
-        layers = _returned_cache(out).layers
-        for j, i in enumerate(group):
-            lens[i] = emb.shape[1]
-            first[i] = out.logits[j, -1].float()
-            kv[i] = [(layer.keys[j], layer.values[j]) for layer in layers]
-    # 2. gather into one left-padded preallocated cache
-    width = max(lens)
-    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
-    for layer in range(len(kv[0])):
-        k0, v0 = kv[0][layer]
-        k = k0.new_zeros((B, k0.shape[0], width, k0.shape[-1]))
-        v = v0.new_zeros((B, v0.shape[0], width, v0.shape[-1]))
-        for i in range(B):
-            k[i, :, width - lens[i]:], v[i, :, width - lens[i]:] = kv[i][layer]
-        cache.update(k, v, layer)
-    del kv
-    mask = torch.zeros(B, width + max_new_tokens, dtype=torch.long, device=device)
-    for i, n in enumerate(lens):
-        mask[i, width - n:] = 1  # slots past the current step are excluded by causality
-    position = torch.tensor(lens, device=device)
-    t1 = _clock(device, timings)
-    decode_steps = 0
-    # 3. decode
-    no_repeat = NoRepeatNGramLogitsProcessor(no_repeat_ngram_size) if no_repeat_ngram_size else None
-    generated = torch.empty(B, 0, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    logits = torch.stack(first)
-    for step in range(max_new_tokens):
-        if no_repeat is not None:
-            logits = no_repeat(generated, logits)
-        token = logits.argmax(-1).masked_fill(done, pad_id)
-        generated = torch.cat([generated, token[:, None]], 1)
-        done |= token == eos_id
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None] + step,
-                    use_cache=True, **{cache_kw: cache})
-        logits = out.logits[:, -1].float()
-        decode_steps += 1
-    if timings is not None:
-        timings.update(prefill=t1 - t0, decode=_clock(device, timings) - t1, decode_steps=decode_steps)
-    return _cut_at_eos(generated.tolist(), eos_id)
+
+class _Decoder:
+    """Steps 1-2 for one batch: the prefilled, left-padded static cache (``beams`` rows per article), each row's
+    first logits, and :meth:`forward` for one decode step of every row."""
+
+    def __init__(self, model, method, prompts: list[torch.Tensor], max_new_tokens: int, beams: int,
+                 prefill_tokens: int | None):
+        device = prompts[0].device
+        if prefill_tokens is None and device.type == "cpu":
+            prefill_tokens = CPU_PREFILL_TOKENS
+        B = len(prompts)
+        self.model, self.cache_kw = model, cache_kwarg(model)
+        lens = [0] * B
+        first = [None] * B
+        kv: list = [None] * B  # per row: [(k, v) per layer], each [heads, len, head_dim]
+        for group in _prefill_groups([len(p) for p in prompts], prefill_tokens):
+            ids = torch.stack([prompts[i] for i in group])
+            emb, _ = method.embed(model, ids, torch.ones_like(ids))
+            out = model(inputs_embeds=emb, use_cache=True, logits_to_keep=1)
+            layers = _returned_cache(out).layers
+            for j, i in enumerate(group):
+                lens[i] = emb.shape[1]
+                first[i] = out.logits[j, -1].float()
+                kv[i] = [(layer.keys[j], layer.values[j]) for layer in layers]
+        self.width = width = max(lens)
+        self.cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+        rows = B * beams
+        for layer in range(len(kv[0])):
+            k0, v0 = kv[0][layer]
+            k = k0.new_empty((rows, k0.shape[0], width, k0.shape[-1]))  # every slot is written below
+            v = v0.new_empty((rows, v0.shape[0], width, v0.shape[-1]))
+            for i in range(B):
+                r, pad = slice(i * beams, (i + 1) * beams), width - lens[i]
+                k[r, :, :pad], v[r, :, :pad] = 0, 0  # masked padding, zero as a fresh cache would hold
+                k[r, :, pad:], v[r, :, pad:] = kv[i][layer]
+            self.cache.update(k, v, layer)
+        del kv
+        self.mask = torch.zeros(rows, width + max_new_tokens, dtype=torch.long, device=device)
+        for i, n in enumerate(lens):
+            self.mask[i * beams:(i + 1) * beams, width - n:] = 1  # slots past the current step: causality
+        self.position = torch.tensor(lens, device=device).repeat_interleave(beams)
+        self.first_logits = torch.stack(first).repeat_interleave(beams, 0)
+
+    def forward(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Logits after feeding every row its ``step``-th new token (slot ``width + step`` of the cache)."""
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.position[:, None] + step,
+                         use_cache=True, **{self.cache_kw: self.cache})
+        return out.logits[:, -1].float()
+
+    def reorder_generated(self, rows: torch.Tensor, step: int) -> None:
+        """Beam search: row r takes the generated keys/values (slots ``width .. width + step``) of row ``rows[r]``.
+        Rows of one article hold the same article, so its part of the cache never moves."""
+        if step == 0:
+            return
+        span = slice(self.width, self.width + step)
+        for layer in self.cache.layers:
+            layer.keys[:, :, span] = layer.keys[rows, :, span]
+            layer.values[:, :, span] = layer.values[rows, :, span]
 
 
 def _clock(device, timings: dict | None) -> float:
@@ -144,26 +156,159 @@ def _clock(device, timings: dict | None) -> float:
 
 
 @torch.no_grad()
-def generate_ids(model, method, input_ids, attention_mask, cfg_eval, eos_id: int, pad_id: int,
-                 use_cache: bool = True) -> list[list[int]]:
-    """New tokens for a left-padded batch of prompts (eos and everything after it removed)."""
-    if not method.fast_generation:  # prefix tuning: its own greedy loop (see methods/peft_tuner.py)
-        return method.generate_ids(input_ids, attention_mask, cfg_eval, eos_id, pad_id)
-    if cfg_eval.num_beams == 1 and use_cache:
-        return greedy_ids(model, method, _rows(input_ids, attention_mask), cfg_eval.max_new_tokens, eos_id,
-                          pad_id, cfg_eval.no_repeat_ngram_size)
-    return hf_generate_ids(model, method, input_ids, attention_mask, cfg_eval, eos_id, pad_id, use_cache)
+def decode_ids(model, method, prompts: list[torch.Tensor], decoding, eos_id: int, pad_id: int,
+               seeds: list[int] | None = None, prefill_tokens: int | None = None,
+               timings: dict | None = None) -> list[list[int]]:
+    """New tokens for ``prompts`` (1-D token tensors of any lengths) under ``decoding`` (``eval.decoding``),
+    eos and what follows it removed.  ``seeds``: one per prompt, for sampling (:func:`prompt_seed`).
+
+    ``timings``: a dict that receives the seconds of the prefill (steps 1-2), of the decode (step 3) and the
+    number of decode forwards (``peftsum plan`` times both phases in one call)."""
+    device = prompts[0].device
+    t0 = _clock(device, timings)
+    beams = decoding.num_beams
+    dec = _Decoder(model, method, prompts, decoding.max_new_tokens, beams, prefill_tokens)
+    t1 = _clock(device, timings)
+    if beams > 1:
+        rows, steps = _beam_search(dec, len(prompts), decoding, eos_id, pad_id)
+    else:
+        rows, steps = _greedy_or_sample(dec, decoding, eos_id, pad_id, seeds)
+    if timings is not None:
+        timings.update(prefill=t1 - t0, decode=_clock(device, timings) - t1, decode_steps=steps)
+    return _cut_at_eos(rows, eos_id)
+
+
+def _ban_eos(scores: torch.Tensor, step: int, decoding, eos_id: int) -> torch.Tensor:
+    """transformers' MinNewTokensLengthLogitsProcessor: no eos before ``min_new_tokens`` new tokens."""
+    if step < decoding.min_new_tokens:
+        scores[:, eos_id] = -float("inf")
+    return scores
+
+
+def _greedy_or_sample(dec: _Decoder, decoding, eos_id: int, pad_id: int, seeds) -> tuple[list[list[int]], int]:
+    logits = dec.first_logits
+    B, device = logits.shape[0], logits.device
+    no_repeat = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size) if decoding.no_repeat_ngram_size else None
+    generators = None
+    if decoding.do_sample:
+        if seeds is None:
+            raise ValueError("sampling needs a seed per prompt")
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    generated = torch.empty(B, 0, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    steps = 0
+    for step in range(decoding.max_new_tokens):
+        if no_repeat is not None:
+            logits = no_repeat(generated, logits)
+        logits = _ban_eos(logits, step, decoding, eos_id)
+        if generators is None:
+            token = logits.argmax(-1)
+        else:
+            token = _sample(logits, decoding.top_k, generators)
+        token = token.masked_fill(done, pad_id)
+        generated = torch.cat([generated, token[:, None]], 1)
+        done |= token == eos_id
+        if bool(done.all()) or step == decoding.max_new_tokens - 1:
+            break
+        logits = dec.forward(token, step)
+        steps += 1
+    return generated.tolist(), steps
+
+
+def _sample(logits: torch.Tensor, top_k: int, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row from softmax(logits) restricted to its ``top_k`` most likely tokens (transformers'
+    TopKLogitsWarper), each row drawn with its own generator."""
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+
+
+def _beam_search(dec: _Decoder, B: int, decoding, eos_id: int, pad_id: int) -> tuple[list[list[int]], int]:
+    """transformers' beam search (``GenerationMixin._beam_search``, no prompt tokens: the prompt is embeddings),
+    over the rows of :class:`_Decoder` (``num_beams`` per article).  Returns each article's best finished
+    hypothesis."""
+    K, N = decoding.num_beams, decoding.max_new_tokens
+    lp, early = decoding.length_penalty, decoding.early_stopping
+    logits = dec.first_logits
+    V, device = logits.shape[-1], logits.device
+    no_repeat = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size) if decoding.no_repeat_ngram_size else None
+    keep = 2 * K  # one eos token: the top 2K continuations leave K that have not finished
+    top_k_mask = torch.arange(keep, device=device) < K
+    offsets = torch.arange(B, device=device)[:, None] * K
+    running = torch.full((B, K, N), pad_id, dtype=torch.long, device=device)
+    finished = running.clone()
+    running_scores = torch.zeros(B, K, device=device)
+    running_scores[:, 1:] = NEG  # every beam starts from the same prompt: only the first one's tokens count
+    finished_scores = torch.full((B, K), NEG, device=device)
+    is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    can_improve = torch.ones(B, 1, dtype=torch.bool, device=device)
+    steps = 0
+    for cur in range(N):
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if no_repeat is not None:
+            log_probs = no_repeat(running[:, :, :cur].reshape(B * K, cur), log_probs)
+        log_probs = _ban_eos(log_probs, cur, decoding, eos_id)
+        scores = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
+        # c. the top 2K continuations over all beams of an article
+        top_scores, top_idx = torch.topk(scores, keep)
+        origin, token = top_idx // V, top_idx % V
+        top_seqs = torch.take_along_dim(running, origin[:, :, None], dim=1)
+        top_seqs[:, :, cur] = token
+        # d. which of them finish here (eos, or the last new token)
+        hits = (token == eos_id) | (cur + 1 >= N)
+        # e. the K best that go on
+        go_on = top_scores + hits.float() * NEG
+        nxt = torch.topk(go_on, K).indices
+        running = torch.take_along_dim(top_seqs, nxt[:, :, None], dim=1)
+        running_scores = torch.take_along_dim(go_on, nxt, dim=1)
+        running_origin = torch.take_along_dim(origin, nxt, dim=1)
+        # f. finished hypotheses: the best K so far, scored with the length penalty
+        just = hits & top_k_mask[None, :]
+        s = top_scores / ((cur + 1) ** lp)
+        s = s + (is_finished.all(-1, keepdim=True) & early).float() * NEG
+        s = s + (~can_improve).float() * NEG
+        s = s + (~just).float() * NEG
+        merged_scores = torch.cat([finished_scores, s], 1)
+        best = torch.topk(merged_scores, K).indices
+        finished = torch.take_along_dim(torch.cat([finished, top_seqs], 1), best[:, :, None], dim=1)
+        finished_scores = torch.take_along_dim(merged_scores, best, dim=1)
+        is_finished = torch.take_along_dim(torch.cat([is_finished, just], 1), best, dim=1)
+        # g. can a running beam still beat the worst finished one?  is anything left to do?
+        best_running = running_scores[:, :1] / ((cur + 1) ** lp)
+        worst = torch.where(is_finished, finished_scores.min(1, keepdim=True).values, NEG)
+        can_improve = can_improve & (best_running > worst).any(-1, keepdim=True)
+        open_beams = not (bool(is_finished.all()) and early is True)
+        if not (bool(can_improve.any()) and open_beams and not bool(hits.all())):
+            break
+        dec.reorder_generated((running_origin + offsets).flatten(), cur)
+        logits = dec.forward(running[:, :, cur].flatten(), cur)
+        steps += 1
+    return finished[:, 0].tolist(), steps
 
 
 @torch.no_grad()
-def hf_generate_ids(model, method, input_ids, attention_mask, cfg_eval, eos_id: int, pad_id: int,
+def generate_ids(model, method, input_ids, attention_mask, decoding, eos_id: int, pad_id: int,
+                 seeds: list[int] | None = None) -> list[list[int]]:
+    """New tokens for a left-padded batch of prompts (eos and everything after it removed)."""
+    if not method.fast_generation:  # prefix tuning: its own greedy loop (see methods/peft_tuner.py)
+        return method.generate_ids(input_ids, attention_mask, decoding, eos_id, pad_id)
+    return decode_ids(model, method, _rows(input_ids, attention_mask), decoding, eos_id, pad_id, seeds)
+
+
+@torch.no_grad()
+def hf_generate_ids(model, method, input_ids, attention_mask, decoding, eos_id: int, pad_id: int,
                     use_cache: bool = True) -> list[list[int]]:
-    """The same through transformers' ``generate()`` (beam search, the no-cache check)."""
-    kw = dict(max_new_tokens=cfg_eval.max_new_tokens, num_beams=cfg_eval.num_beams, do_sample=False,
-              no_repeat_ngram_size=cfg_eval.no_repeat_ngram_size or None, eos_token_id=eos_id,
-              pad_token_id=pad_id, use_cache=use_cache)
-    if cfg_eval.num_beams > 1:
-        kw["early_stopping"] = True
+    """The same decoding through transformers' ``generate()`` (the reference of the tests and the benchmark;
+    sampling draws from torch's global generator there)."""
+    kw = dict(max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams, do_sample=decoding.do_sample,
+              no_repeat_ngram_size=decoding.no_repeat_ngram_size or None, eos_token_id=eos_id,
+              pad_token_id=pad_id, use_cache=use_cache, min_new_tokens=decoding.min_new_tokens or None)
+    if decoding.num_beams > 1:
+        kw.update(early_stopping=decoding.early_stopping, length_penalty=decoding.length_penalty)
+    if decoding.do_sample:
+        kw.update(top_k=decoding.top_k, top_p=None, temperature=None)
     emb, mask = method.embed(model, input_ids, attention_mask)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
@@ -171,30 +316,67 @@ def hf_generate_ids(model, method, input_ids, attention_mask, cfg_eval, eos_id: 
     return _cut_at_eos(out.tolist(), eos_id)
 
 
+def describe_decoding(decoding) -> str:
+    """One line naming a decoding, for results and reports."""
+    if decoding.num_beams > 1:
+        how = (f"beam search ({decoding.num_beams} beams, length penalty {decoding.length_penalty:g}, "
+               f"{'early stopping' if decoding.early_stopping else 'no early stopping'})")
+    elif decoding.do_sample:
+        how = f"top-k sampling (k = {decoding.top_k or 'all'}, seed {decoding.seed}, one generator per article)"
+    else:
+        how = "greedy"
+    span = (f"{decoding.min_new_tokens}-{decoding.max_new_tokens} new tokens" if decoding.min_new_tokens
+            else f"at most {decoding.max_new_tokens} new tokens")
+    parts = [how, span]
+    if decoding.no_repeat_ngram_size:
+        parts.append(f"no repeated {decoding.no_repeat_ngram_size}-gram among the new tokens")
+    if decoding.max_sentences:
+        parts.append(f"the first {decoding.max_sentences} generated sentences kept")
+    return ", ".join(parts)
+
+
+class Summary(NamedTuple):
+    text: str
+    tokens: int | None  # the summary's length in tokens (what is scored: after a max_sentences cut)
+    at_limit: bool  # the generation ran to max_new_tokens without an eos
+
+
+def finish(tokenizer, ids: list[int], decoding) -> Summary:
+    """A summary from its new tokens: the text (the first ``max_sentences`` sentences where that is set) and its
+    length in tokens."""
+    text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    at_limit = len(ids) >= decoding.max_new_tokens
+    if not decoding.max_sentences:
+        return Summary(text, len(ids), at_limit)
+    text = first_sentences(text, decoding.max_sentences)
+    return Summary(text, len(encode(tokenizer, text)) if text else 0, at_limit)
+
+
 @torch.no_grad()
-def generate_summaries(model, method, tokenizer, prompts: list[list[int]], cfg_eval, device, autocast=None,
-                       progress: bool = False) -> list[tuple[str, int]]:
-    """The one generation path (evaluation and ``summarize``): each prompt's summary and how many tokens
-    were generated for it (eos excluded), in the order of ``prompts``.
+def generate_summaries(model, method, tokenizer, prompts: list[list[int]], decoding, batch_size: int, device,
+                       autocast=None, progress: bool = False) -> list[Summary]:
+    """The one generation path (evaluation, ``summarize``, ROUGE-based selection): each prompt's summary (its text,
+    its length in tokens, eos excluded, and whether it ran to the limit), in the order of ``prompts``.
 
     The model is put in eval mode (no dropout, LoRA's included).  Prompts are batched longest first
-    (``eval.batch_size``); under several processes each takes every N-th batch and the results are
-    gathered, so every process returns the whole list and the batches are the ones one process runs."""
+    (``batch_size``); under several processes each takes every N-th batch and the results are gathered,
+    so every process returns the whole list and the batches are the ones one process runs."""
     model.eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     dist = distributed_state()
-    batches = sorted_batches([len(p) for p in prompts], cfg_eval.batch_size)
+    batches = sorted_batches([len(p) for p in prompts], batch_size)
     mine = batches[dist.process_index::dist.num_processes]
     ctx = autocast or contextlib.nullcontext
-    done: dict[int, tuple[str, int]] = {}
+    done: dict[int, Summary] = {}
     for idx in tqdm(mine, desc="generating", unit="batch", leave=False, disable=not (progress and dist.is_main_process)):
         padded = collate([{"input_ids": prompts[i], "prompt_len": len(prompts[i])} for i in idx], pad, left_pad=True,
-                    with_target=False)
+                         with_target=False)
+        seeds = [prompt_seed(prompts[i], decoding.seed) for i in idx] if decoding.do_sample else None
         with ctx():
             rows = generate_ids(model, method, padded["input_ids"].to(device), padded["attention_mask"].to(device),
-                                cfg_eval, eos, pad)
+                                decoding, eos, pad, seeds)
         for i, row in zip(idx, rows):
-            done[i] = (tokenizer.decode(row, skip_special_tokens=True).strip(), len(row))
+            done[i] = finish(tokenizer, row, decoding)
     if dist.num_processes > 1:
         for part in gather_object([done]):
             done.update(part)

@@ -2,7 +2,11 @@
 
 Loss: mean negative log-likelihood over *all* summary tokens of a split (token-weighted: the sum of
 NLLs divided by the number of tokens, not a mean of batch means), and its perplexity.
-ROUGE: Google's ``rouge-score`` (stemmer on), F1 x 100; ROUGE-Lsum on newline-separated sentences.
+ROUGE: Google's ``rouge-score`` (Porter stemmer on), F1 x 100.  The headline ROUGE-L is the summary-level
+variant CNN/DailyMail papers report (rouge-score's ``rougeLsum``, "the ROUGE-L reported in Get To The
+Point": a union LCS over the reference's sentences, one per line), on sentences split by NLTK's Punkt
+(:func:`peftsum.data.text.split_sentences`).  rouge-score's sentence-level ``rougeL`` (one LCS over the
+whole text, sentence order mattering) is kept under its own name.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ from accelerate.utils import reduce
 from rouge_score import rouge_scorer
 
 from ..data.collate import collate, seq_lengths, sorted_batches
-from ..data.text import split_sentences
+from ..data.text import SPLITTER, split_sentences
 from ..utils import distributed_state
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeLsum", "rougeL")
+HEADLINE = "rougeLsum"  # what ranks, compares and plots methods
+LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeLsum": "ROUGE-L", "rougeL": "ROUGE-L (sentence-level)"}
+ROUGE_PROTOCOL = ("ROUGE F1 x 100 by Google's rouge-score (Porter stemmer on). ROUGE-L is the summary-level "
+                  "ROUGE-L of CNN/DailyMail papers (rouge-score's rougeLsum: a union LCS over sentences, one per "
+                  f"line) on sentences split by {SPLITTER}; the sentence-level variant (rougeL, one LCS over the "
+                  "whole text) is shown apart and named so.")
 
 
 @torch.no_grad()

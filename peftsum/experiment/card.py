@@ -11,6 +11,7 @@ from __future__ import annotations
 from huggingface_hub import EvalResult, ModelCardData
 
 from ..data.sources import is_hub_id
+from ..evaluate.metrics import LABELS
 
 DEMO_BANNER = ("> **Demo run.** The base model is peftsum's tiny demo model and the data its synthetic corpus: the "
                "numbers show the tool works, not how GPT-2 summarizes CNN/DailyMail.")
@@ -56,8 +57,8 @@ def card_data(results: dict, library: str) -> ModelCardData:
     scores = results["eval"]
     name = f"{results['model']}-{results['method']}-summarization"
     evals = []
-    if scores.get("rougeL") is not None:
-        for key, label in (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("rougeLsum", "ROUGE-Lsum")):
+    if scores.get("rougeLsum") is not None:
+        for key, label in LABELS.items():
             evals.append(EvalResult(task_type="summarization", dataset_type=source if hub_data else "local",
                                     dataset_name=source if hub_data else "local data", dataset_split="test",
                                     metric_type="rouge", metric_name=label, metric_value=round(scores[key], 2)))
@@ -99,17 +100,16 @@ def model_card(results: dict, kind: str, path: str = ".", base: str | None = Non
     lines += ["", "## Data", "",
               f"Source `{data['source']}` ({data['text_column']} -> {data['summary_column']}); "
               f"{split['train']} train / {split['validation']} validation / {split['test']} test examples "
-              f"(seed {data['seed']}); articles cut to {data['max_source_tokens']} tokens, summaries to "
+              f"(seed {data['seed']}); articles cut to {results['data'].get('budget', {}).get('source', data['max_source_tokens'])} tokens, summaries to "
               f"{data['max_target_tokens']}. Early stopping read the validation split only.", "",
               "## Results", "",
-              "| validation loss | test loss | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | test articles |",
-              "|---|---|---|---|---|---|---|",
-              f"| {_f(scores.get('val_loss'))} | {_f(scores.get('test_loss'))} | {_f(scores.get('rouge1'), '.2f')} | "
-              f"{_f(scores.get('rouge2'), '.2f')} | {_f(scores.get('rougeL'), '.2f')} | {_f(scores.get('rougeLsum'), '.2f')} | "
-              f"{scores.get('rouge_n')} |", "",
-              "Losses: mean negative log-likelihood per summary token. ROUGE (rouge-score, stemmed) on the generated "
-              f"new tokens only: greedy, at most {cfg['eval']['max_new_tokens']} tokens, no repeated "
-              f"{cfg['eval']['no_repeat_ngram_size']}-grams.", "",
+              "| validation loss | test loss | " + " | ".join(LABELS.values()) + " | test articles |",
+              "|---|---|" + "---|" * len(LABELS) + "---|",
+              f"| {_f(scores.get('val_loss'))} | {_f(scores.get('test_loss'))} | "
+              + " | ".join(_f(scores.get(k), ".2f") for k in LABELS) + f" | {scores.get('rouge_n')} |", "",
+              "Losses: mean negative log-likelihood per summary token. " + results.get("protocol", {}).get("rouge", "")
+              + " On the generated new tokens only, decoded by "
+              + results.get("protocol", {}).get("decoding_text", "the run's eval.decoding") + ".", "",
               "## How to load", "", LOADING[kind].format(path=path, base=base or base_model_name(results) or "BASE"), "",
               "Prompt: the article, then the template's text before the summary (`\\nTL;DR:` by default); the model "
               "continues with the summary and ends it with its end-of-text token.", ""]

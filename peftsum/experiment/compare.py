@@ -118,5 +118,5 @@ def compare_methods(cfg: Config, methods: list[str], out: Path, rerun: list[str]
             r = run_experiment(rcfg, run, resume=resume, tracking_root=out, run_name=str(run.relative_to(out)))
             scores = r["eval"]
             loss = f"val_loss {scores['val_loss']:.4f}, " if scores["val_loss"] is not None else ""
-            _say(f"[{label}] {loss}ROUGE-L {scores['rougeL']:.2f}, train {r['cost']['train_seconds']:.1f}s")
+            _say(f"[{label}] {loss}ROUGE-L {scores['rougeLsum']:.2f}, train {r['cost']['train_seconds']:.1f}s")
     return time.perf_counter() - t0

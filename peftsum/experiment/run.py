@@ -23,10 +23,12 @@ from accelerate import Accelerator
 from .. import __version__
 from ..config import PEFT_METHOD, Config
 from ..data.collate import seq_lengths
+from ..data.text import SPLITTER
 from ..data.tokenize import PromptBuilder, load_tokenized
 from ..evaluate import cost as costs
 from ..evaluate.evaluation import evaluate_split
-from ..evaluate.metrics import evaluate_loss
+from ..evaluate.generate import describe_decoding
+from ..evaluate.metrics import HEADLINE, ROUGE_PROTOCOL, evaluate_loss
 from ..methods import build_method
 from ..methods.base import read_method_file
 from ..model.loading import load_model, load_tokenizer, n_positions, resolve_model_name, set_dropout
@@ -74,8 +76,9 @@ class Components:
 
     def load_data(self):
         """The tokenized splits and the data report (cached on disk by content)."""
-        data, report, _ = load_tokenized(self.cfg.data, self.tokenizer, self.prompts.budget.n_positions,
-                                         self.method.num_virtual_tokens)
+        b = self.prompts.budget
+        data, report, _ = load_tokenized(self.cfg.data, self.tokenizer, b.n_positions, b.num_virtual, b.reserve,
+                                         b.summary)
         return data, report
 
 
@@ -98,7 +101,8 @@ def load_components(cfg: Config, device=None) -> Components:
             model.to(device)
         summary_lm = SummaryLM(model, method)
     return Components(cfg, method, model, summary_lm, tokenizer,
-                      PromptBuilder(tokenizer, cfg.data, positions, method.num_virtual_tokens))
+                      PromptBuilder(tokenizer, cfg.data, positions, method.num_virtual_tokens,
+                                    cfg.virtual_token_reserve(), cfg.generation_tokens()))
 
 
 def _main_first(accelerator):
@@ -151,7 +155,7 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
             metrics.reset()
             (run_dir / BEST).unlink(missing_ok=True)
         trainer = train(cfg, run_dir, parts.summary_lm, method, data["train"], data["validation"], accelerator,
-                        parts.tokenizer.pad_token_id, resume and has_ckpt, metrics)
+                        parts.tokenizer.pad_token_id, resume and has_ckpt, metrics, parts.tokenizer)
         if (run_dir / BEST).is_file():
             method.load_state_dict(model, safe_load_file(run_dir / BEST))
     elif main:
@@ -219,7 +223,7 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
             (state.tokens + virtual) / max(state.examples, 1),
             cached_trunk_tokens=n_train_tokens if method.cache_features else 0)
         peak = costs.peak_flops(cost["device"])
-        secs = max(state.train_seconds, 1e-9)
+        secs = max(state.train_seconds - state.selection_seconds, 1e-9)  # throughput of the steps themselves
         # tokens and examples are the whole job's (every process); MFU against the peak of all its devices
         cost.update(train_seconds=state.train_seconds, examples_per_second=state.examples / secs,
                     tokens_per_second=state.tokens / secs, tokens_per_second_per_device=state.tokens / secs / processes,
@@ -229,12 +233,21 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
                     "stopped_reason": state.stopped_reason, "best_step": trainer.best_step,
                     "validation_history": state.history, "initial_val_loss": state.initial_val_loss,
                     "feature_cache_bytes": state.feature_cache_bytes, "learning_rate": cfg.learning_rate(),
-                    "tokens": state.tokens, "examples": state.examples, "target_tokens": state.target_tokens}
+                    "tokens": state.tokens, "examples": state.examples, "target_tokens": state.target_tokens,
+                    "select_by": cfg.train.select_by, "selection_seconds": state.selection_seconds,
+                    "validation_scores": state.score_history, "best_value": trainer.stopping.best_value}
+    decoding = method.decoding()
+    protocol = {"rouge": ROUGE_PROTOCOL, "headline": HEADLINE, "sentence_splitter": SPLITTER,
+                "decoding": dataclasses.asdict(decoding), "decoding_text": describe_decoding(decoding),
+                "zero_shot": cfg.method.zero_shot.protocol if method.name == "zero-shot" else None,
+                "select_by": cfg.train.select_by if method.trains else None}
+    truncated = {s: float(sum(data[s]["source_truncated"]) / max(len(data[s]), 1)) for s in ("train", "test")}
     return {"method": method.name, "model": cfg.model.name, "preset": cfg.preset, "params": params,
             "eval": scores, "cost": cost, "training": training, "config": dataclasses.asdict(cfg),
-            "method_hyperparameters": method.describe() if method.trains else {},
+            "method_hyperparameters": method.describe() if method.trains else {}, "protocol": protocol,
             "data": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"]),
-                     "source": cfg.data.source},
+                     "source": cfg.data.source, "budget": dict(parts.prompts.budget.__dict__),
+                     "articles_truncated": truncated},
             "versions": versions(), "peftsum": __version__}
 
 

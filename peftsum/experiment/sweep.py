@@ -62,8 +62,14 @@ def open_storage(out: Path, url: str | None):
     return JournalStorage(JournalFileBackend(str(out / JOURNAL)))
 
 
-def study_name(method: str) -> str:
-    return f"peftsum-{method}"
+def objective(cfg: Config) -> str:
+    """What a trial maximises or minimises: ``loss`` or ``rougeLsum`` (``train.select_by``)."""
+    return cfg.train.select_by
+
+
+def study_name(method: str, cfg: Config | None = None) -> str:
+    """One Optuna study per method and objective (a loss study is minimised, a ROUGE one maximised)."""
+    return f"peftsum-{method}" + ("" if cfg is None or objective(cfg) == "loss" else f"-{objective(cfg)}")
 
 
 def _worker() -> str:
@@ -117,7 +123,8 @@ class SweepResources:
     def splits(self, num_virtual: int) -> dict:
         """train and validation only: a sweep never reads the test split."""
         if num_virtual not in self._data:
-            data, _, _ = load_tokenized(self.cfg.data, self.tokenizer, self.positions, num_virtual)
+            data, _, _ = load_tokenized(self.cfg.data, self.tokenizer, self.positions, num_virtual,
+                                        self.cfg.virtual_token_reserve(), self.cfg.generation_tokens())
             self._data[num_virtual] = {"train": data["train"], "validation": data["validation"]}
         return self._data[num_virtual]
 
@@ -187,33 +194,35 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(tcfg, Path(tmp), SummaryLM(model, method_obj), method_obj, data["train"],
                           data["validation"], accelerator, res.tokenizer.pad_token_id,
-                          MetricsFile(Path(tmp) / "metrics.jsonl", enabled=False, sinks=[tracking.log_row]))
+                          MetricsFile(Path(tmp) / "metrics.jsonl", enabled=False, sinks=[tracking.log_row]),
+                          res.tokenizer)
 
         last: dict[str, float] = {}
 
-        def report(step: int, val_loss: float) -> None:
-            last["value"] = val_loss
-            trial.report(val_loss, step)
+        def report(step: int, value: float) -> None:
+            last["value"] = value
+            trial.report(value, step)
             if step < tcfg.train.max_steps and trial.should_prune():
-                raise optuna.TrialPruned(f"validation loss {val_loss:.4f} at step {step}")
+                raise optuna.TrialPruned(f"validation {objective(tcfg)} {value:.4f} at step {step}")
 
         trainer.validation_hooks.append(report)
         trainer.validate_at_start = False
         try:
             trainer.run()
         finally:
-            tracking.finish({"final/val_loss": last["value"]} if "value" in last else None)
+            tracking.finish({f"final/val_{objective(tcfg)}": last["value"]} if "value" in last else None)
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             trial.set_user_attr("steps", trainer.state.step)
             accelerator.free_memory()
             del trainer, model
             release_memory()
-    return last["value"]  # the validation loss after the last step
+    return last["value"]  # the validation loss (or ROUGE-Lsum) after the last step
 
 
 def sweep_method(res: SweepResources, storage, method: str, say=print) -> optuna.Study:
     """Work the method's study until it has ``sweep.trials`` finished trials (this worker's and others')."""
-    study = optuna.create_study(storage=storage, study_name=study_name(method), direction="minimize",
+    study = optuna.create_study(storage=storage, study_name=study_name(method, res.cfg),
+                                direction="minimize" if res.cfg.train.select_by == "loss" else "maximize",
                                 load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=res.cfg.sweep.seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     target = res.cfg.sweep.trials
@@ -240,7 +249,7 @@ def sweep_method(res: SweepResources, storage, method: str, say=print) -> optuna
             study.tell(trial, state=TrialState.FAIL)
             raise
         study.tell(trial, value)
-        say(f"[{method}] trial {trial.number}: validation loss {value:.4f} (lr {trial.params['lr']:.3g})")
+        say(f"[{method}] trial {trial.number}: validation {objective(res.cfg)} {value:.4f} (lr {trial.params['lr']:.3g})")
     return study
 
 
@@ -262,4 +271,4 @@ def best_params(study: optuna.Study) -> dict[str, object]:
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not done:
         raise UserError(f"study {study.study_name} has no complete trial yet")
-    return dict(min(done, key=lambda t: t.value).user_attrs["params"])
+    return dict(study.best_trial.user_attrs["params"])  # the lowest loss, or the highest ROUGE

@@ -88,9 +88,13 @@ class Method:
         (prefix tuning's key/value prefix); None: the shared path (:meth:`embed`, then the trunk)."""
         return None
 
-    def generate_ids(self, input_ids, attention_mask, cfg_eval, eos_id: int, pad_id: int) -> list[list[int]]:
+    def generate_ids(self, input_ids, attention_mask, decoding, eos_id: int, pad_id: int) -> list[list[int]]:
         """New tokens of a left-padded batch, for a method without ``fast_generation``."""
         raise NotImplementedError
+
+    def decoding(self):
+        """How this method's summaries are generated (``eval.decoding``; zero-shot may follow the GPT-2 paper)."""
+        return self.cfg.eval.decoding
 
     # --- weights --------------------------------------------------------------------------
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from ..config import GPT2_PAPER_DECODING
 from ..data.text import lead3
 from .base import Method
 
@@ -11,10 +13,23 @@ __all__ = ["Lead3", "ZeroShot", "lead3"]
 
 
 class ZeroShot(Method):
-    """The base model prompted with the template, as in the GPT-2 paper; nothing trains."""
+    """The base model prompted with the template; nothing trains.
+
+    ``method.zero_shot.protocol: gpt2-paper`` (the default) generates as Radford et al. (2019), section 3.6,
+    did: 100 tokens of top-k sampling with k = 2 after "TL;DR:", the first three generated sentences kept
+    (seeded by ``eval.decoding.seed``, each article by its own generator).  ``decoding`` uses
+    ``eval.decoding`` like every other method."""
 
     name = "zero-shot"
     trains = False
+
+    def decoding(self):
+        if self.cfg.method.zero_shot.protocol == "gpt2-paper":
+            return dataclasses.replace(GPT2_PAPER_DECODING, seed=self.cfg.eval.decoding.seed)
+        return self.cfg.eval.decoding
+
+    def describe(self) -> dict:
+        return {"protocol": self.cfg.method.zero_shot.protocol}
 
     def save(self, model, run_dir: Path) -> None:
         self.write_method_file(run_dir)

@@ -81,6 +81,11 @@ class PeftTuner(Method):
                             "(supported prompt-learning tuners: PROMPT_TUNING, P_TUNING, PREFIX_TUNING)")
         self.num_virtual_tokens = self.peft_config.num_virtual_tokens if self.kind != "layers" else 0
         self.fast_generation = self.kind != "prefix"
+        dec = cfg.eval.decoding
+        if self.kind == "prefix" and (dec.num_beams > 1 or dec.do_sample):
+            raise UserError(f"{self.name}: prefix tuning generates greedily here (its key/value prefix is not on the "
+                            "batched beam-search path, and PEFT's generate() does not reproduce its forward); set "
+                            "--eval.decoding.num_beams 1 --eval.decoding.do_sample false for it")
         self.peft_model = None
 
     # --- preparing the model ----------------------------------------------------------------
@@ -125,17 +130,15 @@ class PeftTuner(Method):
                     **{cache_kwarg(body): self.peft_model.get_prompt(batch_size=B)}).last_hidden_state
 
     @torch.no_grad()
-    def generate_ids(self, input_ids, attention_mask, cfg_eval, eos_id: int, pad_id: int) -> list[list[int]]:
+    def generate_ids(self, input_ids, attention_mask, decoding, eos_id: int, pad_id: int) -> list[list[int]]:
         """Prefix tuning's greedy decoding: each article alone (no padding), the prefix cache in front, the cache
         growing by a token per step, the n-gram rule on the new tokens.  (PEFT 0.21's own ``generate()`` does not
         reproduce PEFT's forward pass for prefix tuning under transformers 5.24: transformers warns that it ignores
         one of the two caches it is given, and the tokens differ from the first one on; the test against
         step-by-step decoding with PEFT's forward caught it.)"""
-        if cfg_eval.num_beams > 1:
-            raise UserError("prefix tuning generates greedily here: set eval.num_beams 1")
         model = self.peft_model.get_base_model()
         kw = cache_kwarg(model)
-        no_repeat = NoRepeatNGramLogitsProcessor(cfg_eval.no_repeat_ngram_size) if cfg_eval.no_repeat_ngram_size else None
+        no_repeat = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size) if decoding.no_repeat_ngram_size else None
         out = []
         for ids, m in zip(input_ids, attention_mask):
             ids = ids[m.bool()][None]
@@ -143,8 +146,10 @@ class PeftTuner(Method):
             mask = torch.ones(1, self.num_virtual_tokens + ids.shape[1], dtype=torch.long, device=ids.device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{kw: cache}).logits
             new: list[int] = []
-            for _ in range(cfg_eval.max_new_tokens):
+            for _ in range(decoding.max_new_tokens):
                 scores = logits[:, -1].float()
+                if len(new) < decoding.min_new_tokens:
+                    scores[:, eos_id] = -float("inf")
                 if no_repeat is not None:
                     scores = no_repeat(torch.tensor([new], dtype=torch.long, device=ids.device), scores)
                 token = int(scores.argmax(-1))

@@ -9,11 +9,12 @@ import numpy as np
 
 from ..config import METHODS, PEFT_METHOD
 from ..errors import UserError
+from ..evaluate.metrics import ROUGE_KEYS
 from ..experiment import read_metrics
 from ..utils import read_jsonl
 from . import bootstrap
 
-KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+KEYS = ROUGE_KEYS
 ALPHA = 0.05
 
 

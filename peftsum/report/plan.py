@@ -10,6 +10,7 @@ epoch and for the whole protocol.  Assumptions are printed with the numbers.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 import tempfile
@@ -23,10 +24,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..config import Config
 from ..data.collate import seq_lengths
-from ..data.tokenize import load_tokenized
+from ..data.tokenize import load_tokenized, make_budget
 from ..errors import UserError
 from ..evaluate import cost as costs
-from ..evaluate.generate import generate_summaries, greedy_ids
+from ..evaluate.generate import decode_ids, generate_summaries
 from ..experiment import accelerator_for
 from ..experiment.compare import method_config, run_name
 from ..methods import build_method
@@ -44,11 +45,11 @@ from ..train.metrics_file import MetricsFile
 from ..utils import release_memory
 
 
-def _synthetic_examples(n: int, cfg: Config, rng) -> list[dict]:
+def _synthetic_examples(n: int, cfg: Config, rng, source_tokens: int) -> list[dict]:
     """CNN/DailyMail-like lengths: articles ~ N(780, 400) tokens cut to the budget, summaries 40-100."""
     out = []
     for _ in range(n):
-        a = int(np.clip(rng.normal(780, 400), 150, cfg.data.max_source_tokens))
+        a = int(np.clip(rng.normal(780, 400), 150, source_tokens))
         s = int(rng.integers(40, min(100, cfg.data.max_target_tokens) + 1))
         ids = rng.integers(0, 50000, a + 5 + s + 1).tolist()
         out.append({"input_ids": ids, "prompt_len": a + 5})
@@ -60,10 +61,12 @@ def _examples(cfg: Config, tokenizer, positions: int, num_virtual: int, n: int, 
     CNN/DailyMail-like ones when the data cannot be loaded here; their source; the mean length of the
     whole training split; the sizes of the splits a run would use."""
     sizes = {"train": cfg.data.train_size, "validation": cfg.data.val_size, "test": cfg.data.test_size}
+    budget = make_budget(tokenizer, cfg.data, positions, num_virtual, cfg.virtual_token_reserve(),
+                         cfg.generation_tokens())
     try:
-        dd, _, _ = load_tokenized(cfg.data, tokenizer, positions, num_virtual)
+        dd, _, _ = load_tokenized(cfg.data, tokenizer, positions, num_virtual, budget.reserve, budget.summary)
     except UserError:
-        ex = _synthetic_examples(n, cfg, rng)
+        ex = _synthetic_examples(n, cfg, rng, budget.source)
         return ex, float(np.mean([len(e["input_ids"]) for e in ex])), "synthetic CNN/DailyMail-like lengths", sizes
     ds = dd["train"]
     reuse = n > len(ds)
@@ -144,7 +147,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         costs.reset_peak_memory(dev)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(probe_cfg, Path(tmp), summary_lm, method, ds, ds.select(range(eval_cfg.batch_size)),
-                              accelerator, tokenizer.pad_token_id, MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
+                              accelerator, tokenizer.pad_token_id, MetricsFile(Path(tmp) / "m.jsonl", enabled=False),
+                              tokenizer)
             # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU)
             trainer.train_step([[i % len(ds) for i in range(pass_size)]])
             timings = []  # --steps passes, or (by default) up to 3 and until 10 s of timing
@@ -161,9 +165,10 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             accelerator.free_memory()
         # a batch's generation = its prefill + one decode step per further token (both timed in one call)
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
-        prefill_s, per_token = _generation_seconds(model, method, tokenizer, prompts, eval_cfg, accelerator,
-                                                   min(8, eval_cfg.max_new_tokens))
-        gen_per_batch = prefill_s + per_token * (eval_cfg.max_new_tokens - 1)
+        decoding = method.decoding()
+        prefill_s, per_token = _generation_seconds(model, method, tokenizer, prompts, decoding, eval_cfg.batch_size,
+                                                   accelerator, min(8, decoding.max_new_tokens))
+        gen_per_batch = prefill_s + per_token * (decoding.max_new_tokens - 1)
         peak = costs.peak_memory(dev)
 
         n_train, n_val, n_test = sizes["train"], sizes["validation"], sizes["test"]  # what a run would use
@@ -180,6 +185,9 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             train_s += (n_train + n_early) * cache_per_ex
         evaluations = math.ceil(epochs) + 1 + (total_steps // train_cfg.eval_every_steps if train_cfg.eval_every_steps else 0)
         val_s = evaluations * n_early * val_per_ex
+        select_s = 0.0  # ROUGE-based selection generates for its subset at every validation after the start
+        if train_cfg.select_by != "loss":
+            select_s = (evaluations - 1) * math.ceil(min(n_val, train_cfg.rouge_examples) / eval_cfg.batch_size) * gen_per_batch
         gen_s = math.ceil(n_test / eval_cfg.batch_size) * gen_per_batch
         test_loss_s = (n_val + n_test) * fwd_per_ex
         counts = method.param_counts(model)
@@ -188,8 +196,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * seq_len), int(seqs * mean_target), seq_len,
                                   int(n_train * mean_len) if method.cache_features else 0)
         rows.append({"method": m, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
-                     "train_seconds": train_s, "validation_seconds": val_s, "final_eval_seconds": test_loss_s + gen_s,
-                     "total_seconds": train_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
+                     "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
+                     "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
                      "train_flops": flops, "trainable": counts["trainable"],
                      "tokens_per_second": bs * train_cfg.grad_accum * seq_len / step_s,
                      "mfu": flops / train_s / peak_flops if train_s else None})
@@ -208,8 +216,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                                 "n/a") + " (the configured sizes, or all the data has where it has fewer)",
                 f"validation on {min(sizes.get('validation', 0), train_cfg.val_limit or sizes.get('validation', 0))} "
                 "examples before training and after every epoch (last-layer: on its cached features)",
-                f"ROUGE generation: {eval_cfg.max_new_tokens} new tokens for every test article (no early eos), "
-                f"batch {eval_cfg.batch_size}",
+                f"ROUGE generation: {cfg.eval.decoding.max_new_tokens} new tokens for every test article (no early "
+                f"eos), {cfg.eval.decoding.num_beams} beam(s), batch {eval_cfg.batch_size}",
                 "a step = its forward/backward passes x the mean time of one pass of the training loop ("
                 + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
                 + " after one warm-up; --steps N for more); peak memory is the process's (CPU: RSS)",
@@ -217,21 +225,25 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             ]}
 
 
-def _generation_seconds(model, method, tokenizer, prompts, cfg_eval, accelerator, n_new: int) -> tuple[float, float]:
+def _generation_seconds(model, method, tokenizer, prompts, decoding, batch_size: int, accelerator,
+                        n_new: int) -> tuple[float, float]:
     """Seconds of a batch's prefill and of one decode step, generating ``n_new`` tokens for each prompt on the
-    evaluation's path (no early eos).  Greedy: both phases timed inside one call; beam search: two calls."""
+    evaluation's path with its decoding (beams included), eos forbidden so that every step runs.  peftsum's
+    loop: both phases timed inside one call; prefix tuning's own loop: two calls."""
     dev = accelerator.device
-    if cfg_eval.num_beams == 1 and method.fast_generation:
+    forced = dataclasses.replace(decoding, max_new_tokens=n_new, min_new_tokens=n_new)
+    if method.fast_generation:
         timings: dict = {}
+        seeds = [0] * len(prompts) if decoding.do_sample else None
         with accelerator.autocast():
-            greedy_ids(model, method, [torch.tensor(p, device=dev) for p in prompts], n_new, 10**9,
-                       tokenizer.pad_token_id, timings=timings)
+            decode_ids(model, method, [torch.tensor(p, device=dev) for p in prompts], forced, tokenizer.eos_token_id,
+                       tokenizer.pad_token_id, seeds, timings=timings)
         return timings["prefill"], timings["decode"] / max(timings["decode_steps"], 1)
 
     def seconds(n: int) -> float:
-        c = copy.deepcopy(cfg_eval)
-        c.max_new_tokens = n
-        return _timed(dev, generate_summaries, model, method, tokenizer, prompts, c, dev, accelerator.autocast)
+        c = dataclasses.replace(forced, max_new_tokens=n, min_new_tokens=n)
+        return _timed(dev, generate_summaries, model, method, tokenizer, prompts, c, batch_size, dev,
+                      accelerator.autocast)
 
     prefill = seconds(1)
     return prefill, max(seconds(n_new) - prefill, 0.0) / max(n_new - 1, 1)

@@ -45,9 +45,8 @@ def loss_curves(curves: dict[str, dict], out: Path) -> Path:
     return _save(fig, out)
 
 
-def rouge_bars(rows: list[dict], out: Path) -> Path:
+def rouge_bars(rows: list[dict], out: Path, keys: tuple[str, ...], labels: dict[str, str]) -> Path:
     """Mean ROUGE per method with its 95 % interval; with several seeds, a dot per seed."""
-    keys = ["rouge1", "rouge2", "rougeL"]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     w = 0.8 / max(len(rows), 1)
     x = np.arange(len(keys))
@@ -61,18 +60,19 @@ def rouge_bars(rows: list[dict], out: Path) -> Path:
             for j, k in enumerate(keys):
                 ax.scatter([x[j] + i * w - 0.4 + w / 2] * len(seeds), [s[k] for s in seeds], color="black", s=8,
                            zorder=3)
-    ax.set_xticks(x, ["ROUGE-1", "ROUGE-2", "ROUGE-L"])
+    ax.set_xticks(x, [labels[k] for k in keys])
     ax.set_ylabel("F1 x 100 (95% bootstrap CI)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out)
 
 
-def quality_vs_cost(rows: list[dict], out: Path) -> Path:
+def quality_vs_cost(rows: list[dict], out: Path, label: str) -> Path:
+    """The headline ROUGE (``row["headline"]``) against trainable parameters and against training time."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
     for r in rows:
         col = color(r["method"])
-        y = r["rougeL"]
+        y = r["headline"]
         if r["trainable"]:
             a.scatter(r["trainable"], y, color=col, s=50)
             a.annotate(r["method"], (r["trainable"], y), fontsize=8, xytext=(4, 4), textcoords="offset points")
@@ -83,10 +83,31 @@ def quality_vs_cost(rows: list[dict], out: Path) -> Path:
     a.set_xlabel("trainable parameters (log)")
     b.set_xlabel("training time (s)")
     for ax in (a, b):
-        ax.set_ylabel("ROUGE-L")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     a.set_title("Quality vs trainable parameters")
     b.set_title("Quality vs training time")
+    return _save(fig, out)
+
+
+def length_distribution(lengths: dict[str, list[int]], out: Path, limit: int | None) -> Path:
+    """Each method's generated summary lengths (tokens; Lead-3: its sentences in the same tokenizer) as a box plot
+    with every summary as a dot, and the decoding's limit as a line."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    names = list(lengths)
+    ax.boxplot([lengths[n] for n in names], showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, n in enumerate(names, start=1):
+        ys = lengths[n]
+        ax.scatter(i + rng.uniform(-0.18, 0.18, len(ys)), ys, s=5, alpha=0.35, color=color(n))
+    if limit:
+        ax.axhline(limit, color="black", lw=0.8, ls="--", label=f"max new tokens ({limit})")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    plt.setp(ax.get_xticklabels(), rotation=15)
+    ax.set_ylabel("summary length (tokens)")
+    ax.set_title("Generated summary lengths on the test articles")
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, out)
 
 
@@ -102,9 +123,9 @@ def memory_bars(rows: list[dict], out: Path) -> Path:
     return _save(fig, out)
 
 
-def sweep_lr(trials: dict[str, list[dict]], out: Path) -> Path:
-    """Validation loss against learning rate, one colour per method; pruned trials as crosses at the loss
-    they had when stopped."""
+def sweep_lr(trials: dict[str, list[dict]], out: Path, label: str = "validation loss") -> Path:
+    """The objective (``label``) against learning rate, one colour per method; pruned trials as crosses at the
+    value they had when stopped."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for m, rows in trials.items():
         col = color(m)
@@ -115,8 +136,8 @@ def sweep_lr(trials: dict[str, list[dict]], out: Path) -> Path:
                            label=f"{m}" + (" (pruned)" if state == "pruned" else ""))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("validation loss")
-    ax.set_title("Sweep: validation loss against learning rate")
+    ax.set_ylabel(label)
+    ax.set_title(f"Sweep: {label} against learning rate")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, out)

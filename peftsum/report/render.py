@@ -13,11 +13,13 @@ from fpdf import FPDF
 from markdown_it import MarkdownIt
 
 from ..errors import UserError
+from ..evaluate.metrics import HEADLINE, LABELS, ROUGE_PROTOCOL
 from ..utils import atomic_path, write_text
 from . import plots
 from .collect import collect, flatten, with_intervals
+from .examples import examples_html, examples_markdown, pick_examples
 from .sweep import tuning_section
-from .tables import csv_rows, hyper_table, md_table, pairs_table, results_table
+from .tables import COMPARED, article_budget, csv_rows, hyper_table, md_table, pairs_table, results_table
 
 BANNER = ("synthetic demo corpus and a small GPT-2 — a demonstration of the pipeline, not CNN/DailyMail results")
 
@@ -52,10 +54,12 @@ def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
     write_csv(out / "results.csv", csv_rows(runs))
     write_csv(out / "results_config.csv", [{"method": r["method"], **flatten(r["config"])} for r in runs])
     figs = make_figures(out, runs)
+    k, seed = cfg0.get("eval", {}).get("examples", 5), cfg0.get("data", {}).get("seed", 0)
+    picked = pick_examples(runs, k, seed)
     md = render_markdown(runs, boot, figs, out)
-    write_text(out / "report.md", md)
-    write_text(out / "report.html", render_html(md, figs))
-    render_pdf(out / "report.pdf", runs, boot, figs)
+    write_text(out / "report.md", "\n".join([md, *examples_markdown(picked, k, seed)]))
+    write_text(out / "report.html", render_html(md, figs, examples_html(picked, k, seed)))
+    render_pdf(out / "report.pdf", runs, boot, figs, examples_markdown(picked, k, seed))
     paths = [out / "results.csv", out / "results_config.csv", out / "report.md", out / "report.html", out / "report.pdf", *figs.values()]
     if analysis_file is not None:
         fill_analysis(analysis_file, runs, boot)
@@ -64,7 +68,7 @@ def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
 
 
 def summary_rows(runs):
-    return [{"method": r["method"], "rougeL": r["eval"]["rougeL"], "trainable": r["params"]["trainable"],
+    return [{"method": r["method"], "headline": r["eval"][HEADLINE], "trainable": r["params"]["trainable"],
              "train_seconds": r["cost"]["train_seconds"], "peak_memory_bytes": r["cost"]["peak_memory_bytes"],
              "ci": r["ci"], "per_seed": [s["eval"] for s in r.get("seeds", [])]} for r in runs]
 
@@ -81,9 +85,14 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
     figs = {}
     if curves:
         figs["loss"] = plots.loss_curves(curves, out / "loss_curves.png")
-    figs["rouge"] = plots.rouge_bars(rows, out / "rouge.png")
-    figs["cost"] = plots.quality_vs_cost(rows, out / "quality_vs_cost.png")
+    figs["rouge"] = plots.rouge_bars(rows, out / "rouge.png", COMPARED, LABELS)
+    figs["cost"] = plots.quality_vs_cost(rows, out / "quality_vs_cost.png", LABELS[HEADLINE])
     figs["memory"] = plots.memory_bars(rows, out / "memory.png")
+    lengths = {r["method"]: [p["generated_tokens"] for p in r["_predictions"] if p.get("generated_tokens") is not None]
+               for r in runs}
+    if any(lengths.values()):
+        limit = runs[0]["config"]["eval"].get("decoding", {}).get("max_new_tokens")
+        figs["lengths"] = plots.length_distribution({m: v for m, v in lengths.items() if v}, out / "lengths.png", limit)
     if (out / "sweep.json").is_file() and (out / "sweep_lr.png").is_file():  # compare --config a sweep's best.yaml
         figs["sweep"] = out / "sweep_lr.png"
     return figs
@@ -100,7 +109,8 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
               f"{r0['data']['validation']} validation / {r0['data']['test']} test) · device: {r0['cost']['device']}",
               "", "## Results", "",
               f"ROUGE F1 x 100 on {boot['n']} test articles, with 95 % paired-bootstrap intervals "
-              f"({boot['resamples']} resamples over test articles). Losses are token-weighted NLL of the summary "
+              f"({boot['resamples']} resamples over test articles). {protocol_text(runs)} Losses are token-weighted "
+              "NLL of the summary "
               "tokens. The test split was used only for this final evaluation; early stopping and the best "
               "checkpoint used the validation split. ROUGE rewards length, so the mean number of generated tokens "
               "and the share of summaries cut at the token limit stand beside it. Peak memory: "
@@ -120,7 +130,8 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
                   "by Holm–Bonferroni; a difference is called significant when its adjusted p is below 0.05.",
                   "", md_table(pairs_table(boot)), ""]
     titles = {"loss": "Loss curves", "rouge": "ROUGE with 95 % intervals", "cost": "Quality against cost",
-              "memory": "Peak memory", "sweep": "Sweep: validation loss against learning rate"}
+              "memory": "Peak memory", "sweep": "Sweep: validation loss against learning rate",
+              "lengths": "Generated summary lengths"}
     parts += tuning_section(out)
     parts += ["## Figures", ""]
     for k, p in figs.items():
@@ -134,9 +145,8 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
     parts += ["", "Protocol shared by every method: same data subset and seed, AdamW, warmup then "
               f"{cfg['train']['schedule']} decay, gradient clipping at {cfg['train']['max_grad_norm']}, up to "
               f"{cfg['train']['epochs']} epochs with early stopping on validation loss (stop after "
-              f"{cfg['train']['patience']} consecutive validations without improvement), generation {'greedy' if cfg['eval']['num_beams'] == 1 else 'beam ' + str(cfg['eval']['num_beams'])}"
-              f", at most {cfg['eval']['max_new_tokens']} new tokens, no_repeat_ngram_size "
-              f"{cfg['eval']['no_repeat_ngram_size']} on the generated tokens only.", "",
+              f"{cfg['train']['patience']} consecutive validations without improvement; the best checkpoint and early stopping "
+              f"by {cfg['train'].get('select_by', 'loss')}), the decoding above for every method.", "",
               "## Notes on correctness", "",
               "- GPT-2 ties `lm_head` to `wte`: the assignment's last-layer recipe would also train the input "
               "embeddings. peftsum unties the head (a copy) and trains only it unless `last_layer.tied: true`.",
@@ -148,17 +158,41 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
     return "\n".join(parts)
 
 
-def render_html(md: str, figs: dict[str, Path]) -> str:
+def protocol_text(runs) -> str:
+    """What the scores mean: the ROUGE variant, stemmer and sentence splitter, each decoding, the article budget."""
+    decodings: dict[str, list[str]] = {}
+    for r in runs:
+        if r["params"].get("total") or r["method"] != "lead-3":  # Lead-3 generates nothing
+            text = r.get("protocol", {}).get("decoding_text", "see the config")
+            decodings.setdefault(text, []).append(r["method"])
+    if len(decodings) == 1:
+        dec = f"Summaries are decoded the same way for every method: {next(iter(decodings))}."
+    else:
+        dec = "Decoding: " + "; ".join(f"{', '.join(ms)}: {text}" for text, ms in decodings.items()) + "."
+    zs = next((r["protocol"].get("zero_shot") for r in runs if r["method"] == "zero-shot" and r.get("protocol")), None)
+    if zs == "gpt2-paper":
+        dec += (" Zero-shot follows the GPT-2 paper (Radford et al., 2019, section 3.6): top-k sampling with k = 2 "
+                "after \"TL;DR:\", 100 tokens, the first 3 generated sentences kept.")
+    budget = article_budget(runs[0])
+    share = runs[0]["data"].get("articles_truncated", {}).get("test")
+    cut = f" ({share * 100:.1f} % of the test articles were longer and cut)" if share is not None else ""
+    return (f"{runs[0].get('protocol', {}).get('rouge', ROUGE_PROTOCOL)} {dec} Every method read the same article "
+            f"tokens: at most {budget}{cut}. Lead-3 is the first three sentences of the article by the same "
+            "splitter, its Daily Mail byline removed.")
+
+
+def render_html(md: str, figs: dict[str, Path], extra_html: str = "") -> str:
     """A self-contained HTML page from the Markdown report (markdown-it-py, CommonMark + tables), the
-    figures embedded as data URIs."""
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    figures embedded as data URIs, then ``extra_html`` (the collapsible summaries)."""
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md) + extra_html
     for p in figs.values():
         data = base64.b64encode(p.read_bytes()).decode()
         body = body.replace(f'src="{p.name}"', f'src="data:image/png;base64,{data}" style="max-width:100%"')
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 6px}"
              "th{background:#f3f3f3}blockquote{background:#fff3cd;border:1px solid #e0c36c;padding:.8em;margin:0;"
-             "font-weight:600}code{background:#f5f5f5;padding:0 3px}")
+             "font-weight:600}code{background:#f5f5f5;padding:0 3px}details.example{margin:.4em 0}"
+             "details.example summary{cursor:pointer}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>peftsum report</title><style>{style}</style>"
             f"</head><body>{body}</body></html>\n")
 
@@ -171,7 +205,7 @@ def _latin1(s: str) -> str:
     return s.encode("latin-1", "replace").decode("latin-1")
 
 
-def render_pdf(path: Path, runs, boot, figs) -> None:
+def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = None) -> None:
     """The report as a PDF with fpdf2 (pure Python, renders offline): tables, plots, hyperparameters."""
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     pdf.set_auto_page_break(True, margin=12)
@@ -188,7 +222,8 @@ def render_pdf(path: Path, runs, boot, figs) -> None:
     pdf.multi_cell(0, 5, _latin1(f"Model {r0['model']}; data {r0['config']['data']['source']} ({r0['data']['train']}/"
                                  f"{r0['data']['validation']}/{r0['data']['test']}); device {r0['cost']['device']}. "
                                  f"ROUGE F1 x100 on {boot['n']} test articles with 95% paired-bootstrap intervals "
-                                 f"({boot['resamples']} resamples)."), new_x="LMARGIN", new_y="NEXT")
+                                 f"({boot['resamples']} resamples). {protocol_text(runs)}"), new_x="LMARGIN",
+                   new_y="NEXT")
 
     def table(rows, font=6.5):
         pdf.set_font("Helvetica", size=font)
@@ -216,6 +251,13 @@ def render_pdf(path: Path, runs, boot, figs) -> None:
     for p in figs.values():
         pdf.add_page()
         pdf.image(str(p), w=230)
+    if examples_md:
+        pdf.add_page()
+        pdf.set_font("Helvetica", size=7.5)
+        for line in examples_md:
+            text = line.lstrip("#").strip().replace("**", "").replace("`", "")
+            if text:
+                pdf.multi_cell(0, 4, _latin1(text), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", size=8)
     pdf.multi_cell(0, 4.5, _latin1("Software: " + ", ".join(f"{k} {v}" for k, v in r0.get("versions", {}).items())),
                    new_x="LMARGIN", new_y="NEXT")
@@ -234,7 +276,7 @@ def fill_analysis(path: Path, runs, boot) -> None:
     text = path.read_text(encoding="utf-8")
     if ANALYSIS_START not in text or ANALYSIS_END not in text:
         raise UserError(f"{path} has no '{ANALYSIS_START}' ... '{ANALYSIS_END}' section to fill")
-    best = max((r for r in runs), key=lambda r: r["eval"]["rougeL"])
+    best = max((r for r in runs), key=lambda r: r["eval"][HEADLINE])
     trained = [r for r in runs if r["training"].get("steps")]
     lines = [ANALYSIS_START, "",
              f"_Filled by `peftsum report DIR --analysis` from {len(runs)} runs "
@@ -244,7 +286,7 @@ def fill_analysis(path: Path, runs, boot) -> None:
     lines += [md_table(results_table(runs)), ""]
     if boot["pairs"]:
         lines += [md_table(pairs_table(boot)), ""]
-    lines.append(f"- Highest ROUGE-L: **{best['method']}** ({best['eval']['rougeL']:.2f}).")
+    lines.append(f"- Highest {LABELS[HEADLINE]} (summary-level): **{best['method']}** ({best['eval'][HEADLINE]:.2f}).")
     for r in trained:
         share = r["params"]["trainable"] / max(r["params"]["total"], 1) * 100
         lines.append(f"- {r['method']}: {r['params']['trainable']:,} trainable parameters ({share:.3f} % of "

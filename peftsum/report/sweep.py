@@ -12,7 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from ..config import Config
-from ..experiment.sweep import apply, best_params, study_name
+from ..experiment.sweep import apply, best_params
 from ..utils import write_json, write_text
 from . import plots
 from .tables import md_table
@@ -43,24 +43,33 @@ def write_sweep_report(cfg: Config, studies: dict[str, optuna.Study], out: Path)
               f"{out / BEST} --out DIR\n")
     write_text(out / BEST, header + yaml.safe_dump(tuned.to_dict(), sort_keys=False, allow_unicode=True))
     trials = {m: trial_rows(s) for m, s in studies.items()}
-    write_json(out / "sweep.json", {"studies": {m: study_name(m) for m in studies}, "best": best, "trials": trials})
-    figure = plots.sweep_lr(trials, out / "sweep_lr.png")
-    rows = sweep_table(trials, best)
-    md = ["# peftsum sweep", "", f"Objective: validation loss after {cfg.sweep.steps} optimizer steps "
+    objective = cfg.train.select_by
+    write_json(out / "sweep.json", {"studies": {m: s.study_name for m, s in studies.items()}, "best": best,
+                                    "trials": trials, "objective": objective})
+    figure = plots.sweep_lr(trials, out / "sweep_lr.png", objective_label(objective))
+    rows = sweep_table(trials, best, objective)
+    what = ("validation loss" if objective == "loss" else
+            f"validation ROUGE-Lsum (train.rouge_examples = {cfg.train.rouge_examples} articles, eval.decoding)")
+    md = ["# peftsum sweep", "", f"Objective: {what} after {cfg.sweep.steps} optimizer steps "
           f"({cfg.sweep.reports} validations on the way, read by Optuna's median pruner); learning rate searched "
           f"log-uniformly within a factor {cfg.sweep.lr_factor:g} of each method's default. The test split was not "
-          "read.", "", md_table(rows), "", f"![validation loss against learning rate]({figure.name})", "",
+          "read.", "", md_table(rows), "", f"![{objective_label(objective)} against learning rate]({figure.name})", "",
           f"Best settings: `{BEST}` (`peftsum compare --config {BEST}`).", ""]
     write_text(out / "sweep.md", "\n".join(md))
     return [out / BEST, out / "sweep.json", figure, out / "sweep.md"]
 
 
-def sweep_table(trials: dict[str, list[dict]], best: dict[str, dict]) -> list[list[str]]:
-    rows = [["method", "trials (pruned)", "best validation loss", "best settings", "mean s / trial"]]
+def objective_label(objective: str) -> str:
+    return "validation loss" if objective == "loss" else "validation ROUGE-Lsum"
+
+
+def sweep_table(trials: dict[str, list[dict]], best: dict[str, dict], objective: str = "loss") -> list[list[str]]:
+    rows = [["method", "trials (pruned)", f"best {objective_label(objective)}", "best settings", "mean s / trial"]]
+    pick = min if objective == "loss" else max
     for m, ts in trials.items():
         done = [t for t in ts if t["state"] == "complete"]
         secs = [t["seconds"] for t in ts if t["seconds"] is not None]
-        rows.append([m, f"{len(ts)} ({len(ts) - len(done)})", f"{min(t['value'] for t in done):.4f}",
+        rows.append([m, f"{len(ts)} ({len(ts) - len(done)})", f"{pick(t['value'] for t in done):.4f}",
                      ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
                                for k, v in best[m].items()),
                      f"{sum(secs) / len(secs):.1f}" if secs else "–"])
@@ -75,8 +84,9 @@ def tuning_section(out: Path) -> list[str]:
     sweep = json.loads(path.read_text())
     lines = ["## Tuning", "", "The settings compared here were tuned per method on the validation split by "
              "`peftsum sweep` (the test split was not read). Its trials:", "",
-             md_table(sweep_table(sweep["trials"], sweep["best"])), "",
-             "Its plot of validation loss against learning rate is among the figures below.", ""]
+             md_table(sweep_table(sweep["trials"], sweep["best"], sweep.get("objective", "loss"))), "",
+             f"Its plot of {objective_label(sweep.get('objective', 'loss'))} against learning rate is among the "
+             "figures below.", ""]
     return lines
 
 

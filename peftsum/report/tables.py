@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from ..evaluate.metrics import HEADLINE, LABELS
 from .collect import KEYS
+
+COMPARED = ("rouge1", "rouge2", HEADLINE)  # what the significance table and the ROUGE plot compare
 
 
 def fmt(x, spec=".3f", none="–"):
@@ -23,7 +26,7 @@ def human(n) -> str:
 
 
 def results_table(runs) -> list[list[str]]:
-    head = ["method", "val loss", "test loss", "test ppl", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum",
+    head = ["method", "val loss", "test loss", "test ppl", *(LABELS[k] for k in KEYS),
             "gen. tokens", "cut at max", "trainable", "added", "adapter bytes", "train s", "peak mem", "train FLOPs",
             "epochs (best)"]
     several = any(len(r.get("seeds", [])) > 1 for r in runs)
@@ -47,7 +50,7 @@ def results_table(runs) -> list[list[str]]:
         loss = [sd(fmt(scores[k], ".4f"), spread.get(k)) if scores[k] is not None else "–"
                 for k in ("val_loss", "test_loss")]
         body.append([r["method"], *([str(len(r.get("seeds", [r])))] if several else []), *loss,
-                     fmt(scores["test_perplexity"], ".2f"), ci("rouge1"), ci("rouge2"), ci("rougeL"), ci("rougeLsum"),
+                     fmt(scores["test_perplexity"], ".2f"), *(ci(k) for k in KEYS),
                      fmt(scores.get("mean_generated_tokens"), ".1f"),
                      fmt(None if scores.get("hit_max_new_tokens") is None else scores["hit_max_new_tokens"] * 100, ".0f")
                      + ("%" if scores.get("hit_max_new_tokens") is not None else ""),
@@ -60,13 +63,12 @@ def results_table(runs) -> list[list[str]]:
 
 
 def pairs_table(boot) -> list[list[str]]:
-    head = ["A − B", "ROUGE-1 diff [95% CI] (p Holm)", "ROUGE-2 diff [95% CI] (p Holm)",
-            "ROUGE-L diff [95% CI] (p Holm)", "significant (Holm, 5 %)"]
+    head = ["A − B", *(f"{LABELS[k]} diff [95% CI] (p Holm)" for k in COMPARED), "significant (Holm, 5 %)"]
     body = []
     for (a, b), d in boot["pairs"].items():
         cells = [f"{d[k]['diff']:+.2f} [{d[k]['low']:+.2f}, {d[k]['high']:+.2f}] ({d[k]['p_holm']:.3f})"
-                 for k in ("rouge1", "rouge2", "rougeL")]
-        sig = [k for k in ("rouge1", "rouge2", "rougeL") if d[k]["significant"]]
+                 for k in COMPARED]
+        sig = [LABELS[k] for k in COMPARED if d[k]["significant"]]
         body.append([f"{a} − {b}", *cells, ", ".join(sig) if sig else "no"])
     return [head, *body]
 
@@ -79,15 +81,20 @@ def hyper_table(runs) -> list[list[str]]:
         c, t = r["config"], r["training"]
         if not t.get("steps"):
             body.append([r["method"], "–", "–", "–", "–",
-                         f"{c['data']['max_source_tokens']}/{c['data']['max_target_tokens']}", "no training", "–"])
+                         f"{article_budget(r)}/{c['data']['max_target_tokens']}", "no training", "–"])
             continue
         hp = {k: v for k, v in r.get("method_hyperparameters", {}).items() if k != "lr"}
         body.append([r["method"], "AdamW", f"{t['learning_rate']:g}",
                      f"{c['train']['schedule']} ({c['train']['warmup_ratio']:g})",
                      f"{c['train']['batch_size']} x {c['train']['grad_accum']}",
-                     f"{c['data']['max_source_tokens']}/{c['data']['max_target_tokens']}",
+                     f"{article_budget(r)}/{c['data']['max_target_tokens']}",
                      ", ".join(f"{k}={v}" for k, v in hp.items()) or "–", t["stopped_reason"]])
     return [head, *body]
+
+
+def article_budget(r) -> int | None:
+    """The article tokens every method read (the run's budget; older runs: the configured cap)."""
+    return r["data"].get("budget", {}).get("source", r["config"]["data"]["max_source_tokens"])
 
 
 def md_table(rows: list[list[str]]) -> str:

@@ -5,7 +5,9 @@ frozen trunk's feature cache), ``resume`` restores a checkpoint, ``run`` goes ep
 fixed, seeded batches -> :meth:`Trainer.train_step` (token-weighted loss over an accumulation group,
 a batch possibly run as several forward passes, ``train.micro_batch_size``; clip; step; log) ->
 validation every ``eval_every_steps`` and at the end of each epoch (:meth:`Trainer.validate`), where
-:class:`~peftsum.train.early_stopping.EarlyStopping` keeps the best weights and says when to stop.
+:class:`~peftsum.train.early_stopping.EarlyStopping` keeps the best weights and says when to stop, judged by
+``train.select_by``: the validation loss, or ROUGE-Lsum of summaries generated with the evaluation's decoding
+on a fixed, seeded subset of validation articles (that generation counted as training time).
 The test split never enters this file.
 """
 
@@ -25,7 +27,9 @@ from transformers import get_scheduler
 
 from ..data.collate import collate, epoch_batches, seq_lengths
 from ..errors import TrainingDiverged
-from ..evaluate.metrics import evaluate_loss
+from ..evaluate.evaluation import prompts_of
+from ..evaluate.generate import generate_summaries
+from ..evaluate.metrics import HEADLINE, evaluate_loss, rouge_per_example
 from ..model.arch import attention_heads
 from ..utils import rng_state, save_file_atomic, set_rng_state
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -50,6 +54,8 @@ class TrainState:
     metrics_lines: int = 0
     stopped_reason: str = ""
     history: list = field(default_factory=list)  # validation losses
+    score_history: list = field(default_factory=list)  # validation ROUGE-Lsum (select_by: rougeLsum)
+    selection_seconds: float = 0.0  # generation for ROUGE-based selection (inside train_seconds)
     initial_val_loss: float | None = None  # before the first step
     feature_cache_bytes: int = 0  # last-layer's cached trunk features
     early_stopping: dict = field(default_factory=dict)
@@ -92,7 +98,7 @@ def validation_subset(val_ds, limit: int | None, seed: int):
 
 class Trainer:
     def __init__(self, cfg, run_dir: Path, summary_lm, method, train_ds, val_ds, accelerator, pad_id: int,
-                 metrics_file):
+                 metrics_file, tokenizer=None):
         self.cfg, self.train_cfg, self.run_dir = cfg, cfg.train, Path(run_dir)
         self.summary_lm, self.model, self.method = summary_lm, summary_lm.model, method
         self.train_ds = train_ds
@@ -116,8 +122,15 @@ class Trainer:
         self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=int(train_cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.ddp_lm, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
-        self.stopping = EarlyStopping(train_cfg.patience, train_cfg.min_delta)
-        self.validation_hooks: list = []  # f(step, val_loss) after each validation (a sweep's pruner)
+        self.select_by = train_cfg.select_by
+        self.stopping = EarlyStopping(train_cfg.patience, train_cfg.min_delta, maximize=self.select_by != "loss")
+        self.tokenizer = tokenizer
+        self.rouge_ds = None
+        if self.select_by != "loss":  # a fixed, seeded subset of validation articles, another draw than val_limit's
+            if tokenizer is None:
+                raise ValueError("select_by rougeLsum needs the tokenizer")
+            self.rouge_ds = validation_subset(val_ds, train_cfg.rouge_examples, cfg.data.seed + 1)
+        self.validation_hooks: list = []  # f(step, value) after each validation: the loss or ROUGE-Lsum (select_by)
         self.validate_at_start = True  # the starting point's validation loss (a sweep's trials skip it)
         self.state = TrainState()
         self.resumed = False
@@ -217,6 +230,14 @@ class Trainer:
         return evaluate_loss(self.summary_lm, self.val_ds, self.train_cfg.batch_size * 2, self.device, self.pad_id,
                              self.autocast, features=self.val_features)["loss"]
 
+    def validation_rouge(self) -> float:
+        """Mean ROUGE-Lsum of the summaries the evaluation's decoding generates for the selection subset."""
+        ds = self.rouge_ds
+        generated = generate_summaries(self.model, self.method, self.tokenizer, prompts_of(ds), self.method.decoding(),
+                                       self.cfg.eval.batch_size, self.device, self.autocast)
+        scores = rouge_per_example([s.text for s in generated], list(ds["highlights"]))[HEADLINE]
+        return float(sum(scores) / max(len(scores), 1))
+
     def validate(self) -> None:
         """Validate the current weights (once per step), keep them if best, record the early-stopping state."""
         s = self.state
@@ -226,13 +247,23 @@ class Trainer:
         if not math.isfinite(val_loss):
             self._diverged(f"the validation loss is {val_loss} after step {s.step}")
         s.history.append(val_loss)
-        self.metrics_file.write({"type": "eval", "split": "validation", "epoch": s.epoch + 1, "step": s.step,
-                                 "val_loss": val_loss})
-        if self.stopping.update(val_loss, s.step, s.epoch + 1) and self.accelerator.is_main_process:
+        row = {"type": "eval", "split": "validation", "epoch": s.epoch + 1, "step": s.step, "val_loss": val_loss}
+        value = val_loss
+        if self.rouge_ds is not None:
+            self.accelerator.wait_for_everyone()
+            t0 = time.perf_counter()
+            value = self.validation_rouge()
+            dt = time.perf_counter() - t0  # generate_summaries returns host-side text: the device work is done
+            s.selection_seconds += dt
+            s.train_seconds += dt
+            s.score_history.append(value)
+            row.update(val_rougeLsum=value, selection_seconds=dt)
+        self.metrics_file.write(row)
+        if self.stopping.update(value, s.step, s.epoch + 1) and self.accelerator.is_main_process:
             save_file_atomic(self.method.state_dict(self.model), self.run_dir / BEST)
         s.early_stopping = self.stopping.state_dict()
         for hook in self.validation_hooks:
-            hook(s.step, val_loss)
+            hook(s.step, value)
         if self.stopping.should_stop and not s.stopped_reason:  # a step or epoch limit reached first wins
             s.stopped_reason = "early_stopping"
 
@@ -310,9 +341,9 @@ class Trainer:
 
 
 def train(cfg, run_dir: Path, summary_lm, method, train_ds, val_ds, accelerator, pad_id: int, resume: bool,
-          metrics_file) -> Trainer:
+          metrics_file, tokenizer=None) -> Trainer:
     """Train ``method`` on ``train_ds`` (validating on ``val_ds``); the best weights are in RUN/best.safetensors."""
-    trainer = Trainer(cfg, run_dir, summary_lm, method, train_ds, val_ds, accelerator, pad_id, metrics_file)
+    trainer = Trainer(cfg, run_dir, summary_lm, method, train_ds, val_ds, accelerator, pad_id, metrics_file, tokenizer)
     if resume:
         trainer.resume()
     trainer.run()

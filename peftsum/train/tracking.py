@@ -69,7 +69,10 @@ def step_values(row: dict) -> tuple[dict, int] | None:
             values["train/tokens_per_second"] = row["tokens"] / row["seconds"]
         return values, row["step"]
     if row.get("type") == "eval":
-        return {"validation/loss": row["val_loss"]}, row["step"]
+        values = {"validation/loss": row["val_loss"]}
+        if row.get("val_rougeLsum") is not None:  # train.select_by: rougeLsum
+            values["validation/rougeLsum"] = row["val_rougeLsum"]
+        return values, row["step"]
     return None
 
 

@@ -92,8 +92,9 @@ def run_peftsum(method: str, base, examples, steps: int, batch: int, epochs: int
     ds = as_dataset(examples)
     val = as_dataset(examples[:batch])
     with tempfile.TemporaryDirectory() as out:
-        state = train(cfg, Path(out), lm, method_obj, ds, val, accelerator_for(cfg), 50256, False,
-                      MetricsFile(Path(out) / "m.jsonl"))
+        state = train(cfg, Path(out), summary_lm=lm, method=method_obj, train_ds=ds, val_ds=val,
+                      accelerator=accelerator_for(cfg), tokenizer=method_obj.tokenizer,
+                      metrics_file=MetricsFile(Path(out) / "m.jsonl")).state
     return state.train_seconds, state.examples
 
 

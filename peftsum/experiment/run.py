@@ -154,8 +154,9 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
         if not (resume and has_ckpt):
             metrics.reset()
             (run_dir / BEST).unlink(missing_ok=True)
-        trainer = train(cfg, run_dir, parts.summary_lm, method, data["train"], data["validation"], accelerator,
-                        parts.tokenizer.pad_token_id, resume and has_ckpt, metrics, parts.tokenizer)
+        trainer = train(cfg, run_dir, summary_lm=parts.summary_lm, method=method, train_ds=data["train"],
+                        val_ds=data["validation"], accelerator=accelerator, tokenizer=parts.tokenizer,
+                        metrics_file=metrics, resume=resume and has_ckpt)
         if (run_dir / BEST).is_file():
             method.load_state_dict(model, safe_load_file(run_dir / BEST))
     elif main:

@@ -192,10 +192,11 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
     t0 = time.perf_counter()
     tracking = Tracking(accelerator, tcfg, res.out, f"{method}/trial-{trial.number}")
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(tcfg, Path(tmp), SummaryLM(model, method_obj), method_obj, data["train"],
-                          data["validation"], accelerator, res.tokenizer.pad_token_id,
-                          MetricsFile(Path(tmp) / "metrics.jsonl", enabled=False, sinks=[tracking.log_row]),
-                          res.tokenizer)
+        trainer = Trainer(tcfg, Path(tmp), summary_lm=SummaryLM(model, method_obj), method=method_obj,
+                          train_ds=data["train"], val_ds=data["validation"], accelerator=accelerator,
+                          tokenizer=res.tokenizer,
+                          metrics_file=MetricsFile(Path(tmp) / "metrics.jsonl", enabled=False,
+                                                   sinks=[tracking.log_row]))
 
         last: dict[str, float] = {}
 

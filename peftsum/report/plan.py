@@ -146,9 +146,9 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         ds = Dataset.from_list([{"input_ids": e["input_ids"], "prompt_len": e["prompt_len"]} for e in ex])
         costs.reset_peak_memory(dev)
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(probe_cfg, Path(tmp), summary_lm, method, ds, ds.select(range(eval_cfg.batch_size)),
-                              accelerator, tokenizer.pad_token_id, MetricsFile(Path(tmp) / "m.jsonl", enabled=False),
-                              tokenizer)
+            trainer = Trainer(probe_cfg, Path(tmp), summary_lm=summary_lm, method=method, train_ds=ds,
+                              val_ds=ds.select(range(eval_cfg.batch_size)), accelerator=accelerator,
+                              tokenizer=tokenizer, metrics_file=MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
             # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU)
             trainer.train_step([[i % len(ds) for i in range(pass_size)]])
             timings = []  # --steps passes, or (by default) up to 3 and until 10 s of timing

@@ -22,20 +22,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ..config import Config
 from ..data.collate import collate, epoch_batches, seq_lengths
 from ..errors import TrainingDiverged
 from ..evaluate.evaluation import prompts_of
 from ..evaluate.generate import generate_summaries
 from ..evaluate.metrics import HEADLINE, evaluate_loss, rouge_per_example
+from ..methods.base import Method
 from ..model.arch import attention_heads
 from ..utils import rng_state, save_file_atomic, set_rng_state
 from .checkpoint import load_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
 from .features import FeatureCache
 from .interrupt import DeferredInterrupt
+from .loss import SummaryLM
+from .metrics_file import MetricsFile
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +103,34 @@ def validation_subset(val_ds, limit: int | None, seed: int):
 
 
 class Trainer:
-    def __init__(self, cfg, run_dir: Path, summary_lm, method, train_ds, val_ds, accelerator, pad_id: int,
-                 metrics_file, tokenizer=None):
+    """The one training loop.  Set up from the config's sections, one named piece each (torchtune's recipe
+    layout): the data and batch plan, the optimizer, the schedule, Accelerate's preparation, how the best
+    weights are selected, the frozen trunk's feature cache."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, summary_lm: SummaryLM, method: Method, train_ds: Dataset,
+                 val_ds: Dataset, accelerator: Accelerator, tokenizer, metrics_file: MetricsFile):
         self.cfg, self.train_cfg, self.run_dir = cfg, cfg.train, Path(run_dir)
         self.summary_lm, self.model, self.method = summary_lm, summary_lm.model, method
-        self.train_ds = train_ds
-        self.val_ds = validation_subset(val_ds, cfg.train.val_limit, cfg.data.seed)
         self.accelerator, self.device, self.autocast = accelerator, accelerator.device, accelerator.autocast
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
-        self.pad_id, self.metrics_file = pad_id, metrics_file
-        train_cfg = self.train_cfg
+        self.tokenizer, self.pad_id, self.metrics_file = tokenizer, tokenizer.pad_token_id, metrics_file
+        self.validation_hooks: list = []  # f(step, value) after each validation: the loss or ROUGE-Lsum (select_by)
+        self.validate_at_start = True  # the starting point's validation loss (a sweep's trials skip it)
+        self.state = TrainState()
+        self.resumed = False
+        self._setup_data(train_ds, val_ds)
+        self._setup_optimizer()
+        self._setup_schedule()
+        self.ddp_lm, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
+        self._setup_selection(val_ds)
+        self._setup_feature_cache()
 
-        self.params = [p for _, p in method.trainable_parameters(self.model)]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate(), weight_decay=train_cfg.weight_decay)
-        # the dataset and batch plan are the same on every rank: each takes its share of every batch
+    def _setup_data(self, train_ds: Dataset, val_ds: Dataset) -> None:
+        """``train``/``data``: the batch plan, the same on every rank (each takes its share of every batch), and
+        the optimizer steps it makes; the validation examples early stopping reads (``train.val_limit``)."""
+        train_cfg = self.train_cfg
+        self.train_ds = train_ds
+        self.val_ds = validation_subset(val_ds, train_cfg.val_limit, self.cfg.data.seed)
         self.lengths = seq_lengths(train_ds)
         self.target_lengths = [n - p for n, p in zip(self.lengths, train_ds["prompt_len"])]
         self.global_batch = train_cfg.batch_size * self.world
@@ -118,35 +138,47 @@ class Trainer:
         self.total_steps = groups_per_epoch * train_cfg.epochs
         if train_cfg.max_steps is not None:
             self.total_steps = min(train_cfg.max_steps, self.total_steps)
+
+    def _setup_optimizer(self) -> None:
+        """AdamW on the method's trainable parameters, at the method's learning rate (``train.lr`` overrides)."""
+        self.params = [p for _, p in self.method.trainable_parameters(self.model)]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.learning_rate(),
+                                           weight_decay=self.train_cfg.weight_decay)
+
+    def _setup_schedule(self) -> None:
+        """Warmup (``train.warmup_ratio`` of the steps), then ``train.schedule``."""
+        train_cfg = self.train_cfg
         schedule = train_cfg.schedule if train_cfg.schedule != "constant" else "constant_with_warmup"
-        self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=int(train_cfg.warmup_ratio * self.total_steps),
+        self.scheduler = get_scheduler(schedule, self.optimizer,
+                                       num_warmup_steps=int(train_cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
-        self.ddp_lm, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
+
+    def _setup_selection(self, val_ds: Dataset) -> None:
+        """Early stopping and the best weights by ``train.select_by``: the validation loss, or ROUGE-Lsum on a
+        fixed, seeded subset of ``train.rouge_examples`` validation articles (another draw than val_limit's)."""
+        train_cfg = self.train_cfg
         self.select_by = train_cfg.select_by
         self.stopping = EarlyStopping(train_cfg.patience, train_cfg.min_delta, maximize=self.select_by != "loss")
-        self.tokenizer = tokenizer
         self.rouge_ds = None
-        if self.select_by != "loss":  # a fixed, seeded subset of validation articles, another draw than val_limit's
-            if tokenizer is None:
-                raise ValueError("select_by rougeLsum needs the tokenizer")
-            self.rouge_ds = validation_subset(val_ds, train_cfg.rouge_examples, cfg.data.seed + 1)
-        self.validation_hooks: list = []  # f(step, value) after each validation: the loss or ROUGE-Lsum (select_by)
-        self.validate_at_start = True  # the starting point's validation loss (a sweep's trials skip it)
-        self.state = TrainState()
-        self.resumed = False
+        if self.select_by != "loss":
+            self.rouge_ds = validation_subset(val_ds, train_cfg.rouge_examples, self.cfg.data.seed + 1)
 
+    def _setup_feature_cache(self) -> None:
+        """A frozen trunk (``Method.cache_features``): its features once, then the head alone trains on them."""
         self.features = self.val_features = None
         self.cache_seconds = 0.0
-        if method.cache_features:  # a frozen trunk: its features once, then the head alone trains
-            dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-            t0 = time.perf_counter()
-            self.features = FeatureCache(summary_lm, train_ds, train_cfg.batch_size * 2, self.device, pad_id, dtype,
+        if not self.method.cache_features:
+            return
+        dtype = torch.bfloat16 if self.accelerator.mixed_precision == "bf16" else torch.float32
+        batch = self.train_cfg.batch_size * 2
+        t0 = time.perf_counter()
+        self.features = FeatureCache(self.summary_lm, self.train_ds, batch, self.device, self.pad_id, dtype,
+                                     self.autocast)
+        self.cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
+        self.val_features = FeatureCache(self.summary_lm, self.val_ds, batch, self.device, self.pad_id, dtype,
                                          self.autocast)
-            self.cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
-            self.val_features = FeatureCache(summary_lm, self.val_ds, train_cfg.batch_size * 2, self.device, pad_id, dtype,
-                                             self.autocast)
-            log.info("cached the frozen trunk's features: %.1f MB in %.1fs", self.features.nbytes() / 1e6,
-                     self.cache_seconds)
+        log.info("cached the frozen trunk's features: %.1f MB in %.1fs", self.features.nbytes() / 1e6,
+                 self.cache_seconds)
 
     # --- resume -----------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -264,8 +296,6 @@ class Trainer:
         s.early_stopping = self.stopping.state_dict()
         for hook in self.validation_hooks:
             hook(s.step, value)
-        if self.stopping.should_stop and not s.stopped_reason:  # a step or epoch limit reached first wins
-            s.stopped_reason = "early_stopping"
 
     def checkpoint(self) -> None:
         if self.accelerator.is_main_process:
@@ -277,11 +307,31 @@ class Trainer:
                 "state": self.state.to_dict(), "rng": rng_state()})
 
     # --- the run -----------------------------------------------------------------------------
-    def _limit_reason(self) -> str:
+    def stop_reason(self) -> str:
+        """The one place that decides whether training stops, and why: the step limit (``max_steps``, or the
+        last step of the last epoch) wins over early stopping, which wins over running out of epochs."""
+        s, train_cfg = self.state, self.train_cfg
+        if s.step >= self.total_steps:
+            return "max_steps" if train_cfg.max_steps is not None and s.step >= train_cfg.max_steps else "epochs"
+        if self.stopping.should_stop:
+            return "early_stopping"
+        if s.epoch >= train_cfg.epochs:
+            return "epochs"
+        return ""
+
+    def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
+        """The epoch's accumulation groups of global batches (fixed and seeded: the same on every rank)."""
         train_cfg = self.train_cfg
-        return "max_steps" if train_cfg.max_steps is not None and self.state.step >= train_cfg.max_steps else "epochs"
+        batches = epoch_batches(self.lengths, self.global_batch, train_cfg.seed, epoch, self.cfg.data.group_by_length)
+        if self.world > 1:  # every rank needs a share: drop a last batch smaller than the number of ranks
+            batches = [b for b in batches if len(b) >= self.world]
+        return [batches[i: i + train_cfg.grad_accum] for i in range(0, len(batches), train_cfg.grad_accum)]
 
     def run(self) -> TrainState:
+        """Epoch by epoch, group by group, from the data position of a resumed checkpoint: a step; at the last
+        step, on to the epoch's end; else a validation every ``eval_every_steps`` and a checkpoint every
+        ``checkpoint_every_steps`` (and when early stopping decides mid-epoch, or on Ctrl-C).  The epoch's end:
+        validate, move the data position on, decide, checkpoint."""
         s, train_cfg = self.state, self.train_cfg
         if not self.resumed:
             s.train_seconds += self.cache_seconds  # once per run, not again on resume
@@ -292,36 +342,34 @@ class Trainer:
         interrupt = DeferredInterrupt()
         bar = tqdm(total=self.total_steps, initial=s.step, desc=self.method.name, unit="step", dynamic_ncols=True,
                    disable=not (train_cfg.progress and self.accelerator.is_main_process))
+        s.stopped_reason = s.stopped_reason or self.stop_reason()  # a resumed run may have finished
         try:
-            if not s.stopped_reason and s.step >= self.total_steps:  # a resumed run that had finished
-                s.stopped_reason = self._limit_reason()
-            while not s.stopped_reason and s.epoch < train_cfg.epochs:
-                batches = epoch_batches(self.lengths, self.global_batch, train_cfg.seed, s.epoch, self.cfg.data.group_by_length)
-                if self.world > 1:  # every rank needs a share: drop a last batch smaller than the number of ranks
-                    batches = [b for b in batches if len(b) >= self.world]
-                groups = [batches[i: i + train_cfg.grad_accum] for i in range(0, len(batches), train_cfg.grad_accum)]
-                while s.group < len(groups) and not s.stopped_reason:
-                    row = self.train_step(groups[s.group])
+            for epoch in range(s.epoch, train_cfg.epochs):
+                if s.stopped_reason:
+                    break
+                groups = self.epoch_groups(epoch)
+                for group in groups[s.group:]:
+                    row = self.train_step(group)
                     bar.update(1)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
                                     tok_s=f"{s.tokens / max(s.train_seconds, 1e-9):.0f}")
                     if s.step >= self.total_steps:
-                        s.stopped_reason = self._limit_reason()
-                        break  # the end-of-epoch validation and checkpoint below follow
+                        break  # the last step: the epoch's end (validation, checkpoint) follows
                     if train_cfg.eval_every_steps and s.step % train_cfg.eval_every_steps == 0:
                         self.validate()
+                    s.stopped_reason = self.stop_reason()  # early stopping, in the middle of the epoch
                     if s.stopped_reason or s.step % train_cfg.checkpoint_every_steps == 0 or interrupt.requested:
-                        self.checkpoint()  # early stopping in the middle of an epoch checkpoints too
+                        self.checkpoint()
                     if interrupt.requested:
                         raise KeyboardInterrupt
-                if s.stopped_reason == "early_stopping":
+                    if s.stopped_reason:
+                        break
+                if s.stopped_reason:
                     break
-                # end of the epoch (or of max_steps): validate, then move the data position to the next epoch
-                self.validate()
-                if s.group >= len(groups):
-                    s.epoch, s.group = s.epoch + 1, 0
-                if not s.stopped_reason and s.epoch >= train_cfg.epochs:
-                    s.stopped_reason = "epochs"
+                self.validate()  # the end of the epoch (or of the last step)
+                if s.group >= len(groups):  # the data position moves to the next epoch
+                    s.epoch, s.group = epoch + 1, 0
+                s.stopped_reason = self.stop_reason()
                 self.checkpoint()
         finally:
             interrupt.restore()
@@ -340,10 +388,11 @@ class Trainer:
         return self.stopping.best_epoch
 
 
-def train(cfg, run_dir: Path, summary_lm, method, train_ds, val_ds, accelerator, pad_id: int, resume: bool,
-          metrics_file, tokenizer=None) -> Trainer:
+def train(cfg: Config, run_dir: Path, *, summary_lm: SummaryLM, method: Method, train_ds: Dataset, val_ds: Dataset,
+          accelerator: Accelerator, tokenizer, metrics_file: MetricsFile, resume: bool = False) -> Trainer:
     """Train ``method`` on ``train_ds`` (validating on ``val_ds``); the best weights are in RUN/best.safetensors."""
-    trainer = Trainer(cfg, run_dir, summary_lm, method, train_ds, val_ds, accelerator, pad_id, metrics_file, tokenizer)
+    trainer = Trainer(cfg, run_dir, summary_lm=summary_lm, method=method, train_ds=train_ds, val_ds=val_ds,
+                      accelerator=accelerator, tokenizer=tokenizer, metrics_file=metrics_file)
     if resume:
         trainer.resume()
     trainer.run()

@@ -3,8 +3,8 @@
 Errors a user can cause raise :class:`UserError`: one line on stderr, exit status 2, no traceback
 (3 when training diverges).  Ctrl-C exits 130 (training saves a checkpoint first and says how to resume).
 
-Each command imports the package's layers it needs inside :func:`dispatch`, so that ``peftsum --help``
-and a usage error answer at once, without loading torch, transformers and datasets (seconds).
+Each command is a function in :data:`COMMANDS` that imports the package's layers it needs when it runs, so
+that ``peftsum --help`` and a usage error answer at once, without loading torch, transformers and datasets.
 """
 
 from __future__ import annotations
@@ -190,115 +190,135 @@ def _quiet_libraries(verbose: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def dispatch(args, overrides) -> int:
-    cmd = args.command
-    if cmd == "demo-data":
-        from .data.demo import write_demo_corpus
+def cmd_demo_data(args, overrides) -> int:
+    from .data.demo import write_demo_corpus
 
-        out = write_demo_corpus(args.dir, {"train": args.train, "validation": args.validation, "test": args.test},
-                                args.seed)
-        print(f"wrote {args.train} / {args.validation} / {args.test} examples to {out}/{{train,validation,test}}.csv")
-        return 0
-    if cmd == "data":
-        from .data.stats import compute_stats, format_stats
-        from .model.loading import load_tokenizer, resolve_model_name
+    out = write_demo_corpus(args.dir, {"train": args.train, "validation": args.validation, "test": args.test},
+                            args.seed)
+    print(f"wrote {args.train} / {args.validation} / {args.test} examples to {out}/{{train,validation,test}}.csv")
+    return 0
 
-        cfg = config_from_args(args, overrides)
-        tokenizer = load_tokenizer(cfg.model.tokenizer or resolve_model_name(cfg.model.name), cfg.model.trust_remote_code)
-        print(format_stats(compute_stats(cfg.data, tokenizer, reserve=cfg.virtual_token_reserve(),
-                                         generated=cfg.generation_tokens())))
-        return 0
-    if cmd == "train":
-        from .experiment import check_same_config, load_run_config, run_experiment
-        from .train.tracking import resolve_trackers
-        from .utils import is_main_process
 
-        out = Path(args.out or f"runs/{args.method}")
-        if args.resume and (out / "config.yaml").is_file():  # the run's own config, as it started
-            cfg = load_run_config(out)
-            if args.method and args.method != cfg.method.name:
-                raise UserError(f"{out} is a {cfg.method.name} run; it cannot resume as {args.method}")
-            if _asks_for_settings(args, overrides):  # settings given with --resume must be the run's own
-                check_same_config(out, config_from_args(args, overrides, cfg.method.name, args.max_steps),
-                                  "resume only with the settings it was started with, or train into a new --out")
-            elif args.max_steps is not None:
-                cfg.train.max_steps = args.max_steps
-                check_same_config(out, cfg, "resume without --max-steps, or train into a new --out")
-            if args.report_to is not None:  # trackers change no result: any may follow a resumed run
-                cfg.train.report_to = [t for t in args.report_to.split(",") if t.strip()]
-        else:
-            if not args.method and not any(k == "method.name" for k, _ in overrides):
-                raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
-            cfg = config_from_args(args, overrides, args.method, args.max_steps)
-        resolve_trackers(cfg.train.report_to)  # a missing tracker package: said before anything runs
-        results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
-        if is_main_process():  # several processes: only rank 0 prints
-            _print_results(results, out)
-        return 0
-    if cmd == "eval":
-        from .experiment import evaluate_saved
+def cmd_data(args, overrides) -> int:
+    from .data.stats import compute_stats, format_stats
+    from .model.loading import load_tokenizer, resolve_model_name
 
-        res = evaluate_saved(Path(args.run_dir), args.split, args.limit)
-        for k, v in res.items():
-            print(f"{k:>12}: {v:.4f}" if isinstance(v, float) else f"{k:>12}: {v}")
-        return 0
-    if cmd == "export":
-        from .experiment.export import export_run
+    cfg = config_from_args(args, overrides)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or resolve_model_name(cfg.model.name), cfg.model.trust_remote_code)
+    print(format_stats(compute_stats(cfg.data, tokenizer, reserve=cfg.virtual_token_reserve(),
+                                     generated=cfg.generation_tokens())))
+    return 0
 
-        r = export_run(Path(args.run_dir), Path(args.out), args.merge)
-        print(f"exported {r['kind']} -> {r['path']}" + (f"\n{r['note']}" if r["note"] else ""))
-        return 0
-    if cmd == "summarize":
-        from .summarize import summarize_cli
 
-        summarize_cli(args)
-        return 0
-    if cmd == "compare":
-        from .experiment import compare_methods
-        from .report.render import build_report
-        from .report.sweep import adopt_sweep
-        from .train.tracking import resolve_trackers
-        from .utils import is_main_process
+def cmd_train(args, overrides) -> int:
+    from .experiment import run_experiment
+    from .experiment.rundir import resume_config
+    from .train.tracking import resolve_trackers
+    from .utils import is_main_process
 
-        cfg = config_from_args(args, overrides, max_steps=args.max_steps)
-        resolve_trackers(cfg.train.report_to)
-        methods, rerun = _method_list(args.methods), _method_list(args.rerun)
-        out = Path(args.out)
-        seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun, args.seeds), out)
-        if is_main_process():
-            adopt_sweep(args.config, out)
-            build_report(out)
-            print(f"compare finished in {seconds:.0f}s; report: {out / 'report.html'} (also .md, .pdf)", flush=True)
-        return 0
-    if cmd == "sweep":
-        from .experiment.sweep import sweep
-        from .report.sweep import write_sweep_report
-        from .train.tracking import resolve_trackers
-        from .utils import is_main_process
+    out = Path(args.out or f"runs/{args.method}")
+    if args.resume and (out / "config.yaml").is_file():  # the run's own config, as it started
+        asked = ((lambda method: config_from_args(args, overrides, method, args.max_steps))
+                 if _asks_for_settings(args, overrides) else None)
+        report_to = [t for t in args.report_to.split(",") if t.strip()] if args.report_to is not None else None
+        cfg = resume_config(out, args.method, asked, args.max_steps, report_to)
+    else:
+        if not args.method and not any(k == "method.name" for k, _ in overrides):
+            raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
+        cfg = config_from_args(args, overrides, args.method, args.max_steps)
+    resolve_trackers(cfg.train.report_to)  # a missing tracker package: said before anything runs
+    results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
+    if is_main_process():  # several processes: only rank 0 prints
+        _print_results(results, out)
+    return 0
 
-        extra = [(k, v) for k, v in (("sweep.trials", args.trials), ("sweep.steps", args.steps)) if v is not None]
-        cfg = config_from_args(args, [*overrides, *extra])
-        resolve_trackers(cfg.train.report_to)
-        out = Path(args.out)
-        studies = sweep(cfg, _method_list(args.methods), out, args.storage)
-        if is_main_process():
-            for p in write_sweep_report(cfg, studies, out):
-                print(p)
-        return 0
-    if cmd == "report":
-        from .report.render import build_report
 
-        paths = build_report(Path(args.dir), analysis_file=Path(args.analysis_file) if args.analysis else None)
-        for p in paths:
+def cmd_eval(args, overrides) -> int:
+    from .experiment import evaluate_saved
+
+    res = evaluate_saved(Path(args.run_dir), args.split, args.limit)
+    for k, v in res.items():
+        print(f"{k:>12}: {v:.4f}" if isinstance(v, float) else f"{k:>12}: {v}")
+    return 0
+
+
+def cmd_export(args, overrides) -> int:
+    from .experiment.export import export_run
+
+    r = export_run(Path(args.run_dir), Path(args.out), args.merge)
+    print(f"exported {r['kind']} -> {r['path']}" + (f"\n{r['note']}" if r["note"] else ""))
+    return 0
+
+
+def cmd_summarize(args, overrides) -> int:
+    from .summarize import summarize_cli
+
+    summarize_cli(args)
+    return 0
+
+
+def cmd_compare(args, overrides) -> int:
+    from .experiment import compare_methods
+    from .report.render import build_report
+    from .report.sweep import adopt_sweep
+    from .train.tracking import resolve_trackers
+    from .utils import is_main_process
+
+    cfg = config_from_args(args, overrides, max_steps=args.max_steps)
+    resolve_trackers(cfg.train.report_to)
+    methods, rerun = _method_list(args.methods), _method_list(args.rerun)
+    out = Path(args.out)
+    seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun, args.seeds), out)
+    if is_main_process():
+        adopt_sweep(args.config, out)
+        build_report(out)
+        print(f"compare finished in {seconds:.0f}s; report: {out / 'report.html'} (also .md, .pdf)", flush=True)
+    return 0
+
+
+def cmd_sweep(args, overrides) -> int:
+    from .experiment.sweep import sweep
+    from .report.sweep import write_sweep_report
+    from .train.tracking import resolve_trackers
+    from .utils import is_main_process
+
+    extra = [(k, v) for k, v in (("sweep.trials", args.trials), ("sweep.steps", args.steps)) if v is not None]
+    cfg = config_from_args(args, [*overrides, *extra])
+    resolve_trackers(cfg.train.report_to)
+    out = Path(args.out)
+    studies = sweep(cfg, _method_list(args.methods), out, args.storage)
+    if is_main_process():
+        for p in write_sweep_report(cfg, studies, out):
             print(p)
-        return 0
-    if cmd == "plan":
-        from .report.plan import plan
+    return 0
 
-        cfg = config_from_args(args, overrides)
-        print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape))
-        return 0
-    raise UserError(f"unknown command {cmd}")
+
+def cmd_report(args, overrides) -> int:
+    from .report.render import build_report
+
+    paths = build_report(Path(args.dir), analysis_file=Path(args.analysis_file) if args.analysis else None)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_plan(args, overrides) -> int:
+    from .report.plan import plan
+
+    cfg = config_from_args(args, overrides)
+    print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape))
+    return 0
+
+
+# The command table: each subcommand of build_parser() and the function that runs it (litgpt's layout).  Each
+# imports the layers it needs when called, so that --help and usage errors answer without loading torch.
+COMMANDS = {"compare": cmd_compare, "sweep": cmd_sweep, "train": cmd_train, "eval": cmd_eval, "export": cmd_export,
+            "summarize": cmd_summarize, "data": cmd_data, "demo-data": cmd_demo_data, "report": cmd_report,
+            "plan": cmd_plan}
+
+
+def dispatch(args, overrides) -> int:
+    return COMMANDS[args.command](args, overrides)
 
 
 def _method_list(text: str) -> list[str]:

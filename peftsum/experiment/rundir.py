@@ -64,6 +64,25 @@ def check_same_config(run_dir: Path, requested: Config, ways_forward: str) -> No
                         f"{ways_forward}")
 
 
+def resume_config(run_dir: Path, method: str | None, asked=None, max_steps: int | None = None,
+                  report_to: list[str] | None = None) -> Config:
+    """The config ``train --resume`` continues ``run_dir`` with: the run's own ``config.yaml``.  Settings given
+    with --resume (``asked(method)`` builds them) must be the run's own; ``--max-steps`` alone may extend it only
+    where that changes nothing else; trackers change no result, so any may follow a resumed run."""
+    cfg = load_run_config(run_dir)
+    if method and method != cfg.method.name:
+        raise UserError(f"{run_dir} is a {cfg.method.name} run; it cannot resume as {method}")
+    if asked is not None:
+        check_same_config(run_dir, asked(cfg.method.name),
+                          "resume only with the settings it was started with, or train into a new --out")
+    elif max_steps is not None:
+        cfg.train.max_steps = max_steps
+        check_same_config(run_dir, cfg, "resume without --max-steps, or train into a new --out")
+    if report_to is not None:
+        cfg.train.report_to = report_to
+    return cfg
+
+
 def clear_run(run_dir: Path) -> None:
     """Remove a run's files (for ``--rerun``): its weights, checkpoint, metrics and results."""
     run_dir = Path(run_dir)

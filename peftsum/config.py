@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -25,6 +25,21 @@ TRAINED_METHODS = ("prompt-tuning", "lora", "last-layer", "full")
 PRESETS = ("demo", "assignment")
 
 
+def positive(default):
+    """A field whose value, where set, must be > 0."""
+    return field(default=default, metadata={"range": (0, False, None)})
+
+
+def non_negative(default):
+    """A field whose value, where set, must be >= 0."""
+    return field(default=default, metadata={"range": (0, True, None)})
+
+
+def fraction(default):
+    """A field in [0, 1) where set."""
+    return field(default=default, metadata={"range": (0, True, 1)})
+
+
 @dataclass
 class ModelConfig:
     name: str = "gpt2"  # hub id, local directory written by save_pretrained, or "demo"
@@ -33,7 +48,7 @@ class ModelConfig:
     # Dropout of the transformer during training (attention probabilities, residuals, embeddings).
     # None keeps the checkpoint's (GPT-2: 0.1 each); 0 is the LoRA paper's GPT-2 code, and on CPU
     # about 1.5x faster for LoRA (attention dropout keeps SDPA off its fused kernels; performance.md §4).
-    dropout: float | None = None
+    dropout: float | None = fraction(None)
 
 
 @dataclass
@@ -43,55 +58,55 @@ class DataConfig:
     text_column: str = "article"
     summary_column: str = "highlights"
     id_column: str = "id"
-    train_size: int = 21000
-    val_size: int = 6000
-    test_size: int = 3000
+    train_size: int = positive(21000)
+    val_size: int = positive(6000)
+    test_size: int = positive(3000)
     seed: int = 42
     template: str = "{article}\nTL;DR: {summary}"
     # Article tokens: null = all the model's context leaves once the template, the summary budget
     # (max(max_target_tokens + eos, the longest generation)) and the reserved virtual tokens are taken;
     # a number caps that.  Every method of a comparison gets the same article tokens.
-    max_source_tokens: int | None = None
-    max_target_tokens: int = 128
+    max_source_tokens: int | None = positive(None)
+    max_target_tokens: int = positive(128)
     # Positions reserved for soft tokens in every method's budget, so prompt tuning's virtual tokens do not
     # buy it a shorter article than the others get; null = the largest of method.prompt_tuning.num_prompts
     # and sweep.num_prompts.  A method with more virtual tokens than this is refused.
-    virtual_token_reserve: int | None = None
+    virtual_token_reserve: int | None = non_negative(None)
     group_by_length: bool = True
     cache: bool = True
 
 
 @dataclass
 class PromptTuningConfig:
-    num_prompts: int = 20
-    init: str = "text"  # text | vocab | random
+    num_prompts: int = positive(20)
+    init: Literal["text", "vocab", "random"] = "text"
     init_text: str = "[SUMMARIZE]"
-    lr: float = 3e-2
+    lr: float = positive(3e-2)
 
 
 @dataclass
 class LoraConfig:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
+    rank: int = positive(8)
+    alpha: float = positive(16.0)
+    dropout: float = fraction(0.05)
     # module-name suffixes to adapt; null: the model type's attention projections (GPT-2 attn.c_attn; Llama,
     # Qwen2, Mistral q_proj,v_proj; GPT-NeoX query_key_value; ...: model.arch.default_lora_targets)
     targets: list[str] | None = None
-    backend: str = "peftsum"  # peftsum | peft
-    lr: float = 2e-4
+    backend: Literal["peftsum", "peft"] = "peftsum"
+    lr: float = positive(2e-4)
 
 
 @dataclass
 class LastLayerConfig:
-    blocks: int = 0  # also train the last N transformer blocks and ln_f
+    blocks: int = non_negative(0)  # also train the last N transformer blocks and ln_f
     tied: bool = False  # the assignment's literal recipe: trains the tied input embeddings too
     cache_features: bool = True  # frozen trunk: compute its hidden states once, train the head on them
-    lr: float = 1e-4
+    lr: float = positive(1e-4)
 
 
 @dataclass
 class FullConfig:
-    lr: float = 5e-5
+    lr: float = positive(5e-5)
 
 
 @dataclass
@@ -100,19 +115,19 @@ class PeftMethodConfig:
 
     config: str | None = None  # a PEFT config file as adapter_config.json holds it, or a folder with one
     name: str | None = None  # the method's name in reports and run folders (default: peft-<file stem>)
-    lr: float = 3e-3
+    lr: float = positive(3e-3)
 
 
 @dataclass
 class ZeroShotConfig:
     # gpt2-paper: Radford et al. (2019), section 3.6: "TL;DR:" after the article, 100 tokens sampled with
     # top-k 2 (seeded: eval.decoding.seed), the first 3 generated sentences kept; decoding: eval.decoding
-    protocol: str = "gpt2-paper"
+    protocol: Literal["gpt2-paper", "decoding"] = "gpt2-paper"
 
 
 @dataclass
 class MethodConfig:
-    name: str = "lora"
+    name: Literal[(*METHODS, PEFT_METHOD)] = "lora"
     zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -123,34 +138,34 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
+    epochs: int = positive(10)
+    max_steps: int | None = positive(None)
+    batch_size: int = positive(8)
+    grad_accum: int = positive(1)
     # Sequences per forward/backward pass inside a batch (the gradient is the same token-weighted sum).
     # None: on CPU, as many as keep one layer's attention scores within 32 MiB (GPT-2 small at ~600
     # tokens: 1; with its dropout that ran 1.1-1.5x faster than 4 at once, docs/performance.md §4);
     # on GPUs the whole batch.
-    micro_batch_size: int | None = None
-    lr: float | None = None  # None: the method's own default (method.<name>.lr); the optimizer is AdamW
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    schedule: str = "linear"  # linear | cosine | constant
-    max_grad_norm: float = 1.0
+    micro_batch_size: int | None = positive(None)
+    lr: float | None = positive(None)  # None: the method's own default (method.<name>.lr); the optimizer is AdamW
+    weight_decay: float = non_negative(0.0)
+    warmup_ratio: float = fraction(0.06)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = positive(1.0)
     # Early stopping on validation loss, as transformers' EarlyStoppingCallback and Lightning do it: stop after
     # `patience` consecutive evaluations that do not beat the best by more than `min_delta` (null: never).
-    patience: int | None = 2
-    min_delta: float = 0.0
+    patience: int | None = positive(2)
+    min_delta: float = non_negative(0.0)
     # What picks the best checkpoint, stops early and is a sweep's objective: the validation loss, or
     # ROUGE-Lsum of summaries generated with eval.decoding on a fixed, seeded subset of rouge_examples
     # validation articles (its generation time counts as training time)
-    select_by: str = "loss"  # loss | rougeLsum
-    rouge_examples: int = 200
-    eval_every_steps: int | None = None  # also validate every N optimizer steps (always at the end of an epoch)
-    val_limit: int | None = None  # a fixed, seeded subset of validation examples for early stopping (None: all)
-    checkpoint_every_steps: int = 200
+    select_by: Literal["loss", "rougeLsum"] = "loss"
+    rouge_examples: int = positive(200)
+    eval_every_steps: int | None = positive(None)  # also validate every N optimizer steps (always at the end of an epoch)
+    val_limit: int | None = positive(None)  # a fixed, seeded subset of validation examples for early stopping (None: all)
+    checkpoint_every_steps: int = positive(200)
     seed: int = 42
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     progress: bool = True
     # experiment trackers (``--report-to``): tensorboard, wandb, mlflow, aim, ... or all; empty: none
     report_to: list[str] = field(default_factory=list)
@@ -162,45 +177,45 @@ class DecodingConfig:
     ROUGE-based checkpoint selection.  Beam search follows transformers' ``generate()`` (tested token for
     token); fairseq's BART CNN/DailyMail setting is beam 4, length penalty 2.0, 55-140 tokens, no 3-gram twice."""
 
-    num_beams: int = 1
+    num_beams: int = positive(1)
     length_penalty: float = 1.0  # beam search: a finished hypothesis scores sum(log p) / new_tokens ** length_penalty
     early_stopping: bool = True  # beam search: an article is done once num_beams hypotheses have finished
-    min_new_tokens: int = 0  # the end-of-text token is forbidden before this many new tokens
-    max_new_tokens: int = 128
-    no_repeat_ngram_size: int = 3  # on the generated tokens only (not the article)
+    min_new_tokens: int = non_negative(0)  # the end-of-text token is forbidden before this many new tokens
+    max_new_tokens: int = positive(128)
+    no_repeat_ngram_size: int = non_negative(3)  # on the generated tokens only (not the article)
     do_sample: bool = False  # top-k sampling instead of greedy (num_beams 1)
-    top_k: int = 0  # sampling: draw among the k most likely tokens (0: all)
+    top_k: int = non_negative(0)  # sampling: draw among the k most likely tokens (0: all)
     seed: int = 0  # sampling: each article's generator is seeded from this and the article's tokens
-    max_sentences: int | None = None  # keep only the first N generated sentences
+    max_sentences: int | None = positive(None)  # keep only the first N generated sentences
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 16
+    batch_size: int = positive(16)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
-    limit: int | None = None
-    bootstrap: int = 1000
-    examples: int = 5  # the report shows this many seeded test articles with every method's summary
+    limit: int | None = positive(None)
+    bootstrap: int = positive(1000)
+    examples: int = non_negative(5)  # the report shows this many seeded test articles with every method's summary
 
 
 @dataclass
 class SweepConfig:
     """``peftsum sweep``: one Optuna study per method on the validation split (never the test split)."""
 
-    trials: int = 12  # finished trials per method (complete or pruned), shared by every worker of a study
-    steps: int = 300  # optimizer steps of a trial's short run; its objective is the validation loss after them
-    reports: int = 4  # validations a trial makes (every steps/reports steps); the pruner reads them
+    trials: int = positive(12)  # finished trials per method (complete or pruned), shared by every worker of a study
+    steps: int = positive(300)  # optimizer steps of a trial's short run; its objective is the validation loss after them
+    reports: int = positive(4)  # validations a trial makes (every steps/reports steps); the pruner reads them
     lr_factor: float = 10.0  # the learning rate is searched log-uniformly in [default / f, default * f]
     lora_ranks: list[int] = field(default_factory=list)  # also search LoRA's rank among these (empty: fixed)
     num_prompts: list[int] = field(default_factory=list)  # also search the number of soft tokens
     last_layer_blocks: list[int] = field(default_factory=list)  # also search last-layer's trained blocks
-    val_limit: int | None = 500  # validation examples a trial reads (a fixed, seeded subset; None: all)
+    val_limit: int | None = positive(500)  # validation examples a trial reads (a fixed, seeded subset; None: all)
     seed: int = 0  # the sampler's seed
 
 
 @dataclass
 class Config:
-    preset: str | None = None
+    preset: Literal[PRESETS] | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -246,31 +261,6 @@ GPT2_PAPER_DECODING = DecodingConfig(num_beams=1, do_sample=True, top_k=2, max_n
 
 # --- loading and validation ----------------------------------------------------------------
 
-_CHOICES = {
-    "method.name": (*METHODS, PEFT_METHOD),
-    "method.prompt_tuning.init": ("text", "vocab", "random"),
-    "method.lora.backend": ("peftsum", "peft"),
-    "method.zero_shot.protocol": ("gpt2-paper", "decoding"),
-    "train.select_by": ("loss", "rougeLsum"),
-    "train.schedule": ("linear", "cosine", "constant"),
-    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
-    "preset": (*PRESETS, None),
-}
-_POSITIVE = {
-    "data.train_size", "data.val_size", "data.test_size", "data.max_source_tokens",
-    "data.max_target_tokens", "method.prompt_tuning.num_prompts", "method.lora.rank",
-    "method.lora.alpha", "method.prompt_tuning.lr", "method.lora.lr", "method.last_layer.lr",
-    "method.full.lr", "method.peft.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
-    "train.lr", "train.micro_batch_size", "train.patience", "train.checkpoint_every_steps", "train.eval_every_steps", "train.val_limit",
-    "eval.batch_size", "eval.limit", "eval.bootstrap",
-    "train.max_grad_norm", "train.rouge_examples", "eval.decoding.num_beams", "eval.decoding.max_new_tokens",
-    "eval.decoding.max_sentences", "sweep.trials", "sweep.steps", "sweep.reports", "sweep.val_limit",
-}
-_NON_NEGATIVE = {"train.weight_decay", "train.warmup_ratio", "train.min_delta", "method.lora.dropout",
-                 "method.last_layer.blocks", "eval.decoding.no_repeat_ngram_size", "eval.decoding.min_new_tokens",
-                 "eval.decoding.top_k", "eval.examples", "data.virtual_token_reserve"}
-
-
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
 
@@ -278,6 +268,11 @@ def _type_name(tp) -> str:
 def _coerce(value: Any, tp, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"config key '{key}': {value!r} is not one of: {', '.join(map(str, choices))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -289,6 +284,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError:
                 pass
+        if len(args) == 2 and typing.get_origin(args[0]) is Literal:  # a choice or null: say the choices
+            _coerce(value, args[0], key)
         raise UserError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(tp)
@@ -334,28 +331,31 @@ def _merge(obj, data: dict, prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], full))
 
 
+def _check_fields(obj, prefix: str = "") -> None:
+    """Every field against its annotation (type, ``Literal`` choices) and its ``range`` metadata
+    (:func:`positive`, :func:`non_negative`, :func:`fraction`): values set in code are checked as a file's are."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, f"{key}.")
+            continue
+        _coerce(value, hints[f.name], key)
+        if value is not None and "range" in f.metadata:
+            low, inclusive, high = f.metadata["range"]
+            if value < low or (value == low and not inclusive):
+                raise UserError(f"config key '{key}' must be {'>=' if inclusive else '>'} {low}, got {value!r}")
+            if high is not None and value >= high:
+                raise UserError(f"config key '{key}' must be in [{low}, {high}), got {value!r}")
+
+
 def validate(cfg: Config) -> Config:
-    flat = flatten_dict(cfg.to_dict())
-    for key, choices in _CHOICES.items():
-        if flat.get(key) not in choices:
-            shown = ", ".join(str(c) for c in choices if c is not None)
-            raise UserError(f"config key '{key}': {flat.get(key)!r} is not one of: {shown}")
-    for key in _POSITIVE:
-        v = flat.get(key)
-        if v is not None and v <= 0:
-            raise UserError(f"config key '{key}' must be > 0, got {v!r}")
-    for key in _NON_NEGATIVE:
-        v = flat.get(key)
-        if v is not None and v < 0:
-            raise UserError(f"config key '{key}' must be >= 0, got {v!r}")
-    if cfg.train.warmup_ratio >= 1:
-        raise UserError(f"config key 'train.warmup_ratio' must be < 1, got {cfg.train.warmup_ratio}")
+    """Check every field (:func:`_check_fields`), then the rules across fields; changes nothing."""
+    _check_fields(cfg)
     if "{article}" not in cfg.data.template or "{summary}" not in cfg.data.template:
         raise UserError("config key 'data.template' must contain both {article} and {summary}")
     if cfg.data.template.index("{article}") > cfg.data.template.index("{summary}"):
         raise UserError("config key 'data.template': {article} must come before {summary}")
-    if cfg.model.dropout is not None and not 0 <= cfg.model.dropout < 1:
-        raise UserError("config key 'model.dropout' must be in [0, 1)")
     if cfg.sweep.lr_factor <= 1:
         raise UserError(f"config key 'sweep.lr_factor' must be > 1, got {cfg.sweep.lr_factor}")
     for key in ("lora_ranks", "num_prompts", "last_layer_blocks"):
@@ -368,15 +368,17 @@ def validate(cfg: Config) -> Config:
                         f"({dec.max_new_tokens})")
     if dec.do_sample and dec.num_beams > 1:
         raise UserError("eval.decoding: do_sample with num_beams > 1 (beam sampling) is not offered; set one of them")
-    if cfg.method.lora.dropout >= 1:
-        raise UserError("config key 'method.lora.dropout' must be < 1")
-    if cfg.method.name == PEFT_METHOD:
-        if not cfg.method.peft.config:
-            raise UserError("method peft needs a PEFT config file: --set method.peft.config=FILE (as adapter_config.json "
-                            "holds it, e.g. {\"peft_type\": \"IA3\", ...})")
-        if not cfg.method.peft.name:
-            cfg.method.peft.name = peft_method_name(cfg.method.peft.config)
+    if cfg.method.name == PEFT_METHOD and not cfg.method.peft.config:
+        raise UserError("method peft needs a PEFT config file: --set method.peft.config=FILE (as adapter_config.json "
+                        "holds it, e.g. {\"peft_type\": \"IA3\", ...})")
     return cfg
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the values derived from others (a PEFT tuner's run name from its config file), then validate."""
+    if cfg.method.name == PEFT_METHOD and cfg.method.peft.config and not cfg.method.peft.name:
+        cfg.method.peft.name = peft_method_name(cfg.method.peft.config)
+    return validate(cfg)
 
 
 def peft_method_name(config_file: str) -> str:
@@ -465,10 +467,10 @@ def load_config(
         _merge(cfg, data)
     for key, value in overrides or []:
         _merge(cfg, nest(key, value))
-    return validate(cfg)
+    return resolve(cfg)
 
 
 def config_from_dict(data: dict) -> Config:
     cfg = Config()
     _merge(cfg, data)
-    return validate(cfg)
+    return resolve(cfg)

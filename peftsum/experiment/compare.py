@@ -12,7 +12,7 @@ import copy
 import time
 from pathlib import Path
 
-from ..config import METHODS, PEFT_METHOD, TRAINED_METHODS, Config, peft_method_name, validate
+from ..config import METHODS, PEFT_METHOD, TRAINED_METHODS, Config, peft_method_name, resolve
 from ..errors import UserError
 from ..utils import distributed_state, is_main_process
 from .run import run_experiment
@@ -38,7 +38,7 @@ def method_config(cfg: Config, method: str) -> Config:
     if method.startswith(f"{PEFT_METHOD}:"):
         file = method.split(":", 1)[1]
         mcfg.method.name, mcfg.method.peft.config, mcfg.method.peft.name = PEFT_METHOD, file, peft_method_name(file)
-        return validate(mcfg)
+        return resolve(mcfg)
     mcfg.method.name = method
     return mcfg
 

@@ -10,6 +10,9 @@ from pathlib import Path
 # every test run gets its own cache (tokenized data, tokenizer files, demo base)
 os.environ.setdefault("PEFTSUM_CACHE", tempfile.mkdtemp(prefix="peftsum-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# no test reaches a hub: without this every lookup of a hub id (e.g. the "gpt2" tokenizer before its offline
+# fallback) waits for the network to time out, 48 s for the first one here
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -283,7 +283,7 @@ def fill_analysis(path: Path, runs, boot) -> None:
              f"(preset `{runs[0].get('preset')}`, model `{runs[0]['model']}`, device {runs[0]['cost']['device']})._", ""]
     if any(r.get("preset") == "demo" for r in runs):
         lines += [f"> **{BANNER}**", ""]
-    lines += [md_table(results_table(runs)), ""]
+    lines += [protocol_text(runs), "", md_table(results_table(runs)), ""]
     if boot["pairs"]:
         lines += [md_table(pairs_table(boot)), ""]
     lines.append(f"- Highest {LABELS[HEADLINE]} (summary-level): **{best['method']}** ({best['eval'][HEADLINE]:.2f}).")

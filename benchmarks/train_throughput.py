@@ -85,8 +85,7 @@ def run_peftsum(method: str, base, examples, steps: int, batch: int, epochs: int
 
     cfg = peftsum_config(method, batch, steps if epochs == 1 else 10**9, **{"train.epochs": epochs, **overrides})
     model = fresh(base)
-    method_obj = build_method(cfg)
-    method_obj.tokenizer = offline_gpt2_tokenizer()
+    method_obj = build_method(cfg, offline_gpt2_tokenizer())
     method_obj.prepare_model(model)
     lm = SummaryLM(model, method_obj)
     ds = as_dataset(examples)

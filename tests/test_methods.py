@@ -173,8 +173,7 @@ def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer):
 def prepared_and_saved(model_dir, method: str, tokenizer, folder):
     """``method`` on the model in ``model_dir``, its weights moved off their initial values, saved to ``folder``."""
     model = load_model(str(model_dir)).eval()
-    m = build_method(cfg_for(method, str(model_dir)))
-    m.tokenizer = tokenizer
+    m = build_method(cfg_for(method, str(model_dir)), tokenizer)
     m.prepare_model(model)
     model.eval()
     with torch.no_grad():
@@ -196,8 +195,7 @@ def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer,
     assert torch.allclose(ours, theirs, atol=1e-5)
     # and our own load of the saved weights gives the same logits
     fresh = load_model(str(tiny_model_dir))
-    m2 = build_method(cfg_for(method, str(tiny_model_dir)))
-    m2.tokenizer = tokenizer
+    m2 = build_method(cfg_for(method, str(tiny_model_dir)), tokenizer)
     m2.prepare_model(fresh)
     m2.load(fresh, tmp_path)
     fresh.eval()
@@ -210,8 +208,7 @@ def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer,
 ])
 def test_only_intended_parameters_change(tiny_model_dir, tokenizer, tmp_path, method, kw):
     model = load_model(str(tiny_model_dir))
-    m = build_method(cfg_for(method, str(tiny_model_dir), **kw))
-    m.tokenizer = tokenizer
+    m = build_method(cfg_for(method, str(tiny_model_dir), **kw), tokenizer)
     m.prepare_model(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
     trainable = {n for n, _ in m.trainable_parameters(model)}

@@ -29,7 +29,7 @@ from ..evaluate import cost as costs
 from ..evaluate.evaluation import evaluate_split
 from ..evaluate.generate import describe_decoding
 from ..evaluate.metrics import HEADLINE, ROUGE_PROTOCOL, evaluate_loss
-from ..methods import build_method
+from ..methods import build_method, method_class
 from ..methods.base import read_method_file
 from ..model.loading import load_model, load_tokenizer, n_positions, resolve_model_name, set_dropout
 from ..train.loop import BEST, Trainer, train
@@ -84,17 +84,17 @@ class Components:
 
 def load_components(cfg: Config, device=None) -> Components:
     """Model, tokenizer and method (model prepared, on ``device``); no data."""
-    method = build_method(cfg)
-    name = resolve_model_name(cfg.model.name) if method.uses_model or cfg.model.tokenizer is None else cfg.model.name
+    uses_model = method_class(cfg).uses_model
+    name = resolve_model_name(cfg.model.name) if uses_model or cfg.model.tokenizer is None else cfg.model.name
     model = summary_lm = None
     positions = 1024
-    if method.uses_model:
+    if uses_model:
         torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
         model = load_model(name, cfg.model.trust_remote_code)
         set_dropout(model, cfg.model.dropout)
     tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
-    if method.uses_model:
-        method.tokenizer = tokenizer
+    method = build_method(cfg, tokenizer)
+    if uses_model:
         method.prepare_model(model)
         positions = n_positions(model)
         if device is not None:

@@ -182,11 +182,10 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
     steps_per_epoch = math.ceil(math.ceil(len(data["train"]) / (res.cfg.train.batch_size * world))
                                 / res.cfg.train.grad_accum)
     tcfg = trial_config(res.cfg, method, params, steps_per_epoch)
-    method_obj = build_method(tcfg)
+    method_obj = build_method(tcfg, res.tokenizer)
     accelerator = accelerator_for(tcfg)
     torch.manual_seed(tcfg.train.seed)  # the adapter's initialisation, as a run does it
     model = copy.deepcopy(res.base)  # the shared base stays as loaded
-    method_obj.tokenizer = res.tokenizer
     method_obj.prepare_model(model)
     model.to(accelerator.device)
     t0 = time.perf_counter()

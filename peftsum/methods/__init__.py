@@ -16,10 +16,16 @@ REGISTRY: dict[str, type[Method]] = {
 }
 
 
-def build_method(cfg) -> Method:
+def method_class(cfg) -> type[Method]:
+    """The class that runs ``cfg.method`` (its class flags answer before anything is built)."""
     if cfg.method.name == "lora" and cfg.method.lora.backend == "peft":
-        return PeftLoRA(cfg)
-    return REGISTRY[cfg.method.name](cfg)
+        return PeftLoRA
+    return REGISTRY[cfg.method.name]
 
 
-__all__ = ["Method", "REGISTRY", "build_method"]
+def build_method(cfg, tokenizer=None) -> Method:
+    """The method of ``cfg``, with everything it needs: the config and the model's tokenizer."""
+    return method_class(cfg)(cfg, tokenizer)
+
+
+__all__ = ["Method", "REGISTRY", "build_method", "method_class"]

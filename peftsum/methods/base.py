@@ -45,8 +45,11 @@ class Method:
     cache_features: bool = False  # frozen trunk: the loop may cache its final hidden states
     fast_generation: bool = True  # peftsum's greedy loop applies; else the method's own generate_ids
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, tokenizer=None):
+        """``cfg``: the whole config (the method reads its own section); ``tokenizer``: the model's, for a method
+        that needs text (prompt tuning's "[SUMMARIZE]" initialisation; loaded from the config where not given)."""
         self.cfg = cfg
+        self.tokenizer = tokenizer
         self.base_total = 0
 
     # --- preparing the model ----------------------------------------------------------------

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class LastLayer(Method):
     name = "last-layer"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, tokenizer=None):
+        super().__init__(cfg, tokenizer)
         self.settings = cfg.method.last_layer
         frozen_trunk = self.settings.blocks == 0 and not self.settings.tied
         self.trunk_backward = not frozen_trunk

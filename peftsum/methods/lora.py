@@ -36,6 +36,16 @@ PEFT_PREFIX = "base_model.model."
 
 
 class LoRALayer(nn.Module):
+    """A frozen linear layer with its low-rank update: ``base(x) + dropout(x) @ A @ B * alpha / rank``.
+
+    Args:
+        base: the frozen layer, transformers' ``Conv1D`` (weight stored [in, out], GPT-2) or ``nn.Linear``
+            (weight stored [out, in]); it is kept, not copied.
+        rank: r, the inner size of A [in, r] and B [r, out].
+        alpha: the scale numerator; the update is multiplied by alpha / r.
+        dropout: dropout on the layer's input of the update path only (0: none).
+    """
+
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float):
         super().__init__()
         if isinstance(base, Conv1D):
@@ -86,31 +96,35 @@ class LoRA(Method):
 
     name = "lora"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, tokenizer=None):
+        super().__init__(cfg, tokenizer)
         self.settings = cfg.method.lora
-        self.targets: list[str] | None = self.settings.targets  # resolved by the model's type where unset
-        self.fan_in_fan_out = True  # GPT-2's Conv1D stores [in, out]; nn.Linear [out, in]
+        # set once by resolve_targets() when the model is prepared (the model's type picks the default targets)
+        self.targets: list[str] | None = None
+        self.fan_in_fan_out: bool | None = None  # GPT-2's Conv1D stores [in, out]; nn.Linear [out, in]
 
-    def target_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        if not self.targets:
-            self.targets = default_lora_targets(model)
-        targets = [(n, m) for n, m in model.named_modules() if matches(n, self.targets)]
-        if not targets:
+    def resolve_targets(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """Once, as the model is prepared: the module-name suffixes to adapt (``method.lora.targets``, or the model
+        type's default), whether their weights are stored [in, out], and the (name, module) pairs they match."""
+        self.targets = list(self.settings.targets or default_lora_targets(model))
+        found = [(n, m) for n, m in model.named_modules() if matches(n, self.targets)]
+        if not found:
             raise UserError(f"method.lora.targets {self.targets} match no module of the "
                             f"{model.config.model_type} model (GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, "
                             "mlp.c_proj; Llama: q_proj, k_proj, v_proj, o_proj, ...)")
-        self.fan_in_fan_out = isinstance(targets[0][1], Conv1D)
-        return targets
+        self.fan_in_fan_out = isinstance(found[0][1], Conv1D)
+        return found
 
     def describe(self) -> dict:
         return {**super().describe(), "targets": self.targets}
 
     def _adapt(self, model: nn.Module) -> None:
-        for name, module in self.target_modules(model):
+        for name, module in self.resolve_targets(model):
             replace_module(model, name, LoRALayer(module, self.settings.rank, self.settings.alpha, self.settings.dropout))
 
     def peft_config(self) -> LoraConfig:
+        if self.targets is None:
+            raise RuntimeError("LoRA.peft_config() needs the prepared model (prepare_model resolves the targets)")
         return LoraConfig(r=self.settings.rank, lora_alpha=self.settings.alpha, lora_dropout=self.settings.dropout,
                           target_modules=list(self.targets), fan_in_fan_out=self.fan_in_fan_out, task_type="CAUSAL_LM",
                           base_model_name_or_path=self.base_model_name(), bias="none")
@@ -181,7 +195,7 @@ class PeftLoRA(LoRA):
     """LoRA with PEFT's own layers injected (``method.lora.backend: peft``): the cross-check of ours."""
 
     def _adapt(self, model: nn.Module) -> None:
-        self.target_modules(model)  # the same clear error when nothing matches
+        self.resolve_targets(model)  # the same targets and the same clear error when nothing matches
         inject_adapter_in_model(self.peft_config(), model)
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)

@@ -38,11 +38,10 @@ class SoftPrompt(nn.Module):
 class PromptTuning(Method):
     name = "prompt-tuning"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, tokenizer=None):
+        super().__init__(cfg, tokenizer)
         self.settings = cfg.method.prompt_tuning
         self.num_virtual_tokens = self.settings.num_prompts
-        self.tokenizer = None  # set by the caller for text initialisation
 
     def _adapt(self, model: nn.Module) -> None:
         wte = model.get_input_embeddings().weight

@@ -123,12 +123,11 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     t_plan = time.perf_counter()
     for entry in methods:
         m, mcfg = run_name(entry), method_config(cfg, entry)  # a built-in method or peft:FILE
-        method = build_method(mcfg)
+        method = build_method(mcfg, tokenizer)
         if not method.trains:
             continue
         t_method = time.perf_counter()
         model = copy.deepcopy(base)
-        method.tokenizer = tokenizer
         method.prepare_model(model)
         model.to(dev)
         summary_lm = SummaryLM(model, method)

@@ -67,13 +67,15 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_result(tiny_model_dir, de
 
 
 def test_two_processes_match_one_with_the_same_global_batch(demo_dir, tmp_path):
-    """Data parallel on CPU through Accelerate (gloo): 2 x batch 4 against 1 x batch 8."""
+    """Data parallel on CPU through Accelerate (gloo): 2 x batch 4 against 1 x batch 8, decoding with beam search
+    and choosing the best weights by validation ROUGE-Lsum (each rank generates its share, all score alike)."""
     from peftsum.model.demo_base import ensure_demo_base
     from tests.conftest import TINY_CONFIG, TINY_RECIPE
 
     no_dropout = {**TINY_CONFIG, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
     model = ensure_demo_base(no_dropout, TINY_RECIPE, root=tmp_path / "m")
-    extra = {"train.max_steps": 6, "method.lora.dropout": 0.0}
+    extra = {"train.max_steps": 6, "method.lora.dropout": 0.0, "eval.decoding.num_beams": 3,
+             "train.select_by": "rougeLsum", "train.rouge_examples": 6, "train.eval_every_steps": 3}
     env = dict(os.environ)
     one = subprocess.run([sys.executable, "-m", "peftsum.cli",
                           *cli_args(model, demo_dir, "lora", tmp_path / "one", **extra, **{"train.batch_size": 8})],
@@ -86,13 +88,15 @@ def test_two_processes_match_one_with_the_same_global_batch(demo_dir, tmp_path):
     a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert len(a) == len(b)  # only rank 0 wrote
     for x, y in zip(a, b):
-        key = "loss" if x["type"] == "train" else "val_loss"
-        assert y[key] == pytest.approx(x[key], rel=1e-5)  # float reductions differ, nothing else
+        for key in ("loss", "val_loss", "val_rougeLsum"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-5)  # float reductions differ, nothing else
     assert two.stdout.count("results:") == 1  # only rank 0 printed
     # the final evaluation is shared between the processes and gathered: the same results and predictions
     ra = json.loads((tmp_path / "one" / "results.json").read_text())
     rb = json.loads((tmp_path / "two" / "results.json").read_text())
-    for k in ("val_loss", "test_loss", "rouge1", "rouge2", "rougeL", "mean_generated_tokens"):
+    assert [r for r in a if "val_rougeLsum" in r] and rb["training"]["best_step"] == ra["training"]["best_step"]
+    for k in ("val_loss", "test_loss", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_generated_tokens"):
         assert rb["eval"][k] == pytest.approx(ra["eval"][k], rel=1e-5), k
     strip_preds = lambda rows: [(r["id"], r["prediction"], r["generated_tokens"]) for r in rows]  # noqa: E731
     assert strip_preds(read_jsonl(tmp_path / "two" / "predictions.jsonl")) == strip_preds(

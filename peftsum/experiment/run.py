@@ -157,6 +157,9 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
         trainer = train(cfg, run_dir, summary_lm=parts.summary_lm, method=method, train_ds=data["train"],
                         val_ds=data["validation"], accelerator=accelerator, tokenizer=parts.tokenizer,
                         metrics_file=metrics, resume=resume and has_ckpt)
+        # rank 0 wrote the best weights (and a checkpoint) after the last validation: every rank waits for them,
+        # or the others would evaluate their share of the test split with the previous best
+        accelerator.wait_for_everyone()
         if (run_dir / BEST).is_file():
             method.load_state_dict(model, safe_load_file(run_dir / BEST))
     elif main:

@@ -142,12 +142,12 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[tuple[str, object]]]
 
 
 def config_from_args(args, overrides, method: str | None = None, max_steps: int | None = None):
-    ov = list(overrides) + [parse_override(s) for s in args.set]
+    ov = []
+    if getattr(args, "model", None):  # the model's own tokenizer, unless an override below names one
+        ov += [("model.name", args.model), ("model.tokenizer", None)]
+    ov += list(overrides) + [parse_override(s) for s in args.set]
     if getattr(args, "data", None):
         ov.append(("data.source", args.data))
-    if getattr(args, "model", None):
-        ov.append(("model.name", args.model))
-        ov.append(("model.tokenizer", None))
     if getattr(args, "text_column", None):
         ov.append(("data.text_column", args.text_column))
     if getattr(args, "summary_column", None):

@@ -86,3 +86,16 @@ def test_summarize_on_a_directory_without_weights(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("Some article.")
     assert main(["summarize", str(tmp_path), str(tmp_path / "a.txt")]) == 2
     assert "holds no saved method weights" in capsys.readouterr().err
+
+
+def test_a_model_folder_without_a_tokenizer(tmp_path, demo_dir, capsys):
+    """transformers 5 builds an empty tokenizer from a folder without tokenizer files: refused in one line,
+    and --set model.tokenizer beside --model is kept (it used to be reset to the model's own)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)).save_pretrained(tmp_path / "bare")
+    args = ["data", "--preset", "demo", "--data", str(demo_dir), "--model", str(tmp_path / "bare")]
+    assert main(args) == 2
+    assert "holds no tokenizer files" in capsys.readouterr().err
+    assert main([*args, "--set", "model.tokenizer=gpt2-bpe"]) == 0
+    assert "train" in capsys.readouterr().out

@@ -60,4 +60,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
                         str(e).splitlines()[0][:120])
             return offline_gpt2_tokenizer()
         raise UserError(f"could not load a tokenizer from {name!r}: {str(e).splitlines()[0]}") from None
+    if not tok("a", add_special_tokens=False)["input_ids"]:  # transformers 5 builds an empty one from a folder
+        raise UserError(f"{name!r} holds no tokenizer files (its tokenizer encodes nothing); give one with "
+                        "--set model.tokenizer=NAME_OR_DIR (gpt2-bpe: GPT-2's BPE, offline)")
     return _finish_tokenizer(tok)

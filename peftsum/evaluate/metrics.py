@@ -26,7 +26,7 @@ from ..utils import distributed_state
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeLsum", "rougeL")
 HEADLINE = "rougeLsum"  # what ranks, compares and plots methods
 LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeLsum": "ROUGE-L", "rougeL": "ROUGE-L (sentence-level)"}
-ROUGE_PROTOCOL = ("ROUGE F1 x 100 by Google's rouge-score (Porter stemmer on). ROUGE-L is the summary-level "
+ROUGE_PROTOCOL = ("Scores by Google's rouge-score (Porter stemmer on). ROUGE-L is the summary-level "
                   "ROUGE-L of CNN/DailyMail papers (rouge-score's rougeLsum: a union LCS over sentences, one per "
                   f"line) on sentences split by {SPLITTER}; the sentence-level variant (rougeL, one LCS over the "
                   "whole text) is shown apart and named so.")

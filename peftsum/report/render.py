@@ -57,9 +57,10 @@ def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
     k, seed = cfg0.get("eval", {}).get("examples", 5), cfg0.get("data", {}).get("seed", 0)
     picked = pick_examples(runs, k, seed)
     md = render_markdown(runs, boot, figs, out)
-    write_text(out / "report.md", "\n".join([md, *examples_markdown(picked, k, seed)]))
+    examples_md = examples_markdown(picked, k, seed)
+    write_text(out / "report.md", "\n".join([md, *examples_md]))
     write_text(out / "report.html", render_html(md, figs, examples_html(picked, k, seed)))
-    render_pdf(out / "report.pdf", runs, boot, figs, examples_markdown(picked, k, seed))
+    render_pdf(out / "report.pdf", runs, boot, figs, examples_md)
     paths = [out / "results.csv", out / "results_config.csv", out / "report.md", out / "report.html", out / "report.pdf", *figs.values()]
     if analysis_file is not None:
         fill_analysis(analysis_file, runs, boot)
@@ -144,9 +145,10 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
                   "model; it also uses fewer examples and epochs."]
     parts += ["", "Protocol shared by every method: same data subset and seed, AdamW, warmup then "
               f"{cfg['train']['schedule']} decay, gradient clipping at {cfg['train']['max_grad_norm']}, up to "
-              f"{cfg['train']['epochs']} epochs with early stopping on validation loss (stop after "
-              f"{cfg['train']['patience']} consecutive validations without improvement; the best checkpoint and early stopping "
-              f"by {cfg['train'].get('select_by', 'loss')}), the decoding above for every method.", "",
+              f"{cfg['train']['epochs']} epochs with early stopping (stop after {cfg['train']['patience']} consecutive "
+              "validations without improvement; the best checkpoint and early stopping judged by the validation "
+              f"{'loss' if cfg['train'].get('select_by', 'loss') == 'loss' else 'ROUGE-Lsum'}), the decoding above "
+              "for every method.", "",
               "## Notes on correctness", "",
               "- GPT-2 ties `lm_head` to `wte`: the assignment's last-layer recipe would also train the input "
               "embeddings. peftsum unties the head (a copy) and trains only it unless `last_layer.tied: true`.",
@@ -162,7 +164,7 @@ def protocol_text(runs) -> str:
     """What the scores mean: the ROUGE variant, stemmer and sentence splitter, each decoding, the article budget."""
     decodings: dict[str, list[str]] = {}
     for r in runs:
-        if r["params"].get("total") or r["method"] != "lead-3":  # Lead-3 generates nothing
+        if r["method"] != "lead-3":  # Lead-3 generates nothing
             text = r.get("protocol", {}).get("decoding_text", "see the config")
             decodings.setdefault(text, []).append(r["method"])
     if len(decodings) == 1:
@@ -176,9 +178,10 @@ def protocol_text(runs) -> str:
     budget = article_budget(runs[0])
     share = runs[0]["data"].get("articles_truncated", {}).get("test")
     cut = f" ({share * 100:.1f} % of the test articles were longer and cut)" if share is not None else ""
+    lead = (" Lead-3 is the first three sentences of the article by the same splitter, its Daily Mail byline "
+            "removed." if any(r["method"] == "lead-3" for r in runs) else "")
     return (f"{runs[0].get('protocol', {}).get('rouge', ROUGE_PROTOCOL)} {dec} Every method read the same article "
-            f"tokens: at most {budget}{cut}. Lead-3 is the first three sentences of the article by the same "
-            "splitter, its Daily Mail byline removed.")
+            f"tokens: at most {budget}{cut}.{lead}")
 
 
 def render_html(md: str, figs: dict[str, Path], extra_html: str = "") -> str:

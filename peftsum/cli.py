@@ -305,6 +305,8 @@ def cmd_report(args, overrides) -> int:
 def cmd_plan(args, overrides) -> int:
     from .report.plan import plan
 
+    if args.steps is not None and args.steps < 1:  # 0 used to time one pass anyway and exit 0
+        raise UserError(f"--steps must be at least 1 (timed passes per method), got {args.steps}")
     cfg = config_from_args(args, overrides)
     print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape))
     return 0

@@ -99,3 +99,8 @@ def test_a_model_folder_without_a_tokenizer(tmp_path, demo_dir, capsys):
     assert "holds no tokenizer files" in capsys.readouterr().err
     assert main([*args, "--set", "model.tokenizer=gpt2-bpe"]) == 0
     assert "train" in capsys.readouterr().out
+
+
+def test_plan_refuses_zero_steps(capsys):
+    assert main(["plan", "--preset", "demo", "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err

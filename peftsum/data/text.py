@@ -29,12 +29,11 @@ SPLITTER = "NLTK Punkt (punkt_tab English model), newlines as boundaries"
 
 @functools.cache
 def _punkt():
-    model = punkt_english
     params = PunktParameters()
-    params.abbrev_types = set(model.ABBREV_TYPES)
-    params.collocations = set(model.COLLOCATIONS)
-    params.sent_starters = set(model.SENT_STARTERS)
-    params.ortho_context = defaultdict(int, model.ORTHO_CONTEXT)
+    params.abbrev_types = set(punkt_english.ABBREV_TYPES)
+    params.collocations = set(punkt_english.COLLOCATIONS)
+    params.sent_starters = set(punkt_english.SENT_STARTERS)
+    params.ortho_context = defaultdict(int, punkt_english.ORTHO_CONTEXT)
     return PunktSentenceTokenizer(params)
 
 

@@ -12,6 +12,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from ..data.sources import is_hub_id
 from ..evaluate.metrics import LABELS
+from .rundir import article_budget
 
 DEMO_BANNER = ("> **Demo run.** The base model is peftsum's tiny demo model and the data its synthetic corpus: the "
                "numbers show the tool works, not how GPT-2 summarizes CNN/DailyMail.")
@@ -100,7 +101,7 @@ def model_card(results: dict, kind: str, path: str = ".", base: str | None = Non
     lines += ["", "## Data", "",
               f"Source `{data['source']}` ({data['text_column']} -> {data['summary_column']}); "
               f"{split['train']} train / {split['validation']} validation / {split['test']} test examples "
-              f"(seed {data['seed']}); articles cut to {results['data'].get('budget', {}).get('source', data['max_source_tokens'])} tokens, summaries to "
+              f"(seed {data['seed']}); articles cut to {article_budget(results)} tokens, summaries to "
               f"{data['max_target_tokens']}. Early stopping read the validation split only.", "",
               "## Results", "",
               "| validation loss | test loss | " + " | ".join(LABELS.values()) + " | test articles |",

@@ -64,6 +64,11 @@ def check_same_config(run_dir: Path, requested: Config, ways_forward: str) -> No
                         f"{ways_forward}")
 
 
+def article_budget(results: dict) -> int | None:
+    """The article tokens a run's methods read (``results.json``'s budget; older runs: the configured cap)."""
+    return results["data"].get("budget", {}).get("source", results["config"]["data"]["max_source_tokens"])
+
+
 def resume_config(run_dir: Path, method: str | None, asked=None, max_steps: int | None = None,
                   report_to: list[str] | None = None) -> Config:
     """The config ``train --resume`` continues ``run_dir`` with: the run's own ``config.yaml``.  Settings given

@@ -14,12 +14,13 @@ from markdown_it import MarkdownIt
 
 from ..errors import UserError
 from ..evaluate.metrics import HEADLINE, LABELS, ROUGE_PROTOCOL
+from ..experiment.rundir import article_budget
 from ..utils import atomic_path, write_text
 from . import plots
 from .collect import collect, flatten, with_intervals
 from .examples import examples_html, examples_markdown, pick_examples
 from .sweep import tuning_section
-from .tables import COMPARED, article_budget, csv_rows, hyper_table, md_table, pairs_table, results_table
+from .tables import COMPARED, csv_rows, hyper_table, md_table, pairs_table, results_table
 
 BANNER = ("synthetic demo corpus and a small GPT-2 — a demonstration of the pipeline, not CNN/DailyMail results")
 

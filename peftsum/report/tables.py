@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..evaluate.metrics import HEADLINE, LABELS
+from ..experiment.rundir import article_budget
 from .collect import KEYS
 
 COMPARED = ("rouge1", "rouge2", HEADLINE)  # what the significance table and the ROUGE plot compare
@@ -90,11 +91,6 @@ def hyper_table(runs) -> list[list[str]]:
                      f"{article_budget(r)}/{c['data']['max_target_tokens']}",
                      ", ".join(f"{k}={v}" for k, v in hp.items()) or "–", t["stopped_reason"]])
     return [head, *body]
-
-
-def article_budget(r) -> int | None:
-    """The article tokens every method read (the run's budget; older runs: the configured cap)."""
-    return r["data"].get("budget", {}).get("source", r["config"]["data"]["max_source_tokens"])
 
 
 def md_table(rows: list[list[str]]) -> str:

@@ -348,15 +348,15 @@ def _interruptible(fn, out: Path):
         raise
 
 
-def _print_results(r: dict, out: Path) -> None:
-    scores, p, c = r["eval"], r["params"], r["cost"]
+def _print_results(r, out: Path) -> None:
+    scores = r.eval
 
     def f(x, fmt=".4f"):
         return "n/a" if x is None else format(x, fmt)
 
-    print(f"{r['method']}: val_loss {f(scores['val_loss'])}  test_loss {f(scores['test_loss'])}  "
-          f"ROUGE-1/2/L {scores['rouge1']:.2f}/{scores['rouge2']:.2f}/{scores['rougeLsum']:.2f}  "
-          f"trainable {p['trainable']:,}  train {c['train_seconds']:.1f}s")
+    print(f"{r.method}: val_loss {f(scores.val_loss)}  test_loss {f(scores.test_loss)}  "
+          f"ROUGE-1/2/L {scores.rouge1:.2f}/{scores.rouge2:.2f}/{scores.rougeLsum:.2f}  "
+          f"trainable {r.params.trainable:,}  train {r.cost.train_seconds:.1f}s")
     print(f"results: {out / 'results.json'}")
 
 

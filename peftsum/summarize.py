@@ -17,6 +17,7 @@ from .data.text import clean_text, lead3
 from .errors import UserError
 from .evaluate.generate import Summary, generate_summaries
 from .experiment import Components, accelerator_for, load_components, load_trained
+from .methods import ModelFree
 from .utils import atomic_path
 
 
@@ -50,7 +51,7 @@ def _components(args) -> Components | None:
     if not run.is_dir():
         raise UserError(f"{args.run!r} is neither a run directory nor one of zero-shot / lead-3")
     parts = load_trained(run)
-    return parts if parts.method.uses_model else None
+    return None if isinstance(parts.method, ModelFree) else parts
 
 
 def summarize_articles(parts: Components | None, articles: list[str], progress: bool = False) -> list[Summary]:

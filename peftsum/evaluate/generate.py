@@ -47,6 +47,7 @@ from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 from ..data.collate import collate, sorted_batches
 from ..data.text import first_sentences
 from ..data.tokenize import encode
+from ..methods.base import OwnTrunk
 from ..model.arch import cache_kwarg
 from ..utils import distributed_state
 from .cost import synchronize
@@ -292,7 +293,7 @@ def _beam_search(dec: _Decoder, B: int, decoding, eos_id: int, pad_id: int) -> t
 def generate_ids(model, method, input_ids, attention_mask, decoding, eos_id: int, pad_id: int,
                  seeds: list[int] | None = None) -> list[list[int]]:
     """New tokens for a left-padded batch of prompts (eos and everything after it removed)."""
-    if not method.fast_generation:  # prefix tuning: its own greedy loop (see methods/peft_tuner.py)
+    if isinstance(method, OwnTrunk):  # prefix tuning: its own greedy loop (see methods/peft_tuner.py)
         return method.generate_ids(input_ids, attention_mask, decoding, eos_id, pad_id)
     return decode_ids(model, method, _rows(input_ids, attention_mask), decoding, eos_id, pad_id, seeds)
 

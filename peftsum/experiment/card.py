@@ -12,7 +12,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from ..data.sources import is_hub_id
 from ..evaluate.metrics import LABELS
-from .rundir import article_budget
+from .results import RunResult
 
 DEMO_BANNER = ("> **Demo run.** The base model is peftsum's tiny demo model and the data its synthetic corpus: the "
                "numbers show the tool works, not how GPT-2 summarizes CNN/DailyMail.")
@@ -45,72 +45,67 @@ def _f(x, fmt: str = ".4f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def base_model_name(results: dict) -> str | None:
+def base_model_name(results: RunResult) -> str | None:
     """The base model as a hub id (or the user's path); None for the demo base, which exists only here."""
-    name = results["config"]["model"]["name"]
+    name = results.config.model.name
     return None if name == "demo" else name
 
 
-def card_data(results: dict, library: str) -> ModelCardData:
-    cfg = results["config"]
-    source = cfg["data"]["source"]
+def card_data(results: RunResult, library: str) -> ModelCardData:
+    source = results.config.data.source
     hub_data = is_hub_id(source)
-    scores = results["eval"]
-    name = f"{results['model']}-{results['method']}-summarization"
-    evals = []
-    if scores.get("rougeLsum") is not None:
-        for key, label in LABELS.items():
-            evals.append(EvalResult(task_type="summarization", dataset_type=source if hub_data else "local",
-                                    dataset_name=source if hub_data else "local data", dataset_split="test",
-                                    metric_type="rouge", metric_name=label, metric_value=round(scores[key], 2)))
+    name = f"{results.model}-{results.method}-summarization"
+    evals = [EvalResult(task_type="summarization", dataset_type=source if hub_data else "local",
+                        dataset_name=source if hub_data else "local data", dataset_split="test", metric_type="rouge",
+                        metric_name=label, metric_value=round(results.eval.value(key), 2))
+             for key, label in LABELS.items()]
     return ModelCardData(base_model=base_model_name(results), library_name=library, pipeline_tag="text-generation",
-                         tags=["peftsum", "summarization", results["method"]], datasets=[source] if hub_data else None,
-                         model_name=name if evals else None, eval_results=evals or None)
+                         tags=["peftsum", "summarization", results.method], datasets=[source] if hub_data else None,
+                         model_name=name, eval_results=evals)
 
 
-def model_card(results: dict, kind: str, path: str = ".", base: str | None = None, note: str = "") -> str:
+def model_card(results: RunResult, kind: str, path: str = ".", base: str | None = None, note: str = "") -> str:
     """The card of a run directory (``kind="run"``) or of an export (``"model"`` or ``"adapter"``)."""
-    cfg = results["config"]
-    data, train, scores, params, cost = cfg["data"], cfg["train"], results["eval"], results["params"], results["cost"]
-    training = results["training"]
-    method = results["method"]
+    cfg = results.config
+    data, train, scores, params, cost = cfg.data, cfg.train, results.eval, results.params, results.cost
+    training = results.training
+    method = results.method
     # a run directory of LoRA, prompt tuning or a PEFT tuner is a PEFT adapter folder
     adapter_run = kind == "run" and (method in ("lora", "prompt-tuning") or method.startswith("peft-"))
     library = "peft" if kind == "adapter" or adapter_run else "transformers"
     lines = ["---", card_data(results, library).to_yaml(), "---", "",
-             f"# {method} on {results['model']} for summarization", ""]
-    if results.get("preset") == "demo" or cfg["model"]["name"] == "demo":
+             f"# {method} on {results.model} for summarization", ""]
+    if results.preset == "demo" or cfg.model.name == "demo":
         lines += [DEMO_BANNER, ""]
     if note:
         lines += [note, ""]
-    lines += [f"Made with [peftsum](https://pypi.org/project/peftsum/) {results.get('peftsum', '')}: the base model "
-              f"`{cfg['model']['name']}` adapted with **{method}** to continue `{data['template']!r}` with the summary.",
+    lines += [f"Made with [peftsum](https://pypi.org/project/peftsum/) {results.peftsum}: the base model "
+              f"`{cfg.model.name}` adapted with **{method}** to continue `{data.template!r}` with the summary.",
               "", "## Training", "",
               "| setting | value |", "|---|---|"]
-    hyper = results.get("method_hyperparameters") or {}
-    rows = [("method", method), *((f"method.{k}", v) for k, v in hyper.items()),
-            ("learning rate", training.get("learning_rate")), ("batch size x accumulation",
-                                                                 f"{train['batch_size']} x {train['grad_accum']}"),
-            ("epochs (run / limit)", f"{training.get('epochs_run')} / {train['epochs']}"),
-            ("early stopping patience", train["patience"]), ("best epoch", training.get("best_epoch")),
-            ("optimizer steps", training.get("steps")), ("seed", train["seed"]),
-            ("trainable parameters", f"{params['trainable']:,}"), ("added parameters", f"{params['added']:,}"),
-            ("training time", f"{cost['train_seconds']:.1f} s on {cost['device']}")]
+    rows = [("method", method), *((f"method.{k}", v) for k, v in results.method_hyperparameters.items()),
+            ("learning rate", training.learning_rate), ("batch size x accumulation",
+                                                        f"{train.batch_size} x {train.grad_accum}"),
+            ("epochs (run / limit)", f"{training.epochs_run} / {train.epochs}"),
+            ("early stopping patience", train.patience), ("best epoch", training.best_epoch),
+            ("optimizer steps", training.steps), ("seed", train.seed),
+            ("trainable parameters", f"{params.trainable:,}"), ("added parameters", f"{params.added:,}"),
+            ("training time", f"{cost.train_seconds:.1f} s on {cost.device}")]
     lines += [f"| {k} | {v} |" for k, v in rows]
-    split = results["data"]
+    split = results.data
     lines += ["", "## Data", "",
-              f"Source `{data['source']}` ({data['text_column']} -> {data['summary_column']}); "
-              f"{split['train']} train / {split['validation']} validation / {split['test']} test examples "
-              f"(seed {data['seed']}); articles cut to {article_budget(results)} tokens, summaries to "
-              f"{data['max_target_tokens']}. Early stopping read the validation split only.", "",
+              f"Source `{data.source}` ({data.text_column} -> {data.summary_column}); "
+              f"{split.train} train / {split.validation} validation / {split.test} test examples "
+              f"(seed {data.seed}); articles cut to {results.article_budget()} tokens, summaries to "
+              f"{data.max_target_tokens}. Early stopping read the validation split only.", "",
               "## Results", "",
               "| validation loss | test loss | " + " | ".join(LABELS.values()) + " | test articles |",
               "|---|---|" + "---|" * len(LABELS) + "---|",
-              f"| {_f(scores.get('val_loss'))} | {_f(scores.get('test_loss'))} | "
-              + " | ".join(_f(scores.get(k), ".2f") for k in LABELS) + f" | {scores.get('rouge_n')} |", "",
-              "Losses: mean negative log-likelihood per summary token. " + results.get("protocol", {}).get("rouge", "")
+              f"| {_f(scores.val_loss)} | {_f(scores.test_loss)} | "
+              + " | ".join(_f(scores.value(k), ".2f") for k in LABELS) + f" | {scores.rouge_n} |", "",
+              "Losses: mean negative log-likelihood per summary token. " + results.protocol.rouge
               + " On the generated new tokens only, decoded by "
-              + results.get("protocol", {}).get("decoding_text", "the run's eval.decoding") + ".", "",
+              + (results.protocol.decoding_text or "the run's eval.decoding") + ".", "",
               "## How to load", "", LOADING[kind].format(path=path, base=base or base_model_name(results) or "BASE"), "",
               "Prompt: the article, then the template's text before the summary (`\\nTL;DR:` by default); the model "
               "continues with the summary and ends it with its end-of-text token.", ""]

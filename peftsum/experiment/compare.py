@@ -116,7 +116,6 @@ def compare_methods(cfg: Config, methods: list[str], out: Path, rerun: list[str]
             resume = (run / "checkpoint.pt").is_file()
             _say(f"[{label}] {'resuming' if resume else 'running'} -> {run}")
             r = run_experiment(rcfg, run, resume=resume, tracking_root=out, run_name=str(run.relative_to(out)))
-            scores = r["eval"]
-            loss = f"val_loss {scores['val_loss']:.4f}, " if scores["val_loss"] is not None else ""
-            _say(f"[{label}] {loss}ROUGE-L {scores['rougeLsum']:.2f}, train {r['cost']['train_seconds']:.1f}s")
+            loss = f"val_loss {r.eval.val_loss:.4f}, " if r.eval.val_loss is not None else ""
+            _say(f"[{label}] {loss}ROUGE-L {r.eval.rougeLsum:.2f}, train {r.cost.train_seconds:.1f}s")
     return time.perf_counter() - t0

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..utils import atomic_dir, write_text
 from .card import model_card
+from .results import read_results
 from .run import load_trained
 from .rundir import RESULTS
 
@@ -29,7 +30,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True) -> dict
         raise UserError(f"{run_dir} is not a finished run ({RESULTS} missing): train it to the end first")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not empty: export into a new folder")
-    results = json.loads((run_dir / RESULTS).read_text())
+    results = read_results(run_dir)
     parts = load_trained(run_dir)
     if out.is_dir():
         out.rmdir()  # empty: replaced by the finished export in one rename

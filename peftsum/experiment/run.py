@@ -3,7 +3,8 @@
 ``run_experiment`` loads the model, tokenizer and data (:func:`load_components`), lets the method
 prepare the model, trains it with the shared loop (if the method trains), restores the best weights,
 saves them, then evaluates the validation and test splits with the one evaluation path
-(:func:`peftsum.evaluate.evaluation.evaluate_split`) and writes the results.
+(:func:`peftsum.evaluate.evaluation.evaluate_split`) and writes the results: one typed
+:class:`~peftsum.experiment.results.RunResult`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..evaluate import cost as costs
 from ..evaluate.evaluation import evaluate_split
 from ..evaluate.generate import describe_decoding
 from ..evaluate.metrics import HEADLINE, ROUGE_PROTOCOL, evaluate_loss
-from ..methods import build_method, method_class
+from ..methods import CachedTrunk, ModelFree, Untrained, build_method, method_class
 from ..methods.base import read_method_file
 from ..model.loading import load_model, load_tokenizer, n_positions, resolve_model_name, set_dropout
 from ..train.loop import BEST, Trainer, train
@@ -38,6 +39,7 @@ from ..train.metrics_file import MetricsFile
 from ..train.tracking import Tracking, final_values, resolve_trackers
 from ..utils import release_memory, safe_load_file, write_json, write_jsonl, write_text
 from .card import model_card
+from .results import Cost, DataSummary, Params, Protocol, RunResult, Scores, Training, write_results
 from .rundir import CONFIG, RESULTS, RunLock, load_run_config
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class Components:
 
 def load_components(cfg: Config, device=None) -> Components:
     """Model, tokenizer and method (model prepared, on ``device``); no data."""
-    uses_model = method_class(cfg).uses_model
+    uses_model = not issubclass(method_class(cfg), ModelFree)
     name = resolve_model_name(cfg.model.name) if uses_model or cfg.model.tokenizer is None else cfg.model.name
     model = summary_lm = None
     positions = 1024
@@ -111,7 +113,7 @@ def _main_first(accelerator):
 
 
 def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False, tracking_root: Path | None = None,
-                   run_name: str | None = None) -> dict:
+                   run_name: str | None = None) -> RunResult:
     """Train and evaluate one method into ``run_dir``.  With ``train.report_to`` the run is also one tracker run
     named ``run_name`` (default: the method) under ``tracking_root`` (default: the run directory)."""
     run_dir = Path(run_dir)
@@ -138,7 +140,7 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False, track
         return results
 
 
-def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, accelerator, tracking) -> dict:
+def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, accelerator, tracking) -> RunResult:
     main = accelerator.is_main_process
     method, model = parts.method, parts.model
     if main:
@@ -149,7 +151,7 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
     accelerator.wait_for_everyone()
     metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=main, sinks=[tracking.log_row])
     trainer = None
-    if method.trains:
+    if not isinstance(method, Untrained):
         has_ckpt = (run_dir / "checkpoint.pt").is_file()
         if not (resume and has_ckpt):
             metrics.reset()
@@ -174,26 +176,26 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
     return results
 
 
-def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, trainer: Trainer | None) -> dict:
+def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, trainer: Trainer | None) -> RunResult:
     """The final evaluation of a run: validation loss, then test loss, perplexity and ROUGE."""
     t0 = time.perf_counter()
     test = data["test"]
     if cfg.eval.limit:
         test = test.select(range(min(cfg.eval.limit, len(test))))
-    scores: dict = {"val_loss": None, "test_loss": None, "test_perplexity": None}
+    val_loss = None
     if parts.summary_lm is not None:
-        scores["val_loss"] = evaluate_loss(parts.summary_lm, data["validation"], cfg.eval.batch_size, accelerator.device,
-                                           parts.tokenizer.pad_token_id, accelerator.autocast)["loss"]
+        val_loss = evaluate_loss(parts.summary_lm, data["validation"], cfg.eval.batch_size, accelerator.device,
+                                 parts.tokenizer.pad_token_id, accelerator.autocast)["loss"]
     test_metrics, rows = evaluate_split(parts.summary_lm, parts.model, parts.method, parts.tokenizer, test, cfg.eval,
                                         accelerator.device, accelerator.autocast, progress=cfg.train.progress)
-    scores.update(test_loss=test_metrics["loss"], test_perplexity=test_metrics["perplexity"])
-    scores.update({k: test_metrics[k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "mean_generated_tokens",
-                                                 "hit_max_new_tokens")})
-    scores["rouge_n"] = test_metrics["examples"]
+    scores = Scores(val_loss=val_loss, test_loss=test_metrics["loss"], test_perplexity=test_metrics["perplexity"],
+                    rouge_n=test_metrics["examples"],
+                    **{k: test_metrics[k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "mean_generated_tokens",
+                                                     "hit_max_new_tokens")})
     results = build_results(cfg, run_dir, parts, trainer, scores, time.perf_counter() - t0, accelerator, data)
     if accelerator.is_main_process:
         write_jsonl(run_dir / "predictions.jsonl", rows)
-        write_json(run_dir / RESULTS, results)
+        write_results(run_dir, results)
         shown = run_dir if not run_dir.is_absolute() else Path(run_dir.name)  # the card names no absolute path
         write_text(run_dir / "README.md", model_card(results, "run", path=str(shown)))
     return results
@@ -205,19 +207,16 @@ def _adapter_bytes(run_dir: Path) -> int:
     return sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file())
 
 
-def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scores, eval_seconds, accelerator,
-                  data) -> dict:
+def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scores: Scores, eval_seconds: float,
+                  accelerator, data) -> RunResult:
+    """The run's typed record (``results.json``): counts, the final scores, cost, training, protocol, data."""
     method, model, device = parts.method, parts.model, accelerator.device
     processes = accelerator.num_processes
-    params = {"total": 0, "trainable": 0, "added": 0}
-    if model is not None:
-        params = method.param_counts(model)
-    params["adapter_bytes"] = _adapter_bytes(Path(run_dir))
-    cost = {"train_seconds": 0.0, "eval_seconds": eval_seconds, "examples_per_second": None,
-            "tokens_per_second": None, "tokens_per_second_per_device": None, "processes": processes,
-            "peak_memory_bytes": costs.peak_memory(device), "memory_measure": costs.memory_measure(device),
-            "train_flops": 0.0, "mfu": None, "device": costs.device_name(device)}
-    training = {"epochs_run": 0, "best_epoch": None, "steps": 0, "early_stopped": False, "stopped_reason": "not trained"}
+    params = Params(**method.param_counts(model)) if model is not None else Params()
+    params.adapter_bytes = _adapter_bytes(Path(run_dir))
+    cost = Cost(eval_seconds=eval_seconds, processes=processes, peak_memory_bytes=costs.peak_memory(device),
+                memory_measure=costs.memory_measure(device), device=costs.device_name(device))
+    training = Training()
     if trainer is not None:
         state = trainer.state
         n_train_tokens = sum(seq_lengths(data["train"]))
@@ -225,34 +224,34 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
         flops = costs.train_flops(
             costs.flop_shape(model, method), state.tokens + virtual, state.target_tokens,
             (state.tokens + virtual) / max(state.examples, 1),
-            cached_trunk_tokens=n_train_tokens if method.cache_features else 0)
-        peak = costs.peak_flops(cost["device"])
+            cached_trunk_tokens=n_train_tokens if isinstance(method, CachedTrunk) else 0)
+        peak = costs.peak_flops(cost.device)
         secs = max(state.train_seconds - state.selection_seconds, 1e-9)  # throughput of the steps themselves
         # tokens and examples are the whole job's (every process); MFU against the peak of all its devices
-        cost.update(train_seconds=state.train_seconds, examples_per_second=state.examples / secs,
-                    tokens_per_second=state.tokens / secs, tokens_per_second_per_device=state.tokens / secs / processes,
-                    train_flops=flops, mfu=(flops / secs / (peak * processes)) if peak else None)
-        training = {"epochs_run": state.epoch + (1 if state.group else 0), "best_epoch": trainer.best_epoch,
-                    "steps": state.step, "early_stopped": state.stopped_reason == "early_stopping",
-                    "stopped_reason": state.stopped_reason, "best_step": trainer.best_step,
-                    "validation_history": state.history, "initial_val_loss": state.initial_val_loss,
-                    "feature_cache_bytes": state.feature_cache_bytes, "learning_rate": cfg.learning_rate(),
-                    "tokens": state.tokens, "examples": state.examples, "target_tokens": state.target_tokens,
-                    "select_by": cfg.train.select_by, "selection_seconds": state.selection_seconds,
-                    "validation_scores": state.score_history, "best_value": trainer.stopping.best_value}
+        cost = dataclasses.replace(
+            cost, train_seconds=state.train_seconds, examples_per_second=state.examples / secs,
+            tokens_per_second=state.tokens / secs, tokens_per_second_per_device=state.tokens / secs / processes,
+            train_flops=flops, mfu=(flops / secs / (peak * processes)) if peak else None)
+        training = Training(
+            epochs_run=state.epoch + (1 if state.group else 0), best_epoch=trainer.best_epoch, steps=state.step,
+            early_stopped=state.stopped_reason == "early_stopping", stopped_reason=state.stopped_reason,
+            best_step=trainer.best_step, validation_history=state.history, initial_val_loss=state.initial_val_loss,
+            feature_cache_bytes=state.feature_cache_bytes, learning_rate=cfg.learning_rate(), tokens=state.tokens,
+            examples=state.examples, target_tokens=state.target_tokens, select_by=cfg.train.select_by,
+            selection_seconds=state.selection_seconds, validation_scores=state.score_history,
+            best_value=trainer.stopping.best_value)
     decoding = method.decoding()
-    protocol = {"rouge": ROUGE_PROTOCOL, "headline": HEADLINE, "sentence_splitter": SPLITTER,
-                "decoding": dataclasses.asdict(decoding), "decoding_text": describe_decoding(decoding),
-                "zero_shot": cfg.method.zero_shot.protocol if method.name == "zero-shot" else None,
-                "select_by": cfg.train.select_by if method.trains else None}
+    protocol = Protocol(rouge=ROUGE_PROTOCOL, headline=HEADLINE, sentence_splitter=SPLITTER,
+                        decoding=dataclasses.asdict(decoding), decoding_text=describe_decoding(decoding),
+                        zero_shot=cfg.method.zero_shot.protocol if method.name == "zero-shot" else None,
+                        select_by=None if isinstance(method, Untrained) else cfg.train.select_by)
     truncated = {s: float(sum(data[s]["source_truncated"]) / max(len(data[s]), 1)) for s in ("train", "test")}
-    return {"method": method.name, "model": cfg.model.name, "preset": cfg.preset, "params": params,
-            "eval": scores, "cost": cost, "training": training, "config": dataclasses.asdict(cfg),
-            "method_hyperparameters": method.describe() if method.trains else {}, "protocol": protocol,
-            "data": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"]),
-                     "source": cfg.data.source, "budget": dict(parts.prompts.budget.__dict__),
-                     "articles_truncated": truncated},
-            "versions": versions(), "peftsum": __version__}
+    summary = DataSummary(train=len(data["train"]), validation=len(data["validation"]), test=len(data["test"]),
+                          source=cfg.data.source, budget=dict(parts.prompts.budget.__dict__),
+                          articles_truncated=truncated)
+    return RunResult(method=method.name, model=cfg.model.name, preset=cfg.preset, config=cfg, params=params,
+                     eval=scores, cost=cost, training=training, protocol=protocol, data=summary,
+                     method_hyperparameters=method.describe(), versions=versions(), peftsum=__version__)
 
 
 def versions() -> dict:
@@ -276,7 +275,7 @@ def load_trained(run_dir: Path) -> Components:
     accelerator = accelerator_for(cfg)
     with _main_first(accelerator):
         parts = load_components(cfg, accelerator.device)
-    if parts.method.trains:
+    if not isinstance(parts.method, Untrained):
         parts.method.load(parts.model, run_dir)
     if parts.model is not None:
         parts.model.eval()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 from pathlib import Path
@@ -21,8 +20,8 @@ import yaml
 from ..config import Config, config_from_dict, flatten_dict
 from ..errors import UserError
 from ..utils import read_jsonl
+from .results import RESULTS, read_results
 
-RESULTS = "results.json"
 CONFIG = "config.yaml"
 LOCK = ".peftsum.lock"
 
@@ -64,11 +63,6 @@ def check_same_config(run_dir: Path, requested: Config, ways_forward: str) -> No
                         f"{ways_forward}")
 
 
-def article_budget(results: dict) -> int | None:
-    """The article tokens a run's methods read (``results.json``'s budget; older runs: the configured cap)."""
-    return results["data"].get("budget", {}).get("source", results["config"]["data"]["max_source_tokens"])
-
-
 def resume_config(run_dir: Path, method: str | None, asked=None, max_steps: int | None = None,
                   report_to: list[str] | None = None) -> Config:
     """The config ``train --resume`` continues ``run_dir`` with: the run's own ``config.yaml``.  Settings given
@@ -102,12 +96,12 @@ def clear_run(run_dir: Path) -> None:
 
 
 def is_finished(run_dir: Path) -> bool:
-    path = Path(run_dir) / RESULTS
-    if not path.is_file():
+    """The run wrote a results record this peftsum reads (a damaged one, or another schema's, is run again)."""
+    if not (Path(run_dir) / RESULTS).is_file():
         return False
     try:
-        json.loads(path.read_text())
-    except ValueError:
+        read_results(run_dir)
+    except UserError:
         return False
     return True
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import Method
+from .base import CachedTrunk, Method, ModelFree, OwnTrunk, Untrained
 from .baselines import Lead3, ZeroShot
 from .full import Full
-from .last_layer import LastLayer
+from .last_layer import CachedLastLayer, LastLayer, frozen_trunk
 from .lora import LoRA, PeftLoRA
-from .peft_tuner import PeftTuner
+from .peft_tuner import PeftTuner, peft_tuner_class
 from .prompt_tuning import PromptTuning
 
 REGISTRY: dict[str, type[Method]] = {
@@ -17,10 +17,16 @@ REGISTRY: dict[str, type[Method]] = {
 
 
 def method_class(cfg) -> type[Method]:
-    """The class that runs ``cfg.method`` (its class flags answer before anything is built)."""
-    if cfg.method.name == "lora" and cfg.method.lora.backend == "peft":
+    """The class that runs ``cfg.method``, with the capabilities its settings give it (see
+    :mod:`peftsum.methods.base`): callers ask ``issubclass(method_class(cfg), ModelFree)`` before anything is built."""
+    m = cfg.method
+    if m.name == "lora" and m.lora.backend == "peft":
         return PeftLoRA
-    return REGISTRY[cfg.method.name]
+    if m.name == "last-layer" and frozen_trunk(m.last_layer) and m.last_layer.cache_features:
+        return CachedLastLayer
+    if m.name == "peft":
+        return peft_tuner_class(cfg)
+    return REGISTRY[m.name]
 
 
 def build_method(cfg, tokenizer=None) -> Method:
@@ -28,4 +34,4 @@ def build_method(cfg, tokenizer=None) -> Method:
     return method_class(cfg)(cfg, tokenizer)
 
 
-__all__ = ["Method", "REGISTRY", "build_method", "method_class"]
+__all__ = ["REGISTRY", "CachedTrunk", "Method", "ModelFree", "OwnTrunk", "Untrained", "build_method", "method_class"]

@@ -1,9 +1,23 @@
 """The interface every method implements, and the parameter bookkeeping they share.
 
 A method is a small object, not a training loop: it prepares a loaded base model (freeze, inject,
-untie), names its trainable parameters, may add a prefix to the input embeddings, and saves / loads
-its own weights in a run directory.  The shared loop (``peftsum.train.loop``) and the shared
-evaluation (``peftsum.evaluate``) serve all of them.
+untie), names its trainable parameters, may add a prefix to the input embeddings, and saves / loads /
+exports its own weights.  The shared loop (``peftsum.train.loop``) and the shared evaluation
+(``peftsum.evaluate``) serve all of them.
+
+What only some methods do is a *capability*, a class the method also derives from, which callers ask
+for by type (``isinstance(method, CachedTrunk)``; ``issubclass(method_class(cfg), ModelFree)`` before
+anything is built):
+
+* :class:`Untrained`: nothing trains (zero-shot, Lead-3): no loop, no checkpoint, nothing to export;
+* :class:`ModelFree`: an untrained method that needs no model at all, not even loaded (Lead-3);
+* :class:`CachedTrunk`: gradients stop at the trunk's final hidden states, which never change while it
+  trains, so the loop computes them once and trains the head on them (last-layer with a frozen trunk);
+* :class:`OwnTrunk`: the trunk runs differently (prefix tuning's key/value prefix), so the method gives
+  the final hidden states and generates with its own loop.
+
+Where a capability depends on the settings, ``peftsum.methods.method_class(cfg)`` picks the class that
+has it, so the answer is known from the config alone.
 """
 
 from __future__ import annotations
@@ -37,13 +51,10 @@ def count(params) -> int:
 
 
 class Method:
+    """The core every method implements (the baselines included)."""
+
     name: str = ""
-    trains: bool = True
-    uses_model: bool = True
-    num_virtual_tokens: int = 0
-    trunk_backward: bool = True  # do gradients flow back through the transformer blocks?
-    cache_features: bool = False  # frozen trunk: the loop may cache its final hidden states
-    fast_generation: bool = True  # peftsum's greedy loop applies; else the method's own generate_ids
+    num_virtual_tokens: int = 0  # soft-prompt rows the method puts in front of the input (context it uses)
 
     def __init__(self, cfg, tokenizer=None):
         """``cfg``: the whole config (the method reads its own section); ``tokenizer``: the model's, for a method
@@ -85,15 +96,6 @@ class Method:
     def embed(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Input embeddings and mask the transformer sees; a soft prompt prepends rows here."""
         return model.get_input_embeddings()(input_ids), attention_mask
-
-    def hidden_states(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """The trunk's final hidden states over the input positions, for a method whose trunk call differs
-        (prefix tuning's key/value prefix); None: the shared path (:meth:`embed`, then the trunk)."""
-        return None
-
-    def generate_ids(self, input_ids, attention_mask, decoding, eos_id: int, pad_id: int) -> list[list[int]]:
-        """New tokens of a left-padded batch, for a method without ``fast_generation``."""
-        raise NotImplementedError
 
     def decoding(self):
         """How this method's summaries are generated (``eval.decoding``; zero-shot may follow the GPT-2 paper)."""
@@ -144,11 +146,50 @@ class Method:
         """Write what transformers (or PEFT) loads without peftsum into ``folder``; returns the kind of folder
         (``model``: ``save_pretrained`` of the whole model; ``adapter``: a PEFT adapter) and a note for the user.
         The default: the whole model (last-layer with its untied head, full fine-tuning)."""
-        if not self.trains:
-            raise UserError(f"{self.name} trains nothing: there is no model to export (its base model is "
-                            f"{self.cfg.model.name!r})")
         model.save_pretrained(str(folder))
         return "model", ""
+
+
+# --- capabilities: asked for with isinstance / issubclass ---------------------------------------
+
+class Untrained:
+    """Nothing trains (zero-shot, Lead-3): no training loop, no checkpoint, no hyperparameters to report, no
+    weights to export.  What it saves is the method file that says what ran."""
+
+    def save(self, model: nn.Module, run_dir: Path) -> None:
+        self.write_method_file(run_dir)
+
+    def describe(self) -> dict:
+        return {}
+
+    def export(self, model: nn.Module, folder: Path, merge: bool = True) -> tuple[str, str]:
+        raise UserError(f"{self.name} trains nothing: there is no model to export (its base model is "
+                        f"{self.cfg.model.name!r})")
+
+
+class ModelFree(Untrained):
+    """An untrained method that needs no model at all (Lead-3): the model is not loaded, only the tokenizer
+    that measures the articles."""
+
+
+class CachedTrunk:
+    """Only the head trains and the trunk below it is frozen and deterministic (no dropout): the trunk's final
+    hidden states are fixed, so the loop computes them once (``train.features.FeatureCache``) and trains the
+    head on them.  Same loss, a fraction of the work; the plan and the FLOP count account the one trunk pass."""
+
+
+class OwnTrunk:
+    """The trunk runs differently (prefix tuning: a key/value prefix in front of every layer): the method gives
+    the trunk's final hidden states, and generates with its own loop (the shared batched decoder has no place
+    for such a prefix)."""
+
+    def hidden_states(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The trunk's final hidden states over the input positions (a right-padded batch)."""
+        raise NotImplementedError
+
+    def generate_ids(self, input_ids, attention_mask, decoding, eos_id: int, pad_id: int) -> list[list[int]]:
+        """New tokens of a left-padded batch (eos and everything after it removed)."""
+        raise NotImplementedError
 
 
 def read_method_file(run_dir: Path) -> dict:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from ..config import GPT2_PAPER_DECODING
 from ..data.text import lead3
-from .base import Method
+from .base import Method, ModelFree, Untrained
 
 __all__ = ["Lead3", "ZeroShot", "lead3"]
 
 
-class ZeroShot(Method):
+class ZeroShot(Untrained, Method):
     """The base model prompted with the template; nothing trains.
 
     ``method.zero_shot.protocol: gpt2-paper`` (the default) generates as Radford et al. (2019), section 3.6,
@@ -21,24 +21,17 @@ class ZeroShot(Method):
     ``eval.decoding`` like every other method."""
 
     name = "zero-shot"
-    trains = False
 
     def decoding(self):
         if self.cfg.method.zero_shot.protocol == "gpt2-paper":
             return dataclasses.replace(GPT2_PAPER_DECODING, seed=self.cfg.eval.decoding.seed)
         return self.cfg.eval.decoding
 
-    def describe(self) -> dict:
-        return {"protocol": self.cfg.method.zero_shot.protocol}
-
     def save(self, model, run_dir: Path) -> None:
-        self.write_method_file(run_dir)
+        self.write_method_file(run_dir, {"protocol": self.cfg.method.zero_shot.protocol})
 
 
-class Lead3(Method):
+class Lead3(ModelFree, Method):
+    """The first three sentences of the article (the split rule of ``data.text``)."""
+
     name = "lead-3"
-    trains = False
-    uses_model = False
-
-    def save(self, model, run_dir: Path) -> None:
-        self.write_method_file(run_dir)

@@ -5,7 +5,8 @@ GPT-2 ties ``lm_head.weight`` to ``transformer.wte.weight``.  The assignment's r
 sees, and needs a full backward pass through the trunk.  By default we *untie*: the head becomes a
 new parameter initialised as a copy of wte, and only it trains; wte and the trunk stay bit-identical.
 With a frozen trunk its final hidden states do not change during training, so the loop may compute
-them once and train the head on the cache (``cache_features``): same loss, a fraction of the work.
+them once and train the head on the cache (:class:`CachedLastLayer`, the class ``method_class`` picks when
+``cache_features`` is on): same loss, a fraction of the work.
 
 ``blocks: N`` also trains the last N transformer blocks and the final norm (GPT-2's ``ln_f``).  ``tied: true`` reproduces the
 assignment's literal recipe, with a warning that says what it trains.
@@ -21,9 +22,14 @@ from torch import nn
 from ..errors import UserError
 from ..model.arch import decoder_blocks, final_norm
 from ..utils import safe_load_file, save_file_atomic
-from .base import Method
+from .base import CachedTrunk, Method
 
 log = logging.getLogger(__name__)
+
+
+def frozen_trunk(settings) -> bool:
+    """Only the (untied) head trains: the trunk below it is frozen."""
+    return settings.blocks == 0 and not settings.tied
 
 
 class LastLayer(Method):
@@ -32,9 +38,7 @@ class LastLayer(Method):
     def __init__(self, cfg, tokenizer=None):
         super().__init__(cfg, tokenizer)
         self.settings = cfg.method.last_layer
-        frozen_trunk = self.settings.blocks == 0 and not self.settings.tied
-        self.trunk_backward = not frozen_trunk
-        self.cache_features = frozen_trunk and self.settings.cache_features
+        self.frozen_trunk = frozen_trunk(self.settings)  # no gradient flows back through the blocks
 
     def _adapt(self, model: nn.Module) -> None:
         head = model.get_output_embeddings()
@@ -60,10 +64,10 @@ class LastLayer(Method):
                 norm.requires_grad_(True)
 
     def train_mode(self, model: nn.Module) -> None:
-        if self.trunk_backward:
-            model.train()
-        else:  # a frozen trunk is a fixed feature extractor: no dropout, as in the cached path
+        if self.frozen_trunk:  # a fixed feature extractor: no dropout, as in the cached path
             model.eval()
+        else:
+            model.train()
 
     def save(self, model, run_dir: Path) -> None:
         run_dir = Path(run_dir)
@@ -72,3 +76,8 @@ class LastLayer(Method):
 
     def load(self, model, run_dir: Path) -> None:
         self.load_state_dict(model, safe_load_file(Path(run_dir) / "last_layer.safetensors"))
+
+
+class CachedLastLayer(CachedTrunk, LastLayer):
+    """Last-layer with a frozen trunk and ``method.last_layer.cache_features`` (the default): the loop trains the
+    head on the trunk's features, computed once."""

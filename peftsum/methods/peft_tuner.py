@@ -13,7 +13,7 @@ Three kinds of tuner, three ways in:
 * **Prefix tuning** (Li & Liang, 2021): the prefix is a key/value cache in front of every layer
   (``PeftModel.get_prompt``), so the trunk runs with that cache as PEFT's forward runs it.  Generation falls
   back from the fast batched loop (it has no place for a prefix in its cache) to a plain greedy loop, one
-  article at a time with the prefix cache (:meth:`PeftTuner.generate_ids`); greedy only, the n-gram rule on
+  article at a time with the prefix cache (:meth:`PeftPrefixTuner.generate_ids`); greedy only, the n-gram rule on
   the new tokens as for every method; a test checks its tokens against step-by-step decoding with PEFT's
   own forward.
 
@@ -41,7 +41,7 @@ from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 from ..errors import UserError
 from ..model.arch import cache_kwarg, trunk
 from ..utils import safe_load_file, save_file_atomic
-from .base import Method
+from .base import Method, OwnTrunk
 from .lora import PEFT_PREFIX, merge_peft_layers
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -80,7 +80,6 @@ class PeftTuner(Method):
             raise UserError(f"PEFT tuner {self.peft_config.peft_type} is not supported for causal LMs here "
                             "(supported prompt-learning tuners: PROMPT_TUNING, P_TUNING, PREFIX_TUNING)")
         self.num_virtual_tokens = self.peft_config.num_virtual_tokens if self.kind != "layers" else 0
-        self.fast_generation = self.kind != "prefix"
         dec = cfg.eval.decoding
         if self.kind == "prefix" and (dec.num_beams > 1 or dec.do_sample):
             raise UserError(f"{self.name}: prefix tuning generates greedily here (its key/value prefix is not on the "
@@ -118,49 +117,6 @@ class PeftTuner(Method):
         prompt = self.peft_model.get_prompt(batch_size=B).to(emb.dtype)
         ones = attention_mask.new_ones(B, self.num_virtual_tokens)
         return torch.cat([prompt, emb], dim=1), torch.cat([ones, attention_mask], dim=1)
-
-    def hidden_states(self, model, input_ids, attention_mask) -> torch.Tensor | None:
-        """Prefix tuning: the trunk with the prefix's key/value cache in front, as PEFT's forward runs it."""
-        if self.kind != "prefix":
-            return None
-        B = input_ids.shape[0]
-        mask = torch.cat([attention_mask.new_ones(B, self.num_virtual_tokens), attention_mask], dim=1)
-        body = trunk(model)
-        return body(input_ids=input_ids, attention_mask=mask, use_cache=True,
-                    **{cache_kwarg(body): self.peft_model.get_prompt(batch_size=B)}).last_hidden_state
-
-    @torch.no_grad()
-    def generate_ids(self, input_ids, attention_mask, decoding, eos_id: int, pad_id: int) -> list[list[int]]:
-        """Prefix tuning's greedy decoding: each article alone (no padding), the prefix cache in front, the cache
-        growing by a token per step, the n-gram rule on the new tokens.  (PEFT 0.21's own ``generate()`` does not
-        reproduce PEFT's forward pass for prefix tuning under transformers 5.24: transformers warns that it ignores
-        one of the two caches it is given, and the tokens differ from the first one on; the test against
-        step-by-step decoding with PEFT's forward caught it.)"""
-        model = self.peft_model.get_base_model()
-        kw = cache_kwarg(model)
-        no_repeat = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size) if decoding.no_repeat_ngram_size else None
-        out = []
-        for ids, m in zip(input_ids, attention_mask):
-            ids = ids[m.bool()][None]
-            cache = self.peft_model.get_prompt(batch_size=1)
-            mask = torch.ones(1, self.num_virtual_tokens + ids.shape[1], dtype=torch.long, device=ids.device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{kw: cache}).logits
-            new: list[int] = []
-            for _ in range(decoding.max_new_tokens):
-                scores = logits[:, -1].float()
-                if len(new) < decoding.min_new_tokens:
-                    scores[:, eos_id] = -float("inf")
-                if no_repeat is not None:
-                    scores = no_repeat(torch.tensor([new], dtype=torch.long, device=ids.device), scores)
-                token = int(scores.argmax(-1))
-                if token == eos_id:
-                    break
-                new.append(token)
-                mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
-                logits = model(input_ids=torch.tensor([[token]], device=ids.device), attention_mask=mask,
-                               use_cache=True, **{kw: cache}).logits
-            out.append(new)
-        return out
 
     # --- weights ------------------------------------------------------------------------------
     def adapter_state(self, model) -> dict[str, torch.Tensor]:
@@ -205,3 +161,53 @@ class PeftTuner(Method):
         self.save_adapter(model, folder)
         why = "--no-merge" if self.kind == "layers" else "its virtual tokens are extra input and cannot be merged"
         return "adapter", f"{self.peft_config.peft_type} written as a PEFT adapter ({why})."
+
+
+class PeftPrefixTuner(OwnTrunk, PeftTuner):
+    """A PEFT prefix-tuning config: the key/value prefix needs its own trunk call and its own generation loop."""
+
+    def hidden_states(self, model, input_ids, attention_mask) -> torch.Tensor:
+        """The trunk with the prefix's key/value cache in front, as PEFT's forward runs it."""
+        B = input_ids.shape[0]
+        mask = torch.cat([attention_mask.new_ones(B, self.num_virtual_tokens), attention_mask], dim=1)
+        body = trunk(model)
+        return body(input_ids=input_ids, attention_mask=mask, use_cache=True,
+                    **{cache_kwarg(body): self.peft_model.get_prompt(batch_size=B)}).last_hidden_state
+
+    @torch.no_grad()
+    def generate_ids(self, input_ids, attention_mask, decoding, eos_id: int, pad_id: int) -> list[list[int]]:
+        """Prefix tuning's greedy decoding: each article alone (no padding), the prefix cache in front, the cache
+        growing by a token per step, the n-gram rule on the new tokens.  (PEFT 0.21's own ``generate()`` does not
+        reproduce PEFT's forward pass for prefix tuning under transformers 5.24: transformers warns that it ignores
+        one of the two caches it is given, and the tokens differ from the first one on; the test against
+        step-by-step decoding with PEFT's forward caught it.)"""
+        model = self.peft_model.get_base_model()
+        kw = cache_kwarg(model)
+        no_repeat = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size) if decoding.no_repeat_ngram_size else None
+        out = []
+        for ids, m in zip(input_ids, attention_mask):
+            ids = ids[m.bool()][None]
+            cache = self.peft_model.get_prompt(batch_size=1)
+            mask = torch.ones(1, self.num_virtual_tokens + ids.shape[1], dtype=torch.long, device=ids.device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{kw: cache}).logits
+            new: list[int] = []
+            for _ in range(decoding.max_new_tokens):
+                scores = logits[:, -1].float()
+                if len(new) < decoding.min_new_tokens:
+                    scores[:, eos_id] = -float("inf")
+                if no_repeat is not None:
+                    scores = no_repeat(torch.tensor([new], dtype=torch.long, device=ids.device), scores)
+                token = int(scores.argmax(-1))
+                if token == eos_id:
+                    break
+                new.append(token)
+                mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
+                logits = model(input_ids=torch.tensor([[token]], device=ids.device), attention_mask=mask,
+                               use_cache=True, **{kw: cache}).logits
+            out.append(new)
+        return out
+
+
+def peft_tuner_class(cfg) -> type[PeftTuner]:
+    """The class for ``method.peft.config``: prefix tuning runs its own trunk (:class:`OwnTrunk`)."""
+    return PeftPrefixTuner if read_peft_config(cfg.method.peft.config).peft_type == "PREFIX_TUNING" else PeftTuner

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import numpy as np
 from ..config import METHODS, PEFT_METHOD
 from ..errors import UserError
 from ..evaluate.metrics import ROUGE_KEYS
-from ..experiment import read_metrics
+from ..experiment import RESULTS, RunResult, read_metrics, read_results
 from ..utils import read_jsonl
 from . import bootstrap
 
@@ -18,24 +20,51 @@ KEYS = ROUGE_KEYS
 ALPHA = 0.05
 
 
-def _load_run(run: Path) -> dict:
-    p = run / "results.json"
-    try:
-        r = json.loads(p.read_text())
-    except ValueError:
-        raise UserError(f"{p} is not valid JSON; delete that run directory and run compare again") from None
+@dataclass
+class SeedRun:
+    """One finished run directory: its results record, its test predictions and its metrics lines."""
+
+    result: RunResult
+    predictions: list[dict]
+    metrics: list[dict]
+
+
+@dataclass
+class MethodRuns:
+    """One method's row of the report: each seed's run, and ``result``: their mean (``eval`` and ``cost`` averaged
+    over the seeds, their standard deviations in ``eval_std`` / ``cost_std``; every other section the first
+    seed's).  ``ci``: the bootstrap interval of each ROUGE score, attached by :func:`with_intervals`."""
+
+    result: RunResult
+    seeds: list[SeedRun]
+    eval_std: dict = field(default_factory=dict)
+    cost_std: dict = field(default_factory=dict)
+    ci: dict = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.result.method
+
+    @property
+    def predictions(self) -> list[dict]:
+        return self.seeds[0].predictions
+
+    @property
+    def metrics(self) -> list[dict]:
+        return self.seeds[0].metrics
+
+
+def _load_run(run: Path) -> SeedRun:
     pred = run / "predictions.jsonl"
-    r["_predictions"] = read_jsonl(pred) if pred.is_file() else []
-    r["_metrics"] = read_metrics(run)
-    return r
+    return SeedRun(read_results(run), read_jsonl(pred) if pred.is_file() else [], read_metrics(run))
 
 
-def method_runs(out: Path, method: str) -> list[dict]:
+def method_runs(out: Path, method: str) -> list[SeedRun]:
     """A method's finished runs: ``out/<method>`` (one seed) or ``out/<method>/seed-<n>`` (several)."""
     folder = out / method
-    if (folder / "results.json").is_file():
+    if (folder / RESULTS).is_file():
         return [_load_run(folder)]
-    seeds = sorted((p for p in folder.glob("seed-*") if (p / "results.json").is_file()),
+    seeds = sorted((p for p in folder.glob("seed-*") if (p / RESULTS).is_file()),
                    key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else 0)
     return [_load_run(p) for p in seeds]
 
@@ -47,39 +76,39 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
-def aggregate(seed_runs: list[dict]) -> dict:
-    """One method's row from its runs over seeds: numeric figures as the mean across seeds, their standard
-    deviation beside them (``<section>_std``), each seed's run kept under ``seeds``."""
-    r = dict(seed_runs[0])
-    r["seeds"] = seed_runs
-    r["seed_values"] = [s["config"]["train"]["seed"] for s in seed_runs]
+def aggregate(seed_runs: list[SeedRun]) -> MethodRuns:
+    """One method's row from its runs over seeds: each number of ``eval`` and ``cost`` as the mean across seeds,
+    its standard deviation beside it."""
+    first = seed_runs[0].result
+    means, stds = {}, {}
     for section in ("eval", "cost"):
-        mean, std = dict(r[section]), {}
-        for k, v in r[section].items():
+        record, mean, std = getattr(first, section), {}, {}
+        for f in dataclasses.fields(record):
+            v = getattr(record, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                mean[k], std[k] = _mean_std([s[section].get(k) for s in seed_runs])
-        r[section], r[f"{section}_std"] = mean, std
-    return r
+                mean[f.name], std[f.name] = _mean_std([getattr(getattr(s.result, section), f.name) for s in seed_runs])
+        means[section], stds[section] = dataclasses.replace(record, **mean), std
+    return MethodRuns(dataclasses.replace(first, **means), seed_runs, stds["eval"], stds["cost"])
 
 
-def collect(out: Path) -> list[dict]:
+def collect(out: Path) -> list[MethodRuns]:
     """The finished runs under ``out`` (one row per method, over its seeds); all share one test set."""
     peft = sorted(p.name for p in out.glob(f"{PEFT_METHOD}-*") if p.is_dir())  # any PEFT tuner's runs
     runs = [aggregate(seed_runs) for m in (*METHODS, *peft) if (seed_runs := method_runs(out, m))]
     if not runs:
-        raise UserError(f"no finished runs (results.json) under {out}")
+        raise UserError(f"no finished runs ({RESULTS}) under {out}")
     check_same_test_set(runs)
     return runs
 
 
-def check_same_test_set(runs: list[dict]) -> None:
+def check_same_test_set(runs: list[MethodRuns]) -> None:
     """Every figure compares methods on the same articles: runs evaluated on different test sets (another
     --eval.limit, another data subset) are not compared."""
     sets = {}
     for r in runs:
-        for seed_run in r.get("seeds", [r]):
-            name = r["method"] + (f" seed {seed_run['config']['train']['seed']}" if len(r.get("seeds", [])) > 1 else "")
-            sets[name] = frozenset(p["id"] for p in seed_run["_predictions"])
+        for seed_run in r.seeds:
+            name = r.method + (f" seed {seed_run.result.config.train.seed}" if len(r.seeds) > 1 else "")
+            sets[name] = frozenset(p["id"] for p in seed_run.predictions)
     first = next(iter(sets))
     differ = [m for m, s in sets.items() if s != sets[first]]
     if differ:
@@ -103,34 +132,33 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return flat
 
 
-def with_intervals(runs: list[dict], resamples: int) -> tuple[list[dict], dict]:
+def with_intervals(runs: list[MethodRuns], resamples: int) -> tuple[list[MethodRuns], dict]:
     """Attach bootstrap intervals to each method and paired differences to each pair, on the test articles.
 
     Two levels: every resample draws test articles (the same draw for every method: paired) and, for
     each method, its seeds (independently), so an interval holds both the articles' and the training
     runs' variance.  With one seed per method this is the plain paired bootstrap over articles."""
-    ids = [p["id"] for p in runs[0]["_predictions"]]
+    ids = [p["id"] for p in runs[0].predictions]
     idx = bootstrap.resample_indices(len(ids), resamples) if ids else None
     scores, seed_idx = {}, {}
     for j, r in enumerate(runs):
-        seed_runs = r.get("seeds", [r])
-        by_seed = [{p["id"]: p for p in s["_predictions"]} for s in seed_runs]
-        scores[r["method"]] = {k: np.array([[b[i][k] for i in ids] for b in by_seed]) for k in KEYS}
-        seed_idx[r["method"]] = bootstrap.resample_indices(len(seed_runs), resamples, seed=1000 + j)
-        r["ci"] = {k: bootstrap.interval_two_level(scores[r["method"]][k], idx, seed_idx[r["method"]]) if ids
-                   else (r["eval"][k], None, None) for k in KEYS}
+        by_seed = [{p["id"]: p for p in s.predictions} for s in r.seeds]
+        scores[r.method] = {k: np.array([[b[i][k] for i in ids] for b in by_seed]) for k in KEYS}
+        seed_idx[r.method] = bootstrap.resample_indices(len(r.seeds), resamples, seed=1000 + j)
+        r.ci = {k: bootstrap.interval_two_level(scores[r.method][k], idx, seed_idx[r.method]) if ids
+                else (r.result.eval.value(k), None, None) for k in KEYS}
     pairs = {}
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
             if ids:
-                pairs[(a["method"], b["method"])] = {
-                    k: bootstrap.paired_difference_two_level(scores[a["method"]][k], scores[b["method"]][k], idx,
-                                                             seed_idx[a["method"]], seed_idx[b["method"]])
+                pairs[(a.method, b.method)] = {
+                    k: bootstrap.paired_difference_two_level(scores[a.method][k], scores[b.method][k], idx,
+                                                             seed_idx[a.method], seed_idx[b.method])
                     for k in KEYS}
     for k in KEYS:  # Holm-Bonferroni over all pairs of one metric
         adjusted = bootstrap.holm([d[k]["p"] for d in pairs.values()])
         for d, p in zip(pairs.values(), adjusted):
             d[k]["p_holm"] = p
             d[k]["significant"] = p < ALPHA
-    seeds = sorted({len(r.get("seeds", [r])) for r in runs})
+    seeds = sorted({len(r.seeds) for r in runs})
     return runs, {"n": len(ids), "resamples": resamples, "pairs": pairs, "seeds": seeds}

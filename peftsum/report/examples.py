@@ -9,20 +9,21 @@ import html
 import numpy as np
 
 from ..evaluate.metrics import HEADLINE, LABELS
+from .collect import MethodRuns
 
 
-def pick_examples(runs: list[dict], k: int, seed: int) -> dict[str, list[dict]]:
+def pick_examples(runs: list[MethodRuns], k: int, seed: int) -> dict[str, list[dict]]:
     """``{"random": [...], "disagree": [...]}``: each an article's id, reference, spread of the headline ROUGE
     across methods and one row per method (method, summary, score), from each method's first seed."""
-    if k <= 0 or not runs or not runs[0]["_predictions"]:
+    if k <= 0 or not runs or not runs[0].predictions:
         return {"random": [], "disagree": []}
-    by_method = {r["method"]: {p["id"]: p for p in r["_predictions"]} for r in runs}
-    ids = [p["id"] for p in runs[0]["_predictions"]]
+    by_method = {r.method: {p["id"]: p for p in r.predictions} for r in runs}
+    ids = [p["id"] for p in runs[0].predictions]
 
     def article(i) -> dict:
         rows = [(m, preds[i]["prediction"], preds[i][HEADLINE]) for m, preds in by_method.items()]
         scores = [s for _, _, s in rows]
-        return {"id": i, "reference": by_method[runs[0]["method"]][i]["reference"], "rows": rows,
+        return {"id": i, "reference": by_method[runs[0].method][i]["reference"], "rows": rows,
                 "spread": float(max(scores) - min(scores))}
 
     chosen = sorted(np.random.default_rng(seed).choice(len(ids), size=min(k, len(ids)), replace=False).tolist())

@@ -30,7 +30,7 @@ from ..evaluate import cost as costs
 from ..evaluate.generate import decode_ids, generate_summaries
 from ..experiment import accelerator_for
 from ..experiment.compare import method_config, run_name
-from ..methods import build_method
+from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method
 from ..model.loading import (
     load_model,
     load_tokenizer,
@@ -124,7 +124,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     for entry in methods:
         m, mcfg = run_name(entry), method_config(cfg, entry)  # a built-in method or peft:FILE
         method = build_method(mcfg, tokenizer)
-        if not method.trains:
+        if isinstance(method, Untrained):
             continue
         t_method = time.perf_counter()
         model = copy.deepcopy(base)
@@ -136,7 +136,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         mean_target = float(np.mean([len(e["input_ids"]) - e["prompt_len"] for e in ex]))
         # a forward/backward pass as the loop makes it: micro-batches of the batch (the cached head: whole batches)
         longest = max(len(e["input_ids"]) for e in ex) + method.num_virtual_tokens
-        pass_size = bs if method.cache_features else min(bs, micro_batch_size(train_cfg, dev, model.config, longest) or bs)
+        cached = isinstance(method, CachedTrunk)
+        pass_size = bs if cached else min(bs, micro_batch_size(train_cfg, dev, model.config, longest) or bs)
         passes_per_step = math.ceil(bs / pass_size) * train_cfg.grad_accum
         # the loop itself, on the sampled examples: a probe step is one pass (batch = pass size, no accumulation)
         probe_cfg = copy.deepcopy(mcfg)
@@ -159,8 +160,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             val_per_ex = _timed(dev, trainer.validation_loss) / eval_cfg.batch_size
             # the final evaluation's loss runs the trunk; with a frozen trunk that is what building its feature
             # cache timed (the head on the summary positions adds a few per cent)
-            fwd_per_ex = trainer.cache_seconds / len(ds) if method.cache_features else val_per_ex
-            cache_per_ex = fwd_per_ex if method.cache_features else 0.0
+            fwd_per_ex = trainer.cache_seconds / len(ds) if cached else val_per_ex
+            cache_per_ex = fwd_per_ex if cached else 0.0
             accelerator.free_memory()
         # a batch's generation = its prefill + one decode step per further token (both timed in one call)
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
@@ -180,7 +181,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         epochs = total_steps / steps_per_epoch
         n_early = min(n_val, train_cfg.val_limit or n_val)  # validation examples early stopping reads
         train_s = total_steps * step_s
-        if method.cache_features:  # the trunk runs once over the training and validation examples
+        if cached:  # the trunk runs once over the training and validation examples
             train_s += (n_train + n_early) * cache_per_ex
         evaluations = math.ceil(epochs) + 1 + (total_steps // train_cfg.eval_every_steps if train_cfg.eval_every_steps else 0)
         val_s = evaluations * n_early * val_per_ex
@@ -193,7 +194,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         seqs = total_steps * bs * train_cfg.grad_accum
         seq_len = mean_len + method.num_virtual_tokens
         flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * seq_len), int(seqs * mean_target), seq_len,
-                                  int(n_train * mean_len) if method.cache_features else 0)
+                                  int(n_train * mean_len) if cached else 0)
         rows.append({"method": m, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
                      "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
                      "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
@@ -231,7 +232,7 @@ def _generation_seconds(model, method, tokenizer, prompts, decoding, batch_size:
     loop: both phases timed inside one call; prefix tuning's own loop: two calls."""
     dev = accelerator.device
     forced = dataclasses.replace(decoding, max_new_tokens=n_new, min_new_tokens=n_new)
-    if method.fast_generation:
+    if not isinstance(method, OwnTrunk):
         timings: dict = {}
         seeds = [0] * len(prompts) if decoding.do_sample else None
         with accelerator.autocast():

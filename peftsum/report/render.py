@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 from pathlib import Path
 
 from fpdf import FPDF
@@ -14,7 +15,6 @@ from markdown_it import MarkdownIt
 
 from ..errors import UserError
 from ..evaluate.metrics import HEADLINE, LABELS, ROUGE_PROTOCOL
-from ..experiment.rundir import article_budget
 from ..utils import atomic_path, write_text
 from . import plots
 from .collect import collect, flatten, with_intervals
@@ -49,13 +49,12 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
     runs = collect(out)
-    cfg0 = runs[0]["config"]
-    resamples = cfg0.get("eval", {}).get("bootstrap", 1000)
-    runs, boot = with_intervals(runs, resamples)
+    cfg0 = runs[0].result.config
+    runs, boot = with_intervals(runs, cfg0.eval.bootstrap)
     write_csv(out / "results.csv", csv_rows(runs))
-    write_csv(out / "results_config.csv", [{"method": r["method"], **flatten(r["config"])} for r in runs])
+    write_csv(out / "results_config.csv", [{"method": r.method, **flatten(r.result.config.to_dict())} for r in runs])
     figs = make_figures(out, runs)
-    k, seed = cfg0.get("eval", {}).get("examples", 5), cfg0.get("data", {}).get("seed", 0)
+    k, seed = cfg0.eval.examples, cfg0.data.seed
     picked = pick_examples(runs, k, seed)
     md = render_markdown(runs, boot, figs, out)
     examples_md = examples_markdown(picked, k, seed)
@@ -70,18 +69,18 @@ def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
 
 
 def summary_rows(runs):
-    return [{"method": r["method"], "headline": r["eval"][HEADLINE], "trainable": r["params"]["trainable"],
-             "train_seconds": r["cost"]["train_seconds"], "peak_memory_bytes": r["cost"]["peak_memory_bytes"],
-             "ci": r["ci"], "per_seed": [s["eval"] for s in r.get("seeds", [])]} for r in runs]
+    return [{"method": r.method, "headline": r.result.eval.value(HEADLINE), "trainable": r.result.params.trainable,
+             "train_seconds": r.result.cost.train_seconds, "peak_memory_bytes": r.result.cost.peak_memory_bytes,
+             "ci": r.ci, "per_seed": [dataclasses.asdict(s.result.eval) for s in r.seeds]} for r in runs]
 
 
 def make_figures(out: Path, runs) -> dict[str, Path]:
     curves = {}
     for r in runs:
-        tr = [m for m in r["_metrics"] if m.get("type") == "train"]
-        va = [m for m in r["_metrics"] if m.get("type") == "eval"]
+        tr = [m for m in r.metrics if m.get("type") == "train"]
+        va = [m for m in r.metrics if m.get("type") == "eval"]
         if tr or va:
-            curves[r["method"]] = {"train_steps": [m["step"] for m in tr], "train_loss": [m["loss"] for m in tr],
+            curves[r.method] = {"train_steps": [m["step"] for m in tr], "train_loss": [m["loss"] for m in tr],
                                    "val_steps": [m["step"] for m in va], "val_loss": [m["val_loss"] for m in va]}
     rows = summary_rows(runs)
     figs = {}
@@ -90,10 +89,10 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
     figs["rouge"] = plots.rouge_bars(rows, out / "rouge.png", COMPARED, LABELS)
     figs["cost"] = plots.quality_vs_cost(rows, out / "quality_vs_cost.png", LABELS[HEADLINE])
     figs["memory"] = plots.memory_bars(rows, out / "memory.png")
-    lengths = {r["method"]: [p["generated_tokens"] for p in r["_predictions"] if p.get("generated_tokens") is not None]
+    lengths = {r.method: [p["generated_tokens"] for p in r.predictions if p.get("generated_tokens") is not None]
                for r in runs}
     if any(lengths.values()):
-        limit = runs[0]["config"]["eval"].get("decoding", {}).get("max_new_tokens")
+        limit = runs[0].result.config.eval.decoding.max_new_tokens
         figs["lengths"] = plots.length_distribution({m: v for m, v in lengths.items() if v}, out / "lengths.png", limit)
     if (out / "sweep.json").is_file() and (out / "sweep_lr.png").is_file():  # compare --config a sweep's best.yaml
         figs["sweep"] = out / "sweep_lr.png"
@@ -101,14 +100,14 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
 
 
 def render_markdown(runs, boot, figs, out: Path) -> str:
-    r0 = runs[0]
-    cfg = r0["config"]
-    demo = any(r.get("preset") == "demo" for r in runs)
+    r0 = runs[0].result
+    cfg = r0.config
+    demo = any(r.result.preset == "demo" for r in runs)
     parts = ["# peftsum comparison report", ""]
     if demo:
         parts += [f"> **{BANNER}**", ""]
-    parts += [f"Model: `{r0['model']}` · data: `{cfg['data']['source']}` ({r0['data']['train']} train / "
-              f"{r0['data']['validation']} validation / {r0['data']['test']} test) · device: {r0['cost']['device']}",
+    parts += [f"Model: `{r0.model}` · data: `{cfg.data.source}` ({r0.data.train} train / "
+              f"{r0.data.validation} validation / {r0.data.test} test) · device: {r0.cost.device}",
               "", "## Results", "",
               f"ROUGE F1 x 100 on {boot['n']} test articles, with 95 % paired-bootstrap intervals "
               f"({boot['resamples']} resamples over test articles). {protocol_text(runs)} Losses are token-weighted "
@@ -116,7 +115,7 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
               "tokens. The test split was used only for this final evaluation; early stopping and the best "
               "checkpoint used the validation split. ROUGE rewards length, so the mean number of generated tokens "
               "and the share of summaries cut at the token limit stand beside it. Peak memory: "
-              f"{r0['cost'].get('memory_measure', 'see results.json')}.", ""]
+              f"{r0.cost.memory_measure or 'see results.json'}.", ""]
     if max(boot.get("seeds", [1])) > 1:
         parts += [f"Each trained method ran {max(boot['seeds'])} seeds (initialisation, data order, dropout; the "
                   "data split fixed): its figures are the mean ± standard deviation across seeds, and every "
@@ -140,15 +139,15 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
         parts += [f"### {titles[k]}", "", f"![{titles[k]}]({p.name})", ""]
     parts += ["## Hyperparameters", "", md_table(hyper_table(runs)), "",
               "Why these defaults (per method, from the literature — not one shared learning rate):", ""]
-    parts += [f"- **{m}**: {why}" for m, why in DEFAULTS_WHY.items() if any(r["method"] == m for r in runs)]
+    parts += [f"- **{m}**: {why}" for m, why in DEFAULTS_WHY.items() if any(r.method == m for r in runs)]
     if demo:
         parts += ["- The demo preset raises these rates (see the table): a run of a few hundred steps on a tiny "
                   "model; it also uses fewer examples and epochs."]
     parts += ["", "Protocol shared by every method: same data subset and seed, AdamW, warmup then "
-              f"{cfg['train']['schedule']} decay, gradient clipping at {cfg['train']['max_grad_norm']}, up to "
-              f"{cfg['train']['epochs']} epochs with early stopping (stop after {cfg['train']['patience']} consecutive "
+              f"{cfg.train.schedule} decay, gradient clipping at {cfg.train.max_grad_norm}, up to "
+              f"{cfg.train.epochs} epochs with early stopping (stop after {cfg.train.patience} consecutive "
               "validations without improvement; the best checkpoint and early stopping judged by the validation "
-              f"{'loss' if cfg['train'].get('select_by', 'loss') == 'loss' else 'ROUGE-Lsum'}), the decoding above "
+              f"{'loss' if cfg.train.select_by == 'loss' else 'ROUGE-Lsum'}), the decoding above "
               "for every method.", "",
               "## Notes on correctness", "",
               "- GPT-2 ties `lm_head` to `wte`: the assignment's last-layer recipe would also train the input "
@@ -157,7 +156,7 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
               "and padding are -100); ROUGE is computed on generated new tokens only.",
               "- Soft-prompt tokens count against the model's 1024 positions; the article budget accounts for them.",
               "- 'added' counts new parameters once (the tied matrix is not double-counted).", "",
-              "## Software", "", ", ".join(f"{k} {v}" for k, v in r0.get("versions", {}).items()), ""]
+              "## Software", "", ", ".join(f"{k} {v}" for k, v in r0.versions.items()), ""]
     return "\n".join(parts)
 
 
@@ -165,23 +164,23 @@ def protocol_text(runs) -> str:
     """What the scores mean: the ROUGE variant, stemmer and sentence splitter, each decoding, the article budget."""
     decodings: dict[str, list[str]] = {}
     for r in runs:
-        if r["method"] != "lead-3":  # Lead-3 generates nothing
-            text = r.get("protocol", {}).get("decoding_text", "see the config")
-            decodings.setdefault(text, []).append(r["method"])
+        if r.method != "lead-3":  # Lead-3 generates nothing
+            text = r.result.protocol.decoding_text or "see the config"
+            decodings.setdefault(text, []).append(r.method)
     if len(decodings) == 1:
         dec = f"Summaries are decoded the same way for every method: {next(iter(decodings))}."
     else:
         dec = "Decoding: " + "; ".join(f"{', '.join(ms)}: {text}" for text, ms in decodings.items()) + "."
-    zs = next((r["protocol"].get("zero_shot") for r in runs if r["method"] == "zero-shot" and r.get("protocol")), None)
+    zs = next((r.result.protocol.zero_shot for r in runs if r.method == "zero-shot"), None)
     if zs == "gpt2-paper":
         dec += (" Zero-shot follows the GPT-2 paper (Radford et al., 2019, section 3.6): top-k sampling with k = 2 "
                 "after \"TL;DR:\", 100 tokens, the first 3 generated sentences kept.")
-    budget = article_budget(runs[0])
-    share = runs[0]["data"].get("articles_truncated", {}).get("test")
+    budget = runs[0].result.article_budget()
+    share = runs[0].result.data.articles_truncated.get("test")
     cut = f" ({share * 100:.1f} % of the test articles were longer and cut)" if share is not None else ""
     lead = (" Lead-3 is the first three sentences of the article by the same splitter, its Daily Mail byline "
-            "removed." if any(r["method"] == "lead-3" for r in runs) else "")
-    return (f"{runs[0].get('protocol', {}).get('rouge', ROUGE_PROTOCOL)} {dec} Every method read the same article "
+            "removed." if any(r.method == "lead-3" for r in runs) else "")
+    return (f"{runs[0].result.protocol.rouge or ROUGE_PROTOCOL} {dec} Every method read the same article "
             f"tokens: at most {budget}{cut}.{lead}")
 
 
@@ -217,14 +216,14 @@ def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = Non
     pdf.set_font("Helvetica", "B", 16)
     pdf.cell(0, 10, "peftsum comparison report", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", size=9)
-    if any(r.get("preset") == "demo" for r in runs):
+    if any(r.result.preset == "demo" for r in runs):
         pdf.set_fill_color(255, 243, 205)
         pdf.set_font("Helvetica", "B", 10)
         pdf.multi_cell(0, 6, _latin1(BANNER), fill=True, new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", size=9)
-    r0 = runs[0]
-    pdf.multi_cell(0, 5, _latin1(f"Model {r0['model']}; data {r0['config']['data']['source']} ({r0['data']['train']}/"
-                                 f"{r0['data']['validation']}/{r0['data']['test']}); device {r0['cost']['device']}. "
+    r0 = runs[0].result
+    pdf.multi_cell(0, 5, _latin1(f"Model {r0.model}; data {r0.config.data.source} ({r0.data.train}/"
+                                 f"{r0.data.validation}/{r0.data.test}); device {r0.cost.device}. "
                                  f"ROUGE F1 x100 on {boot['n']} test articles with 95% paired-bootstrap intervals "
                                  f"({boot['resamples']} resamples). {protocol_text(runs)}"), new_x="LMARGIN",
                    new_y="NEXT")
@@ -250,7 +249,7 @@ def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = Non
     table(hyper_table(runs), font=7)
     pdf.set_font("Helvetica", size=8)
     for m, why in DEFAULTS_WHY.items():
-        if any(r["method"] == m for r in runs):
+        if any(r.method == m for r in runs):
             pdf.multi_cell(0, 4.5, _latin1(f"{m}: {why}"), new_x="LMARGIN", new_y="NEXT")
     for p in figs.values():
         pdf.add_page()
@@ -263,7 +262,7 @@ def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = Non
             if text:
                 pdf.multi_cell(0, 4, _latin1(text), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", size=8)
-    pdf.multi_cell(0, 4.5, _latin1("Software: " + ", ".join(f"{k} {v}" for k, v in r0.get("versions", {}).items())),
+    pdf.multi_cell(0, 4.5, _latin1("Software: " + ", ".join(f"{k} {v}" for k, v in r0.versions.items())),
                    new_x="LMARGIN", new_y="NEXT")
     with atomic_path(path) as tmp:
         pdf.output(str(tmp))
@@ -280,23 +279,25 @@ def fill_analysis(path: Path, runs, boot) -> None:
     text = path.read_text(encoding="utf-8")
     if ANALYSIS_START not in text or ANALYSIS_END not in text:
         raise UserError(f"{path} has no '{ANALYSIS_START}' ... '{ANALYSIS_END}' section to fill")
-    best = max((r for r in runs), key=lambda r: r["eval"][HEADLINE])
-    trained = [r for r in runs if r["training"].get("steps")]
+    best = max(runs, key=lambda r: r.result.eval.value(HEADLINE))
+    trained = [r for r in runs if r.result.trained]
     lines = [ANALYSIS_START, "",
              f"_Filled by `peftsum report DIR --analysis` from {len(runs)} runs "
-             f"(preset `{runs[0].get('preset')}`, model `{runs[0]['model']}`, device {runs[0]['cost']['device']})._", ""]
-    if any(r.get("preset") == "demo" for r in runs):
+             f"(preset `{runs[0].result.preset}`, model `{runs[0].result.model}`, device {runs[0].result.cost.device})._", ""]
+    if any(r.result.preset == "demo" for r in runs):
         lines += [f"> **{BANNER}**", ""]
     lines += [protocol_text(runs), "", md_table(results_table(runs)), ""]
     if boot["pairs"]:
         lines += [md_table(pairs_table(boot)), ""]
-    lines.append(f"- Highest {LABELS[HEADLINE]} (summary-level): **{best['method']}** ({best['eval'][HEADLINE]:.2f}).")
+    lines.append(f"- Highest {LABELS[HEADLINE]} (summary-level): **{best.method}** "
+                 f"({best.result.eval.value(HEADLINE):.2f}).")
     for r in trained:
-        share = r["params"]["trainable"] / max(r["params"]["total"], 1) * 100
-        lines.append(f"- {r['method']}: {r['params']['trainable']:,} trainable parameters ({share:.3f} % of "
-                     f"{r['params']['total']:,}), {r['cost']['train_seconds']:.1f} s of training, validation loss "
-                     f"{r['eval']['val_loss']:.4f}, stopped by {r['training']['stopped_reason']} after "
-                     f"{r['training']['epochs_run']} epoch(s).")
+        p, res = r.result.params, r.result
+        share = p.trainable / max(p.total, 1) * 100
+        lines.append(f"- {r.method}: {p.trainable:,} trainable parameters ({share:.3f} % of "
+                     f"{p.total:,}), {res.cost.train_seconds:.1f} s of training, validation loss "
+                     f"{res.eval.val_loss:.4f}, stopped by {res.training.stopped_reason} after "
+                     f"{res.training.epochs_run} epoch(s).")
     lines += ["", ANALYSIS_END]
     before, rest = text.split(ANALYSIS_START, 1)
     after = rest.split(ANALYSIS_END, 1)[1]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..evaluate.metrics import HEADLINE, LABELS
-from ..experiment.rundir import article_budget
-from .collect import KEYS
+from .collect import KEYS, MethodRuns
 
 COMPARED = ("rouge1", "rouge2", HEADLINE)  # what the significance table and the ROUGE plot compare
 
@@ -26,40 +25,40 @@ def human(n) -> str:
     return str(n)
 
 
-def results_table(runs) -> list[list[str]]:
+def results_table(runs: list[MethodRuns]) -> list[list[str]]:
     head = ["method", "val loss", "test loss", "test ppl", *(LABELS[k] for k in KEYS),
             "gen. tokens", "cut at max", "trainable", "added", "adapter bytes", "train s", "peak mem", "train FLOPs",
             "epochs (best)"]
-    several = any(len(r.get("seeds", [])) > 1 for r in runs)
+    several = any(len(r.seeds) > 1 for r in runs)
     if several:
         head.insert(1, "seeds")
     body = []
     for r in runs:
-        scores, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
-        spread = r.get("eval_std", {}) if len(r.get("seeds", [])) > 1 else {}
-        cost_spread = r.get("cost_std", {}) if spread else {}
+        scores, p, c, t = r.result.eval, r.result.params, r.result.cost, r.result.training
+        spread = r.eval_std if len(r.seeds) > 1 else {}
+        cost_spread = r.cost_std if spread else {}
 
         def sd(value: str, std) -> str:
             return f"{value} ± {std:.{2 if '.' not in value else len(value.split('.')[1])}f}" if std is not None else value
 
         def ci(k, scores=scores, r=r, spread=spread):
-            m, lo, hi = r["ci"][k]
-            text = sd(f"{scores[k]:.2f}", spread.get(k))
+            m, lo, hi = r.ci[k]
+            text = sd(f"{scores.value(k):.2f}", spread.get(k))
             return f"{text} [{lo:.2f}, {hi:.2f}]" if lo is not None else text
 
-        epochs = f"{t['epochs_run']} ({t['best_epoch']})" if t.get("steps") else "–"
-        loss = [sd(fmt(scores[k], ".4f"), spread.get(k)) if scores[k] is not None else "–"
+        epochs = f"{t.epochs_run} ({t.best_epoch})" if t.steps else "–"
+        loss = [sd(fmt(scores.value(k), ".4f"), spread.get(k)) if scores.value(k) is not None else "–"
                 for k in ("val_loss", "test_loss")]
-        body.append([r["method"], *([str(len(r.get("seeds", [r])))] if several else []), *loss,
-                     fmt(scores["test_perplexity"], ".2f"), *(ci(k) for k in KEYS),
-                     fmt(scores.get("mean_generated_tokens"), ".1f"),
-                     fmt(None if scores.get("hit_max_new_tokens") is None else scores["hit_max_new_tokens"] * 100, ".0f")
-                     + ("%" if scores.get("hit_max_new_tokens") is not None else ""),
-                     f"{p['trainable']:,}", f"{p['added']:,}", human(p["adapter_bytes"]),
-                     sd(fmt(c["train_seconds"], ".1f"), cost_spread.get("train_seconds")),
-                     human(c["peak_memory_bytes"]) + "B"
+        cut = scores.hit_max_new_tokens
+        body.append([r.method, *([str(len(r.seeds))] if several else []), *loss,
+                     fmt(scores.test_perplexity, ".2f"), *(ci(k) for k in KEYS),
+                     fmt(scores.mean_generated_tokens, ".1f"),
+                     fmt(None if cut is None else cut * 100, ".0f") + ("%" if cut is not None else ""),
+                     f"{p.trainable:,}", f"{p.added:,}", human(p.adapter_bytes),
+                     sd(fmt(c.train_seconds, ".1f"), cost_spread.get("train_seconds")),
+                     human(c.peak_memory_bytes) + "B"
                      + (f" ± {human(cost_spread['peak_memory_bytes'])}B" if cost_spread.get("peak_memory_bytes") else ""),
-                     human(c["train_flops"]) if c["train_flops"] else "–", epochs])
+                     human(c.train_flops) if c.train_flops else "–", epochs])
     return [head, *body]
 
 
@@ -74,22 +73,20 @@ def pairs_table(boot) -> list[list[str]]:
     return [head, *body]
 
 
-def hyper_table(runs) -> list[list[str]]:
+def hyper_table(runs: list[MethodRuns]) -> list[list[str]]:
     head = ["method", "optimizer", "lr", "schedule (warmup)", "batch x accum", "lengths src/tgt", "method settings",
             "stopped"]
     body = []
     for r in runs:
-        c, t = r["config"], r["training"]
-        if not t.get("steps"):
-            body.append([r["method"], "–", "–", "–", "–",
-                         f"{article_budget(r)}/{c['data']['max_target_tokens']}", "no training", "–"])
+        c, t = r.result.config, r.result.training
+        lengths = f"{r.result.article_budget()}/{c.data.max_target_tokens}"
+        if not t.steps:
+            body.append([r.method, "–", "–", "–", "–", lengths, "no training", "–"])
             continue
-        hp = {k: v for k, v in r.get("method_hyperparameters", {}).items() if k != "lr"}
-        body.append([r["method"], "AdamW", f"{t['learning_rate']:g}",
-                     f"{c['train']['schedule']} ({c['train']['warmup_ratio']:g})",
-                     f"{c['train']['batch_size']} x {c['train']['grad_accum']}",
-                     f"{article_budget(r)}/{c['data']['max_target_tokens']}",
-                     ", ".join(f"{k}={v}" for k, v in hp.items()) or "–", t["stopped_reason"]])
+        hp = {k: v for k, v in r.result.method_hyperparameters.items() if k != "lr"}
+        body.append([r.method, "AdamW", f"{t.learning_rate:g}", f"{c.train.schedule} ({c.train.warmup_ratio:g})",
+                     f"{c.train.batch_size} x {c.train.grad_accum}", lengths,
+                     ", ".join(f"{k}={v}" for k, v in hp.items()) or "–", t.stopped_reason])
     return [head, *body]
 
 
@@ -101,28 +98,28 @@ def md_table(rows: list[list[str]]) -> str:
 
 
 
-def csv_rows(runs) -> list[dict]:
+def csv_rows(runs: list[MethodRuns]) -> list[dict]:
     """results.csv: one row per method, numbers as numbers, each interval as value / _lo / _hi columns."""
     rows = []
     for r in runs:
-        scores, p, c, t = r["eval"], r["params"], r["cost"], r["training"]
-        std, cost_std = r.get("eval_std", {}), r.get("cost_std", {})
-        row = {"method": r["method"], "seeds": len(r.get("seeds", [r])), "val_loss": scores["val_loss"],
-               "val_loss_std": std.get("val_loss"), "test_loss": scores["test_loss"],
-               "test_loss_std": std.get("test_loss"), "test_perplexity": scores["test_perplexity"]}
+        scores, p, c, t = r.result.eval, r.result.params, r.result.cost, r.result.training
+        std, cost_std = r.eval_std, r.cost_std
+        row = {"method": r.method, "seeds": len(r.seeds), "val_loss": scores.val_loss,
+               "val_loss_std": std.get("val_loss"), "test_loss": scores.test_loss,
+               "test_loss_std": std.get("test_loss"), "test_perplexity": scores.test_perplexity}
         for k in KEYS:
-            mean, lo, hi = r["ci"][k]
-            row.update({k: scores[k], f"{k}_lo": lo, f"{k}_hi": hi, f"{k}_std": std.get(k)})
-        row.update(mean_generated_tokens=scores.get("mean_generated_tokens"),
-                   hit_max_new_tokens=scores.get("hit_max_new_tokens"), test_examples=scores.get("rouge_n"),
+            mean, lo, hi = r.ci[k]
+            row.update({k: scores.value(k), f"{k}_lo": lo, f"{k}_hi": hi, f"{k}_std": std.get(k)})
+        row.update(mean_generated_tokens=scores.mean_generated_tokens,
+                   hit_max_new_tokens=scores.hit_max_new_tokens, test_examples=scores.rouge_n,
                    train_seconds_std=cost_std.get("train_seconds"), peak_memory_bytes_std=cost_std.get("peak_memory_bytes"),
-                   params_total=p["total"], params_trainable=p["trainable"], params_added=p["added"],
-                   adapter_bytes=p["adapter_bytes"], train_seconds=c["train_seconds"], eval_seconds=c["eval_seconds"],
-                   examples_per_second=c["examples_per_second"], tokens_per_second=c["tokens_per_second"],
-                   tokens_per_second_per_device=c.get("tokens_per_second_per_device"), processes=c.get("processes"),
-                   peak_memory_bytes=c["peak_memory_bytes"], train_flops=c["train_flops"], mfu=c["mfu"],
-                   device=c["device"], steps=t.get("steps"), epochs_run=t.get("epochs_run"),
-                   best_epoch=t.get("best_epoch"), stopped_reason=t.get("stopped_reason"),
-                   learning_rate=t.get("learning_rate"))
+                   params_total=p.total, params_trainable=p.trainable, params_added=p.added,
+                   adapter_bytes=p.adapter_bytes, train_seconds=c.train_seconds, eval_seconds=c.eval_seconds,
+                   examples_per_second=c.examples_per_second, tokens_per_second=c.tokens_per_second,
+                   tokens_per_second_per_device=c.tokens_per_second_per_device, processes=c.processes,
+                   peak_memory_bytes=c.peak_memory_bytes, train_flops=c.train_flops, mfu=c.mfu,
+                   device=c.device, steps=t.steps, epochs_run=t.epochs_run,
+                   best_epoch=t.best_epoch, stopped_reason=t.stopped_reason,
+                   learning_rate=t.learning_rate)
         rows.append(row)
     return rows

@@ -33,7 +33,7 @@ from ..errors import TrainingDiverged
 from ..evaluate.evaluation import prompts_of
 from ..evaluate.generate import generate_summaries
 from ..evaluate.metrics import HEADLINE, evaluate_loss, rouge_per_example
-from ..methods.base import Method
+from ..methods.base import CachedTrunk, Method
 from ..model.arch import attention_heads
 from ..utils import rng_state, save_file_atomic, set_rng_state
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -164,10 +164,11 @@ class Trainer:
             self.rouge_ds = validation_subset(val_ds, train_cfg.rouge_examples, self.cfg.data.seed + 1)
 
     def _setup_feature_cache(self) -> None:
-        """A frozen trunk (``Method.cache_features``): its features once, then the head alone trains on them."""
+        """A frozen trunk (:class:`~peftsum.methods.base.CachedTrunk`): its features once, then the head alone
+        trains on them."""
         self.features = self.val_features = None
         self.cache_seconds = 0.0
-        if not self.method.cache_features:
+        if not isinstance(self.method, CachedTrunk):
             return
         dtype = torch.bfloat16 if self.accelerator.mixed_precision == "bf16" else torch.float32
         batch = self.train_cfg.batch_size * 2

@@ -6,7 +6,7 @@ exactly (a mean over an accumulation group, a split, or several ranks — never 
 
 Position t predicts token t+1: labels are shifted by one; prompt, soft-prompt and padding positions
 carry -100 and are dropped *before* the LM head, so the 50,257-way projection runs only on the summary
-positions.  With a frozen trunk (last-layer, untied) the caller may pass cached final hidden states
+positions.  With a frozen trunk (:class:`~peftsum.methods.base.CachedTrunk`) the caller may pass cached final hidden states
 (``features``) and their ``targets`` instead of tokens; the head and the loss are the same code.
 """
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..methods.base import OwnTrunk
 from ..model.arch import trunk
 
 
@@ -31,9 +32,8 @@ class SummaryLM(nn.Module):
         self.method = method
 
     def hidden_states(self, input_ids, attention_mask) -> torch.Tensor:
-        own = self.method.hidden_states(self.model, input_ids, attention_mask)  # prefix tuning: its own trunk call
-        if own is not None:
-            return own
+        if isinstance(self.method, OwnTrunk):  # prefix tuning: its own trunk call
+            return self.method.hidden_states(self.model, input_ids, attention_mask)
         emb, mask = self.method.embed(self.model, input_ids, attention_mask)
         if right_padded(mask):
             # Causal attention already keeps every real token from seeing the padding after it, so

@@ -76,14 +76,14 @@ def step_values(row: dict) -> tuple[dict, int] | None:
     return None
 
 
-def final_values(results: dict) -> dict:
-    """The final evaluation of a run (``results.json``) as tracker values."""
-    scores, cost, params = results["eval"], results["cost"], results["params"]
-    values = {"final/val_loss": scores.get("val_loss"), "final/test_loss": scores.get("test_loss"),
-              "final/test_perplexity": scores.get("test_perplexity"),
-              **{f"final/{k}": scores.get(k) for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
-              "final/train_seconds": cost.get("train_seconds"), "final/peak_memory_bytes": cost.get("peak_memory_bytes"),
-              "final/train_flops": cost.get("train_flops"), "final/trainable_parameters": params.get("trainable")}
+def final_values(results) -> dict:
+    """The final evaluation of a run (its :class:`~peftsum.experiment.results.RunResult`) as tracker values."""
+    scores, cost, params = results.eval, results.cost, results.params
+    values = {"final/val_loss": scores.val_loss, "final/test_loss": scores.test_loss,
+              "final/test_perplexity": scores.test_perplexity,
+              **{f"final/{k}": scores.value(k) for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
+              "final/train_seconds": cost.train_seconds, "final/peak_memory_bytes": cost.peak_memory_bytes,
+              "final/train_flops": cost.train_flops, "final/trainable_parameters": params.trainable}
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 

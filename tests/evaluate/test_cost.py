@@ -1,0 +1,49 @@
+"""FLOP counts by formula (evaluate/cost.py): each method's FLOP shape on GPT-2 small's shape, a step's FLOPs by hand."""
+
+import copy
+
+import pytest
+
+from peftsum.methods import build_method
+from tests.conftest import method_cfg
+
+BLOCKS = 12 * 7_087_872  # GPT-2 small's twelve blocks
+
+
+HEAD = 50_257 * 768
+
+
+@pytest.mark.parametrize("method, kw, trunk, trainable_trunk, head_trainable, backward", [
+    ("prompt-tuning", {}, BLOCKS, 0, False, 12),
+    ("lora", {}, BLOCKS + 294_912, 294_912, False, 12),
+    ("last-layer", {}, BLOCKS, 0, True, 0),
+    ("last-layer", {"method.last_layer.blocks": 2}, BLOCKS, 2 * 7_087_872, True, 2),
+    ("last-layer", {"method.last_layer.tied": True}, BLOCKS, 0, True, 12),  # the tied head is wte: input grads
+    ("full", {}, BLOCKS, BLOCKS, True, 12),
+])
+def test_flop_shape_on_gpt2_small_shape(gpt2_small_shape, method, kw, trunk, trainable_trunk, head_trainable, backward):
+    from peftsum.evaluate.cost import flop_shape
+
+    model = copy.deepcopy(gpt2_small_shape)
+    m = build_method(method_cfg(method, **kw))
+    m.prepare_model(model)
+    s = flop_shape(model, m)
+    assert (s.trunk, s.head, s.n_layer, s.d_model) == (trunk, HEAD, 12, 768)
+    assert (s.trainable_trunk, s.head_trainable, s.backward_layers) == (trainable_trunk, head_trainable, backward)
+
+
+def test_train_flops_by_hand():
+    """LoRA on GPT-2 small, 1,000 tokens of which 100 summary positions, mean length 500; and the cached
+    last-layer run (trunk once over 3,000 tokens, head forward + weight gradient on the summary positions)."""
+    from peftsum.evaluate.cost import FlopShape, train_flops
+
+    lora = FlopShape(BLOCKS + 294_912, HEAD, 12, 768, 294_912, False, 12)
+    per_token = 2 * (BLOCKS + 294_912) + 2 * 12 * 500 * 768
+    head = 2 * HEAD * 100
+    assert train_flops(lora, 1000, 100, 500) == (per_token * 1000 + head) * 2 + 2 * 294_912 * 1000
+    cached = FlopShape(BLOCKS, HEAD, 12, 768, 0, True, 0)
+    assert train_flops(cached, 1000, 100, 500, cached_trunk_tokens=3000) == \
+        (2 * BLOCKS + 2 * 12 * 500 * 768) * 3000 + 2 * head
+    # the head runs on summary positions only: counting it on all 1,000 would add 40 % here
+    full_head = train_flops(lora, 1000, 1000, 500) / train_flops(lora, 1000, 100, 500)
+    assert 1.3 < full_head < 1.5

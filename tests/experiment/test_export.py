@@ -1,0 +1,186 @@
+"""``peftsum export`` against the clients users load exports with: transformers' AutoModelForCausalLM and
+PEFT's PeftModel, in a process that never imports peftsum; model cards read back with huggingface_hub;
+run directories that still work after a move."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from peftsum.cli import main
+from peftsum.experiment import evaluate_saved, load_trained, run_experiment
+
+# computes the test loss of an export with transformers / PEFT only
+LOSS_SCRIPT = r'''
+import json, sys
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+out, examples, base = sys.argv[1:4]
+skip = 0
+if base != "-":
+    from peft import PeftConfig, PeftModel
+    config = PeftConfig.from_pretrained(out)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
+    if config.peft_type in ("PROMPT_TUNING", "P_TUNING"):
+        skip = config.num_virtual_tokens
+else:
+    model = AutoModelForCausalLM.from_pretrained(out)
+model.eval()
+total, n = 0.0, 0
+with torch.no_grad():
+    for line in open(examples):
+        e = json.loads(line)
+        ids = torch.tensor([e["input_ids"]])
+        p = e["prompt_len"]
+        logits = model(input_ids=ids).logits[0, skip:]
+        total += F.cross_entropy(logits[p - 1:-1].float(), ids[0, p:], reduction="sum").item()
+        n += ids.shape[1] - p
+print(json.dumps({"loss": total / n, "peftsum_imported": any(m.startswith("peftsum") for m in sys.modules)}))
+'''
+
+METHODS = ["lora", "prompt-tuning", "last-layer", "full"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir, demo_dir):
+    from peftsum.config import load_config
+    from tests.conftest import tiny_overrides
+
+    root = tmp_path_factory.mktemp("export-runs")
+    out = {}
+    for name in [*METHODS, "zero-shot", "lora-peft-backend"]:
+        method = name.split("-peft-")[0]
+        cfg = load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{
+            "method.name": method, "train.max_steps": 3, "eval.limit": 6, "method.lora.lr": 2e-2,
+            "method.lora.backend": "peft" if name.endswith("backend") else "peftsum"}))
+        run_experiment(cfg, root / name)
+        out[name] = root / name
+    return out
+
+
+def _examples_file(run: Path, path: Path) -> Path:
+    parts = load_trained(run)
+    data, _ = parts.load_data()
+    test = data["test"].select(range(min(parts.cfg.eval.limit or len(data["test"]), len(data["test"]))))
+    path.write_text("".join(json.dumps({"input_ids": e["input_ids"], "prompt_len": e["prompt_len"]}) + "\n"
+                            for e in test))
+    return path
+
+
+def _loss_without_peftsum(out: Path, examples: Path, base: str = "-") -> float:
+    done = subprocess.run([sys.executable, "-c", LOSS_SCRIPT, str(out), str(examples), base],
+                          capture_output=True, text=True, cwd=out.parent, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    assert r["peftsum_imported"] is False
+    return r["loss"]
+
+
+@pytest.mark.parametrize("method, merge, kind", [
+    ("lora", True, "model"), ("lora", False, "adapter"), ("lora-peft-backend", True, "model"),
+    ("prompt-tuning", True, "adapter"),
+    ("last-layer", True, "model"), ("full", True, "model"),
+])
+def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, tiny_model_dir, capsys, method, merge,
+                                                              kind):
+    run, out = runs[method], tmp_path / "export"
+    assert main(["export", str(run), str(out), *([] if merge else ["--no-merge"])]) == 0
+    printed = capsys.readouterr().out
+    assert f"exported {kind}" in printed
+    if method == "prompt-tuning":
+        assert "cannot be merged" in printed
+    files = {p.name for p in out.iterdir()}
+    assert {"README.md", "tokenizer_config.json"} <= files
+    assert ("adapter_config.json" in files) == (kind == "adapter") and ("config.json" in files) == (kind == "model")
+    expected = evaluate_saved(run, "test", 6)["loss"]  # what `peftsum eval RUN` reports
+    loss = _loss_without_peftsum(out, _examples_file(run, tmp_path / "ex.jsonl"),
+                                 str(tiny_model_dir) if kind == "adapter" else "-")
+    assert loss == pytest.approx(expected, rel=1e-5)
+    card = ModelCard.load(out / "README.md")
+    results = json.loads((run / "results.json").read_text())
+    assert card.data.library_name == ("peft" if kind == "adapter" else "transformers")
+    assert card.data.base_model == str(tiny_model_dir)
+    rouge_l = [m for r in card.data.eval_results if r.metric_name == "ROUGE-L" for m in [r.metric_value]]
+    assert rouge_l == [round(results["eval"]["rougeLsum"], 2)]  # the headline ROUGE-L is the summary-level one
+    assert ("AutoModelForCausalLM.from_pretrained" in card.text) and (("PeftModel" in card.text) == (kind == "adapter"))
+
+
+def test_merged_lora_logits_equal_the_adapter(runs, tmp_path, tiny_model_dir, tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert main(["export", str(runs["lora"]), str(tmp_path / "merged")]) == 0
+    assert main(["export", str(runs["lora"]), str(tmp_path / "adapter"), "--no-merge"]) == 0
+    ids = torch.tensor([tokenizer("Heavy rain flooded the old town on Monday.\nTL;DR:")["input_ids"]])
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                                        str(tmp_path / "adapter")).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        a, b, c = (m(input_ids=ids).logits for m in (merged, adapter, base))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, c, atol=1e-3)  # the adapter changed something
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_adapter_of_the_demo_base_carries_it(runs, tmp_path, tiny_model_dir, demo_dir, monkeypatch):
+    """A run on the demo base (built in peftsum's cache, on no hub) exports the base beside the adapter; the
+    run directory itself names "demo", not the cache path."""
+    import peftsum.model.loading as loading
+    from peftsum.config import load_config
+    from tests.conftest import tiny_overrides
+
+    monkeypatch.setattr(loading, "ensure_demo_base", lambda: Path(tiny_model_dir))
+    run = tmp_path / "run"
+    cfg = load_config("demo", None, tiny_overrides("demo", demo_dir, **{"method.name": "lora", "train.max_steps": 1,
+                                                                        "eval.limit": 6}))
+    run_experiment(cfg, run)
+    for name in ("adapter_config.json", "peftsum_method.json"):
+        text = (run / name).read_text()
+        assert str(tiny_model_dir) not in text and '"demo"' in text
+    assert main(["export", str(run), str(tmp_path / "out"), "--no-merge"]) == 0
+    assert (tmp_path / "out" / "base" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["base_model_name_or_path"] == "base"
+    examples = _examples_file(run, tmp_path / "ex.jsonl")
+    loss = _loss_without_peftsum(tmp_path / "out", examples, str(tmp_path / "out" / "base"))
+    assert loss == pytest.approx(evaluate_saved(run, "test", cfg.eval.limit)["loss"], rel=1e-5)
+
+
+def test_a_moved_run_directory_still_works(runs, tmp_path, capsys):
+    moved = tmp_path / "elsewhere" / "lora"
+    shutil.copytree(runs["lora"], moved)
+    article = tmp_path / "a.txt"
+    article.write_text("Heavy rain flooded the old town on Monday, and officials said repairs would take weeks.")
+    assert main(["summarize", str(runs["lora"]), str(article)]) == 0
+    original = capsys.readouterr().out
+    shutil.rmtree(runs["lora"].parent / "lora-gone", ignore_errors=True)
+    runs["lora"].rename(runs["lora"].parent / "lora-gone")  # the original place no longer exists
+    try:
+        assert main(["summarize", str(moved), str(article)]) == 0
+        assert capsys.readouterr().out == original
+    finally:
+        (runs["lora"].parent / "lora-gone").rename(runs["lora"])
+    card = ModelCard.load(moved / "README.md")
+    assert "peftsum summarize" in card.text and card.data.tags == ["peftsum", "summarization", "lora"]
+    assert card.data.library_name == "peft"  # a LoRA run directory is a PEFT adapter folder
+
+
+def test_export_refusals_leave_nothing(runs, tmp_path, capsys):
+    assert main(["export", str(runs["zero-shot"]), str(tmp_path / "zs")]) == 2
+    assert "trains nothing" in capsys.readouterr().err and not (tmp_path / "zs").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    assert main(["export", str(runs["full"]), str(busy)]) == 2
+    assert "not empty" in capsys.readouterr().err and [p.name for p in busy.iterdir()] == ["keep.txt"]
+    assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "o")]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".o.*"))  # no temporary folder left

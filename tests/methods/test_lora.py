@@ -1,0 +1,90 @@
+"""LoRA (methods/lora.py): targets by suffix, the start at the base model, merging, nn.Linear, dropout, and
+equality with PEFT's own LoRA layers."""
+
+import copy
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from peftsum.methods import build_method
+from peftsum.methods.lora import LoRALayer, matches
+from peftsum.model.loading import load_model
+from tests.conftest import method_cfg, summary_logits, text_batch
+
+
+def test_model_dropout_sets_the_transformer_not_lora():
+    """model.dropout: every GPT-2 dropout (attention, residual, MLP, embeddings) and the config that the
+    SDPA path reads; LoRA keeps its own method.lora.dropout; None keeps the checkpoint's 0.1."""
+    from peftsum.model.loading import set_dropout
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100))
+    set_dropout(model, None)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    m = build_method(method_cfg("lora", **{"method.lora.dropout": 0.05}))
+    set_dropout(model, 0.0)  # as a run does it: on the base model, before the method adds its layers
+    m.prepare_model(model)
+    lora = {id(x.dropout) for x in model.modules() if isinstance(x, LoRALayer)}
+    ps = [(id(x) in lora, x.p) for x in model.modules() if isinstance(x, torch.nn.Dropout)]
+    assert sorted(ps) == [(False, 0.0)] * (1 + 2 * 3) + [(True, 0.05)] * 2
+    assert model.config.attn_pdrop == model.config.resid_pdrop == model.config.embd_pdrop == 0.0
+
+
+def test_lora_targets_match_by_suffix():
+    assert matches("transformer.h.0.attn.c_proj", ["attn.c_proj"])
+    assert not matches("transformer.h.0.mlp.c_proj", ["attn.c_proj"])
+    assert matches("transformer.h.0.mlp.c_proj", ["c_proj"]) and matches("transformer.h.0.attn.c_proj", ["c_proj"])
+
+
+def test_lora_starts_as_the_base_model_and_merges(tiny_model_dir, tokenizer):
+    base = load_model(str(tiny_model_dir)).eval()
+    model = copy.deepcopy(base)
+    m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.targets": ["attn.c_attn", "mlp.c_fc"]}))
+    m.prepare_model(model)
+    model.eval()
+    ids, mask = text_batch(tokenizer, ["The mayor said on Monday that the bridge will open."])
+    assert torch.equal(summary_logits(model, m, ids, mask), summary_logits(base, m, ids, mask))  # B = 0
+    layers = m.layers(model)
+    assert len(layers) == 4 and all(lay.lora_A.shape[1] == 8 for lay in layers.values())
+    with torch.no_grad():
+        for lay in layers.values():
+            lay.lora_B.normal_(0, 0.05)
+    unmerged = summary_logits(model, m, ids, mask)
+    assert not torch.allclose(unmerged, summary_logits(base, m, ids, mask))
+    m.merge(model)
+    assert torch.allclose(summary_logits(model, m, ids, mask), unmerged, atol=1e-5)
+    m.unmerge(model)
+    assert torch.allclose(summary_logits(model, m, ids, mask), unmerged, atol=1e-5)
+    assert {n for n, _ in m.trainable_parameters(model)} == {f"{k}.{ab}" for k in layers for ab in ("lora_A", "lora_B")}
+
+
+def test_lora_layer_wraps_linear_too():
+    lin = torch.nn.Linear(6, 5)
+    lay = LoRALayer(lin, 2, 4.0, 0.0)
+    with torch.no_grad():
+        lay.lora_B.normal_()
+    x = torch.randn(3, 6)
+    expected = lin(x) + x @ lay.lora_A @ lay.lora_B * 2.0
+    assert torch.allclose(lay(x), expected, atol=1e-6)
+    y = lay(x)
+    lay.merge()
+    assert torch.allclose(lay(x), y, atol=1e-5)
+
+
+def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer):
+    ids, mask = text_batch(tokenizer, ["Floods hit homes.", "A new rail line opens in May, officials said."])
+    outs = []
+    state = None
+    for backend in ("peftsum", "peft"):
+        model = load_model(str(tiny_model_dir)).eval()
+        m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.backend": backend}))
+        m.prepare_model(model)
+        model.eval()
+        if state is None:
+            with torch.no_grad():
+                for lay in m.layers(model).values():
+                    lay.lora_B.normal_(0, 0.05)
+            state = m.peft_state_dict(model)
+        else:
+            m.load_peft_state_dict(model, state)
+        outs.append(summary_logits(model, m, ids, mask))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)

@@ -1,0 +1,38 @@
+"""`peftsum plan` projects from a few timed steps; the projection of a short run must be within a
+factor of 2 of the same run measured (a loose bound: the machines are noisy)."""
+
+from peftsum.experiment import run_experiment
+from peftsum.report.plan import measure, render
+
+
+def test_plan_projection_within_factor_two(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("lora", **{"train.max_steps": 16, "data.train_size": 160, "train.batch_size": 8})
+    projected = measure(cfg, ["lora", "zero-shot"], "cpu", steps=4)
+    assert [r["method"] for r in projected["rows"]] == ["lora"]  # zero-shot trains nothing
+    row = projected["rows"][0]
+    assert row["steps"] == 16 and row["trainable"] > 0 and row["train_flops"] > 0
+    text = render(projected)
+    assert "whole protocol" in text and "assumptions:" in text
+    measured = run_experiment(cfg, tmp_path / "lora").cost.train_seconds
+    ratio = row["train_seconds"] / measured
+    assert 0.5 <= ratio <= 2.0, (row["train_seconds"], measured)
+
+
+def test_plan_works_on_data_smaller_than_its_batches(tiny_model_dir, tmp_path, capsys):
+    """40 / 4 / 4 rows and a batch of 64: plan reuses examples to fill what it times, and says so."""
+    from peftsum.cli import main
+    from peftsum.data.demo import write_demo_corpus
+
+    data = write_demo_corpus(tmp_path / "small", {"train": 40, "validation": 4, "test": 4})
+    assert main(["plan", "--preset", "demo", "--model", str(tiny_model_dir), "--data", str(data),
+                 "--methods", "lora,last-layer", "--train.batch_size", "64",
+                 "--data.max_source_tokens", "96", "--data.max_target_tokens", "48", "--eval.decoding.max_new_tokens", "8",
+                 "--eval.batch_size", "16"]) == 0
+    out, err = capsys.readouterr()
+    assert "training examples reused" in out and "whole protocol" in out
+    assert "[plan] lora:" in err and "[plan] last-layer:" in err
+    assert "MFU against the measured float32 matmul peak" in out
+    assert "up to 3 timed, fewer where one pass takes over 10 s" in out  # the default timing
+    assert "examples: 40 train / 4 validation / 4 test" in out  # projected on what the data has
+    rows = [line for line in out.splitlines() if line.startswith(("lora ", "last-layer "))]
+    assert len(rows) == 2 and all(not line.rstrip().endswith("–") for line in rows)  # MFU shown on a CPU

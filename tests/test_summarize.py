@@ -1,0 +1,46 @@
+"""peftsum summarize (summarize.py) against what the evaluation stored: the same summaries, one article or a
+whole file, with or without the run's training data."""
+
+import json
+import shutil
+
+import pytest
+
+from peftsum.cli import main
+from peftsum.utils import read_jsonl
+from tests.conftest import ALL_METHODS, raw_test_articles
+
+
+@pytest.mark.parametrize("method", ALL_METHODS.split(","))
+def test_summarize_prints_what_the_evaluation_stored(compared, demo_dir, tmp_path, capsys, method):
+    preds = read_jsonl(compared / method / "predictions.jsonl")
+    ids = [p["id"] for p in preds]
+    articles = raw_test_articles(demo_dir, ids)
+    # one article at a time, as a user pastes it
+    for k in (0, len(preds) - 1):
+        (tmp_path / "a.txt").write_text(articles[k], encoding="utf-8")
+        assert main(["summarize", str(compared / method), str(tmp_path / "a.txt")]) == 0
+        assert capsys.readouterr().out.strip() == preds[k]["prediction"].strip(), (method, k)
+    # the whole test set in batch mode, from a JSONL file with the same column names as --data
+    src = tmp_path / "articles.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "article": a}) + "\n" for i, a in zip(ids, articles)))
+    assert main(["summarize", str(compared / method), "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 0
+    got = read_jsonl(tmp_path / "o.jsonl")
+    assert [g["id"] for g in got] == ids
+    assert [g["prediction"] for g in got] == [p["prediction"] for p in preds]
+    assert [g["generated_tokens"] for g in got] == [p["generated_tokens"] if method != "lead-3" else None
+                                                    for p in preds]
+
+
+def test_summarize_needs_no_training_data(compared, tmp_path, capsys):
+    """The run's data source gone (CNN/DailyMail not cached, say): summarize still works."""
+    run = tmp_path / "lora"
+    shutil.copytree(compared / "lora", run)
+    text = (run / "config.yaml").read_text()
+    data_line = next(line for line in text.splitlines() if line.strip().startswith("source:"))
+    (run / "config.yaml").write_text(text.replace(data_line, "  source: /nonexistent/data"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "x.txt").write_text("REDFIELD -- The council approved a new rail line on Monday.")
+    assert main(["summarize", str(run), "--input", str(tmp_path / "folder")]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["id"] == "x" and isinstance(row["prediction"], str) and row["generated_tokens"] >= 0

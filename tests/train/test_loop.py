@@ -1,0 +1,254 @@
+"""The training loop (train/loop.py): validation and stopping rules, NaN, resume reproducing the uninterrupted
+run, micro-batches, ROUGE-based selection, and two processes against one."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from peftsum.cli import main
+from peftsum.errors import TrainingDiverged
+from peftsum.evaluate.evaluation import prompts_of
+from peftsum.evaluate.generate import generate_summaries
+from peftsum.evaluate.metrics import rouge_per_example
+from peftsum.experiment import run_experiment
+from peftsum.experiment.run import accelerator_for, load_trained
+from peftsum.train.loop import validation_subset
+from peftsum.utils import read_jsonl
+from tests.conftest import set_args, train_args, without_seconds
+
+SHORT = {"train.max_steps": 4, "data.train_size": 32}  # 4 steps an epoch
+# learning rates that move the tiny model in 6 steps
+TUNED = {"train.max_steps": 6, "method.prompt_tuning.lr": 0.3, "method.lora.lr": 1e-2, "method.last_layer.lr": 1e-2,
+         "method.full.lr": 3e-3}
+
+
+def test_validation_at_an_epoch_end_is_not_counted_twice(tiny_cfg, tmp_path):
+    # 32 examples / batch 8 = 4 steps an epoch; eval_every_steps 4 lands on each epoch's end
+    cfg = tiny_cfg("lora", **{**SHORT, "train.max_steps": None, "train.epochs": 3, "train.eval_every_steps": 4})
+    r = run_experiment(cfg, tmp_path / "r")
+    evals = [m["step"] for m in read_jsonl(tmp_path / "r" / "metrics.jsonl") if m["type"] == "eval"]
+    assert evals == [0, 4, 8, 12] and len(r.training.validation_history) == 3
+    assert r.training.stopped_reason == "epochs"
+
+
+def test_epoch_limit_is_not_called_max_steps(tiny_cfg, tmp_path):
+    r = run_experiment(tiny_cfg("lora", **{**SHORT, "train.max_steps": 1000, "train.epochs": 1}), tmp_path / "r")
+    assert r.training.steps == 4 and r.training.stopped_reason == "epochs"
+    r = run_experiment(tiny_cfg("lora", **{**SHORT, "train.max_steps": 3, "train.epochs": 1}), tmp_path / "s")
+    assert r.training.steps == 3 and r.training.stopped_reason == "max_steps"
+
+
+def test_val_limit_is_a_fixed_seeded_subset(tiny_cfg, tmp_path):
+    from peftsum.train.loop import validation_subset
+
+    a = run_experiment(tiny_cfg("lora", **{**SHORT, "train.val_limit": 5}), tmp_path / "a")
+    b = run_experiment(tiny_cfg("lora", **SHORT), tmp_path / "b")
+    assert a.training.initial_val_loss != pytest.approx(b.training.initial_val_loss, abs=1e-9)
+    assert a.eval.val_loss == pytest.approx(b.eval.val_loss, rel=0.2)  # the final one: whole split
+
+    class Split(list):
+        def select(self, idx):
+            return [self[i] for i in idx]
+
+    first = validation_subset(Split(range(16)), 5, 42)
+    assert first == validation_subset(Split(range(16)), 5, 42) and len(set(first)) == 5
+
+
+def test_nan_loss_stops_with_a_clear_error_and_no_best(tiny_cfg, tmp_path, monkeypatch, capsys):
+    from peftsum.train.loss import SummaryLM
+
+    real = SummaryLM.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        nll, n = real(self, *a, **k)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] >= 3:
+                return nll * float("nan"), n
+        return nll, n
+
+    monkeypatch.setattr(SummaryLM, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="training loss is nan at step"):
+        run_experiment(tiny_cfg("lora", **SHORT), tmp_path / "r")
+    assert not (tmp_path / "r" / "results.json").exists() and not (tmp_path / "r" / "best.safetensors").exists()
+    assert TrainingDiverged.exit_code != 0
+    assert math.isnan(float("nan"))
+
+
+def test_early_stop_in_the_middle_of_an_epoch_checkpoints(tiny_cfg, tmp_path, monkeypatch):
+    from peftsum.experiment import run as experiment
+    from peftsum.train.checkpoint import load_checkpoint
+
+    def stop_before_evaluation(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "evaluate_run", stop_before_evaluation)
+    cfg = tiny_cfg("lora", **{**SHORT, "train.max_steps": None, "train.epochs": 3, "train.eval_every_steps": 1,
+                              "train.patience": 1, "train.min_delta": 100.0, "train.checkpoint_every_steps": 1000})
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "r")
+    state = load_checkpoint(tmp_path / "r")["state"]
+    assert state["stopped_reason"] == "early_stopping" and state["step"] == 2  # mid-epoch 1 of 4 steps
+    assert torch.is_tensor(load_checkpoint(tmp_path / "r")["rng"]["torch"])
+
+
+def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_cfg, monkeypatch):
+    from peftsum.train import metrics_file as loop
+
+    extra = {**TUNED, "train.max_steps": 6, "train.checkpoint_every_steps": 100}
+    full = run_experiment(tiny_cfg("prompt-tuning", **extra), tmp_path / "a")
+    # a real SIGINT (Ctrl-C) arrives during step 4: the loop finishes the step, checkpoints, stops
+    real = loop.MetricsFile.write
+
+    def boom(self, row):
+        if row.get("type") == "train" and row["step"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        real(self, row)
+
+    monkeypatch.setattr(loop.MetricsFile, "write", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny_cfg("prompt-tuning", **extra), tmp_path / "b")
+    assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "results.json").exists()
+    monkeypatch.setattr(loop.MetricsFile, "write", real)
+    resumed = run_experiment(tiny_cfg("prompt-tuning", **extra), tmp_path / "b", resume=True)
+
+    assert without_seconds(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == without_seconds(read_jsonl(tmp_path / "b" / "metrics.jsonl"))
+    assert resumed.eval == full.eval
+    assert resumed.training.steps == 6
+
+
+def test_resuming_a_finished_early_stopped_run_does_not_train_on(tiny_cfg, tmp_path, monkeypatch):
+    """An interruption after training ended (say during the final evaluation) resumes to evaluation only."""
+    from peftsum.experiment import run as experiment
+
+    cfg = tiny_cfg("lora", **{**TUNED, "train.max_steps": None, "train.epochs": 5, "train.patience": 1,
+                              "train.min_delta": 100.0})  # no epoch can improve by 100: stops after epoch 2
+    calls = {"n": 0}
+    real = experiment.evaluate_run
+
+    def crash_once(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(experiment, "evaluate_run", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "r")
+    steps_before = len([r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["type"] == "train"])
+    res = run_experiment(cfg, tmp_path / "r", resume=True)
+    assert res.training.stopped_reason == "early_stopping" and res.training.early_stopped
+    assert res.training.steps == steps_before == 16  # 8 steps an epoch; epoch 2 fails to improve: stop
+
+
+def test_micro_batches_give_the_whole_batch_trajectory(tiny_cfg, tmp_path):
+    """train.micro_batch_size cuts each batch into forward passes; without dropout the training and
+    validation losses, and the test loss of the trained weights, are those of whole-batch passes (float
+    sums aside). 3 does not divide the batch of 8."""
+    from types import SimpleNamespace
+
+    from peftsum.train.loop import _passes, micro_batch_size
+
+    assert _passes([1, 2, 3, 4, 5, 6, 7, 8], 3) == [[1, 2, 3], [4, 5, 6], [7, 8]]
+    assert _passes([1, 2], None) == [[1, 2]]
+    auto, cpu, gpu = SimpleNamespace(micro_batch_size=None), torch.device("cpu"), torch.device("cuda")
+    heads = SimpleNamespace(n_head=12)
+    assert micro_batch_size(auto, cpu, heads, 600) == 1  # GPT-2 small at CNN/DailyMail lengths: 17 MiB of scores
+    assert micro_batch_size(auto, cpu, heads, 200) == 17  # 32 MiB / (4 bytes x 12 heads x 200^2)
+    assert micro_batch_size(auto, cpu, SimpleNamespace(num_attention_heads=12), 200) == 17  # non-GPT-2 configs
+    assert micro_batch_size(auto, gpu, heads, 600) is None
+    assert micro_batch_size(SimpleNamespace(micro_batch_size=3), gpu, heads, 600) == 3
+    runs = {}
+    for mbs in (8, 3):
+        cfg = tiny_cfg("lora", **{"train.max_steps": 4, "train.micro_batch_size": mbs, "model.dropout": 0.0,
+                                  "method.lora.dropout": 0.0, "method.lora.lr": 1e-2})
+        res = run_experiment(cfg, tmp_path / str(mbs))
+        runs[mbs] = (read_jsonl(tmp_path / str(mbs) / "metrics.jsonl"), res)
+    (a, ra), (b, rb) = runs[8], runs[3]
+    assert [r["type"] for r in a] == [r["type"] for r in b] and sum(r["type"] == "train" for r in a) == 4
+    for x, y in zip(a, b):
+        key = "loss" if x["type"] == "train" else "val_loss"
+        assert y[key] == pytest.approx(x[key], rel=1e-5)
+    assert a[-1]["val_loss"] < a[0]["val_loss"]  # it trained
+    assert rb["eval"]["test_loss"] == pytest.approx(ra["eval"]["test_loss"], rel=1e-5)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(demo_dir, tmp_path):
+    """Data parallel on CPU through Accelerate (gloo): 2 x batch 4 against 1 x batch 8, decoding with beam search
+    and choosing the best weights by validation ROUGE-Lsum (each rank generates its share, all score alike)."""
+    from peftsum.model.demo_base import ensure_demo_base
+    from tests.conftest import TINY_CONFIG, TINY_RECIPE
+
+    no_dropout = {**TINY_CONFIG, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    model = ensure_demo_base(no_dropout, TINY_RECIPE, root=tmp_path / "m")
+    extra = {"train.max_steps": 6, "method.lora.dropout": 0.0, "eval.decoding.num_beams": 3,
+             "train.select_by": "rougeLsum", "train.rouge_examples": 6, "train.eval_every_steps": 3}
+    env = dict(os.environ)
+    one = subprocess.run([sys.executable, "-m", "peftsum.cli",
+                          *train_args(model, demo_dir, "lora", tmp_path / "one", **extra, **{"train.batch_size": 8})],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "peftsum.cli",
+                          *train_args(model, demo_dir, "lora", tmp_path / "two", **extra, **{"train.batch_size": 4})],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert len(a) == len(b)  # only rank 0 wrote
+    for x, y in zip(a, b):
+        for key in ("loss", "val_loss", "val_rougeLsum"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-5)  # float reductions differ, nothing else
+    assert two.stdout.count("results:") == 1  # only rank 0 printed
+    # the final evaluation is shared between the processes and gathered: the same results and predictions
+    ra = json.loads((tmp_path / "one" / "results.json").read_text())
+    rb = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert [r for r in a if "val_rougeLsum" in r] and rb["training"]["best_step"] == ra["training"]["best_step"]
+    for k in ("val_loss", "test_loss", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_generated_tokens"):
+        assert rb["eval"][k] == pytest.approx(ra["eval"][k], rel=1e-5), k
+    strip_preds = lambda rows: [(r["id"], r["prediction"], r["generated_tokens"]) for r in rows]  # noqa: E731
+    assert strip_preds(read_jsonl(tmp_path / "two" / "predictions.jsonl")) == strip_preds(
+        read_jsonl(tmp_path / "one" / "predictions.jsonl"))
+    # the whole job's figures, not one process's share
+    for k in ("tokens", "examples", "target_tokens"):
+        assert rb["training"][k] == ra["training"][k], k
+    assert rb["cost"]["train_flops"] == pytest.approx(ra["cost"]["train_flops"], rel=1e-9)
+    assert rb["cost"]["processes"] == 2 and ra["cost"]["processes"] == 1
+
+
+def test_select_by_rouge_keeps_the_weights_with_the_best_validation_rouge(tiny_model_dir, demo_dir, tmp_path):
+    """Validations record ROUGE-Lsum of the decoding on a fixed subset; the kept weights are those of the highest
+    one, and regenerating that subset with the saved run gives that very score; the generation is counted in
+    the training time."""
+    run = tmp_path / "run"
+    args = ["train", "--preset", "demo", "--method", "lora", "--out", str(run),
+            *set_args(tiny_model_dir, demo_dir, **{"train.select_by": "rougeLsum", "train.rouge_examples": 6,
+                                                "train.eval_every_steps": 2, "train.max_steps": 6, "train.epochs": 2,
+                                                "train.patience": None, "method.lora.lr": 3e-2})]
+    assert main(args) == 0
+    r = json.loads((run / "results.json").read_text())
+    t = r["training"]
+    rows = [x for x in read_jsonl(run / "metrics.jsonl") if x["type"] == "eval" and x["step"] > 0]
+    assert [x["val_rougeLsum"] for x in rows] == t["validation_scores"] and len(rows) >= 3
+    best = max(rows, key=lambda x: x["val_rougeLsum"])  # the first of equal highs
+    assert t["best_step"] == best["step"] and t["best_value"] == pytest.approx(best["val_rougeLsum"])
+    assert t["select_by"] == "rougeLsum" and r["protocol"]["select_by"] == "rougeLsum"
+    assert t["selection_seconds"] == pytest.approx(sum(x["selection_seconds"] for x in rows))
+    assert 0 < t["selection_seconds"] < r["cost"]["train_seconds"]
+    # the saved (best) weights regenerate the selection subset with exactly the recorded score
+    parts = load_trained(run)
+    data, _ = parts.load_data()
+    subset = validation_subset(data["validation"], 6, parts.cfg.data.seed + 1)
+    acc = accelerator_for(parts.cfg)
+    gen = generate_summaries(parts.model, parts.method, parts.tokenizer, prompts_of(subset), parts.method.decoding(),
+                             parts.cfg.eval.batch_size, acc.device)
+    scores = rouge_per_example([g.text for g in gen], list(subset["highlights"]))["rougeLsum"]
+    assert sum(scores) / len(scores) == pytest.approx(t["best_value"], rel=1e-6)

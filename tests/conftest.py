@@ -64,3 +64,95 @@ def tiny_cfg(tiny_model_dir, demo_dir):
         return load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{"method.name": method, **extra}))
 
     return make
+
+
+ALL_METHODS = "zero-shot,lead-3,prompt-tuning,lora,last-layer,full"
+
+
+def compare_args(model_dir, data_dir, out, methods: str = ALL_METHODS, **extra) -> list[str]:
+    """``peftsum compare`` on the tiny model and demo data: 3 steps, beam search (4 beams) for every method."""
+    ov = dict(tiny_overrides(model_dir, data_dir, **{"train.max_steps": 3, "eval.decoding.num_beams": 4, **extra}))
+    return ["compare", "--preset", "demo", "--methods", methods, "--out", str(out),
+            *[f"--set={k}={'null' if v is None else v}" for k, v in ov.items()]]
+
+
+@pytest.fixture(scope="session")
+def compared(tmp_path_factory, tiny_model_dir, demo_dir) -> Path:
+    """One ``compare`` of every method, shared by the whole test run: tests read it, or copy it before changing it."""
+    from peftsum.cli import main
+
+    out = tmp_path_factory.mktemp("compare")
+    assert main(compare_args(tiny_model_dir, demo_dir, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def gpt2_small_shape():
+    """GPT-2 small's shape (12 x 768, 124M parameters) with random weights: counts by formula, never trained."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config())
+
+
+def train_args(model_dir, data_dir, method, out, **extra) -> list[str]:
+    """``peftsum train`` on the tiny model and demo data (learning rates that move it in a few steps)."""
+    ov = dict(tiny_overrides(model_dir, data_dir, **{"method.name": method, "method.prompt_tuning.lr": 0.3,
+                                                     "method.lora.lr": 1e-2, **extra}))
+    return ["train", "--method", method, "--preset", "demo", "--out", str(out),
+            *[f"--set={k}={'null' if v is None else v}" for k, v in ov.items() if k != "method.name"]]
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    """metrics.jsonl rows without their timings: what two runs of the same job must share exactly."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def method_cfg(method, model="gpt2", **kw):
+    """A config of ``method`` on ``model`` (no preset), with ``key=value`` overrides."""
+    from peftsum.config import load_config
+
+    return load_config(None, None, [("method.name", method), ("model.name", model)] + list(kw.items()))
+
+
+def text_batch(tokenizer, texts):
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def summary_logits(model, method, ids, mask):
+    emb, m = method.embed(model, ids, mask)
+    return model(inputs_embeds=emb, attention_mask=m).logits[:, method.num_virtual_tokens:]
+
+
+SWEEP_SIZES = {"data.train_size": 32, "sweep.val_limit": 8, "sweep.reports": 2, "train.batch_size": 8}
+
+
+def set_args(tiny_model_dir, demo_dir, **extra):
+    """``--set key=value`` for the tiny model and demo data at a sweep's sizes."""
+    ov = dict(tiny_overrides(tiny_model_dir, demo_dir, **{**SWEEP_SIZES, **extra}))
+    return [f"--set={k}={'null' if v is None else v}" for k, v in ov.items()]
+
+
+def sweep_args(tiny_model_dir, demo_dir, out, trials, steps=4, methods="lora", **extra):
+    return ["sweep", "--preset", "demo", "--methods", methods, "--trials", str(trials), "--steps", str(steps),
+            "--out", str(out), *set_args(tiny_model_dir, demo_dir, **extra)]
+
+
+def sweep_study(out, method="lora"):
+    """The Optuna study a sweep wrote to ``out``, read through Optuna's own storage."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    return optuna.load_study(study_name=f"peftsum-{method}", storage=storage)
+
+
+def raw_test_articles(demo_dir, ids):
+    """The raw test articles (as in the CSV a user has) of the given ids, in that order."""
+    import csv
+
+    with open(demo_dir / "test.csv", newline="", encoding="utf-8") as f:
+        by_id = {r["id"]: r["article"] for r in csv.DictReader(f)}
+    return [by_id[i] for i in ids]

@@ -179,7 +179,7 @@ def test_micro_batches_give_the_whole_batch_trajectory(tiny_cfg, tmp_path):
         key = "loss" if x["type"] == "train" else "val_loss"
         assert y[key] == pytest.approx(x[key], rel=1e-5)
     assert a[-1]["val_loss"] < a[0]["val_loss"]  # it trained
-    assert rb["eval"]["test_loss"] == pytest.approx(ra["eval"]["test_loss"], rel=1e-5)
+    assert rb.eval.test_loss == pytest.approx(ra.eval.test_loss, rel=1e-5)
 
 
 def test_two_processes_match_one_with_the_same_global_batch(demo_dir, tmp_path):

@@ -1,0 +1,62 @@
+"""The results record (experiment/results.py): what run_experiment returns is what results.json holds, read back
+field by field; the schema version is written, an older file without one is read, a newer or damaged one is one
+clear error."""
+
+import json
+import shutil
+
+import pytest
+
+from peftsum.cli import main
+from peftsum.errors import UserError
+from peftsum.experiment import SCHEMA_VERSION, RunResult, read_results, run_experiment
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir, demo_dir):
+    from peftsum.config import load_config
+    from tests.conftest import tiny_overrides
+
+    out = tmp_path_factory.mktemp("results") / "lora"
+    cfg = load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{"method.name": "lora",
+                                                                                "train.max_steps": 2}))
+    return out, run_experiment(cfg, out)
+
+
+def test_the_file_holds_the_returned_record(lora_run):
+    out, result = lora_run
+    assert isinstance(result, RunResult)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["schema_version"] == SCHEMA_VERSION == 2
+    assert read_results(out) == result  # every section, the config included, survives the round trip
+    assert result.training.steps == 2 and result.eval.rouge_n == 16 and result.config.method.name == "lora"
+    assert result.article_budget() == on_disk["data"]["budget"]["source"]
+
+
+def test_a_file_without_a_version_is_read_as_version_1(lora_run, tmp_path):
+    out, result = lora_run
+    run = tmp_path / "old"
+    shutil.copytree(out, run)
+    data = json.loads((run / "results.json").read_text())
+    del data["schema_version"]
+    (run / "results.json").write_text(json.dumps(data))
+    assert read_results(run) == result
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(schema_version=99), "results schema 99; this peftsum reads 2"),
+    (lambda d: d.pop("config"), "does not hold a peftsum results record"),
+    (lambda d: d["eval"].update(bleu=1.0), "does not hold a peftsum results record"),
+])
+def test_a_newer_or_damaged_record_is_one_clear_error(lora_run, tmp_path, capsys, change, message):
+    out, _ = lora_run
+    run = tmp_path / "c" / "lora"
+    shutil.copytree(out, run)
+    data = json.loads((run / "results.json").read_text())
+    change(data)
+    (run / "results.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=message):
+        read_results(run)
+    assert main(["report", str(tmp_path / "c")]) == 2  # the report says it in one line, no traceback
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

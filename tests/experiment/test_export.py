@@ -85,9 +85,10 @@ def _loss_without_peftsum(out: Path, examples: Path, base: str = "-") -> float:
 
 
 @pytest.mark.parametrize("method, merge, kind", [
-    ("lora", True, "model"), ("lora", False, "adapter"), ("lora-peft-backend", True, "model"),
-    ("prompt-tuning", True, "adapter"),
-    ("last-layer", True, "model"), ("full", True, "model"),
+    ("lora", True, "model"),  # the fast suite's case; the others load in a fresh process too (slow)
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in [
+        ("lora", False, "adapter"), ("lora-peft-backend", True, "model"), ("prompt-tuning", True, "adapter"),
+        ("last-layer", True, "model"), ("full", True, "model")]),
 ])
 def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, tiny_model_dir, capsys, method, merge,
                                                               kind):
@@ -131,6 +132,7 @@ def test_merged_lora_logits_equal_the_adapter(runs, tmp_path, tiny_model_dir, to
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+@pytest.mark.slow
 def test_adapter_of_the_demo_base_carries_it(runs, tmp_path, tiny_model_dir, demo_dir, monkeypatch):
     """A run on the demo base (built in peftsum's cache, on no hub) exports the base beside the adapter; the
     run directory itself names "demo", not the cache path."""

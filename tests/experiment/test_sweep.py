@@ -105,6 +105,7 @@ def test_sweep_never_reads_the_test_split_and_keeps_the_base(tiny_model_dir, dem
     assert all(torch.equal(fresh[k], before[k]) for k in fresh if k in before)
 
 
+@pytest.mark.slow
 def test_best_settings_round_trip_into_compare(tiny_model_dir, demo_dir, tmp_path, capsys):
     out = tmp_path / "sw"
     assert main(sweep_args(tiny_model_dir, demo_dir, out, trials=3, methods="lora,prompt-tuning")) == 0

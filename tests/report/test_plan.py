@@ -1,6 +1,8 @@
 """`peftsum plan` projects from a few timed steps; the projection of a short run must be within a
 factor of 2 of the same run measured (a loose bound: the machines are noisy)."""
 
+import pytest
+
 from peftsum.experiment import run_experiment
 from peftsum.report.plan import measure, render
 
@@ -18,6 +20,7 @@ def test_plan_projection_within_factor_two(tiny_cfg, tmp_path):
     assert 0.5 <= ratio <= 2.0, (row["train_seconds"], measured)
 
 
+@pytest.mark.slow
 def test_plan_works_on_data_smaller_than_its_batches(tiny_model_dir, tmp_path, capsys):
     """40 / 4 / 4 rows and a batch of 64: plan reuses examples to fill what it times, and says so."""
     from peftsum.cli import main

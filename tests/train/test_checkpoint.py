@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from peftsum.cli import main
@@ -16,6 +17,7 @@ from peftsum.utils import read_jsonl
 from tests.conftest import train_args, without_seconds
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_reaches_the_uninterrupted_result(tiny_model_dir, demo_dir, tmp_path):
     extra = {"train.max_steps": 14, "train.checkpoint_every_steps": 3}
     env = dict(os.environ)

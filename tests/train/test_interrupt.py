@@ -6,12 +6,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from peftsum.utils import read_jsonl
 from tests.conftest import train_args
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_says_how_to_resume_and_exits_130(tiny_model_dir, demo_dir, tmp_path):
     out = tmp_path / "r"
     args = train_args(tiny_model_dir, demo_dir, "lora", out, **{"train.max_steps": 400, "train.epochs": 100,

@@ -49,6 +49,7 @@ def test_tensorboard_holds_the_metrics_file(tiny_model_dir, demo_dir, tmp_path):
     assert set(stored) == set(flatten_dict(results["config"]))
 
 
+@pytest.mark.slow
 def test_mlflow_holds_params_and_final_metrics_of_each_method(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
     try:
         import mlflow

@@ -27,15 +27,17 @@ def main():
     a = args(__doc__.splitlines()[0], device="cuda", steps=5, mfu_steps=10, batch=16,
              methods="prompt-tuning,lora,last-layer", aim_minutes=20.0)
     from peftsum.config import load_config
-    from peftsum.evaluate.cost import device_name, peak_flops
+    from peftsum.evaluate.cost import device_name, matmul_precision, peak_flops
     from peftsum.report.plan import measure, render
+    from peftsum.train.precision import compute_dtype, resolve_mixed_precision
 
     t_start = time.perf_counter()
     device = torch.device(a.device)
     name = device_name(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    mixed = resolve_mixed_precision("auto", cpu=device.type != "cuda")  # what train.mixed_precision auto runs
+    dtype = compute_dtype(mixed)
     peak = matmul_peak(dtype, device)
-    sheet = peak_flops(name)
+    sheet = peak_flops(name, matmul_precision(mixed))
     print(f"device: {name}; matmul peak ({dtype}): {peak / 1e12:.1f} TFLOP/s"
           + (f"; datasheet {sheet / 1e12:.0f} TFLOP/s" if sheet else ""))
 

@@ -29,9 +29,30 @@ import torch
 from ..model.arch import decoder_blocks, hidden_size, trunk
 from ..utils import peak_rss_bytes, reset_peak_rss
 
-# dense bf16/fp16 tensor-core peaks (FLOP/s) of known accelerators
-PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "T4": 65e12,
-         "V100": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
+# Dense (no sparsity) datasheet peaks in FLOP/s per matmul precision, keyed by the exact name
+# torch.cuda.get_device_name gives.  GeForce cards: tensor cores with fp32 accumulation, as PyTorch runs them.
+# A GPU or precision not listed (a T4 has no bf16 or TF32 tensor cores) gets a measured peak instead.
+_H100_SXM = {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}
+_NVL = {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12}
+_A100 = {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}
+_V100_SXM2 = {"fp16": 125e12, "fp32": 15.7e12}
+_V100_PCIE = {"fp16": 112e12, "fp32": 14e12}
+PEAKS: dict[str, dict[str, float]] = {
+    "NVIDIA H200": _H100_SXM, "NVIDIA H200 NVL": _NVL,
+    "NVIDIA H100 80GB HBM3": _H100_SXM, "NVIDIA H100 NVL": _NVL,
+    "NVIDIA H100 PCIe": {"bf16": 756.5e12, "fp16": 756.5e12, "tf32": 378e12, "fp32": 51.2e12},
+    "NVIDIA A100-SXM4-80GB": _A100, "NVIDIA A100-SXM4-40GB": _A100, "NVIDIA A100-PCIE-40GB": _A100,
+    "NVIDIA A100 80GB PCIe": _A100,
+    "NVIDIA L40S": {"bf16": 362.05e12, "fp16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12},
+    "NVIDIA L40": {"bf16": 181.05e12, "fp16": 181.05e12, "tf32": 90.5e12, "fp32": 90.5e12},
+    "NVIDIA L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
+    "NVIDIA A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
+    "Tesla T4": {"fp16": 65e12, "fp32": 8.1e12},
+    "Tesla V100-SXM2-16GB": _V100_SXM2, "Tesla V100-SXM2-32GB": _V100_SXM2,
+    "Tesla V100-PCIE-16GB": _V100_PCIE, "Tesla V100-PCIE-32GB": _V100_PCIE,
+    "NVIDIA GeForce RTX 4090": {"bf16": 165.2e12, "fp16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12},
+    "NVIDIA GeForce RTX 3090": {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12, "fp32": 35.6e12},
+}
 
 
 def device_name(device: torch.device) -> str:
@@ -51,11 +72,18 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {cpu} ({torch.get_num_threads()} threads)"
 
 
-def peak_flops(name: str) -> float | None:
-    for key, peak in PEAKS.items():
-        if key in name:
-            return peak
-    return None
+def matmul_precision(mixed_precision: str) -> str:
+    """The precision the training matmuls run in: ``bf16`` / ``fp16`` under mixed precision, else ``tf32`` where
+    PyTorch lets float32 matmuls use TF32 tensor cores (``torch.set_float32_matmul_precision("high")``), else
+    ``fp32``."""
+    if mixed_precision in ("bf16", "fp16"):
+        return mixed_precision
+    return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def peak_flops(name: str, precision: str) -> float | None:
+    """The datasheet's dense peak of the device named ``name`` (exactly) in ``precision``; None where unknown."""
+    return PEAKS.get(name.strip(), {}).get(precision)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 0.5) -> float:

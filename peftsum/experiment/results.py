@@ -78,6 +78,9 @@ class Cost:
     train_flops: float = 0.0
     mfu: float | None = None
     device: str = ""
+    mixed_precision: str = ""  # what the run trained and generated in: no, bf16 or fp16 (train.mixed_precision auto decides)
+    peak_flops: float | None = None  # the MFU's denominator per device, in the matmuls' precision
+    peak_source: str = ""  # "datasheet" or "measured" (a GPU the table does not name)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from ..model.loading import load_model, load_tokenizer, n_positions, resolve_mod
 from ..train.loop import BEST, Trainer, train
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
+from ..train.precision import compute_dtype, resolve_mixed_precision
 from ..train.tracking import Tracking, final_values, resolve_trackers
 from ..utils import release_memory, safe_load_file, write_json, write_jsonl, write_text
 from .card import model_card
@@ -51,9 +52,7 @@ def accelerator_for(cfg: Config, cpu: bool = False) -> Accelerator:
     """One Accelerator per mixed-precision mode for the whole process (Accelerate keeps one state);
     ``cpu`` forces the CPU where a GPU is present (``plan --device cpu``)."""
     cpu = cpu or not torch.cuda.is_available()
-    mp = cfg.train.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
+    mp = resolve_mixed_precision(cfg.train.mixed_precision, cpu)
     trackers = tuple(resolve_trackers(cfg.train.report_to))
     key = (mp, cpu, trackers)
     if key not in _ACCELERATORS:
@@ -215,7 +214,8 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
     params = Params(**method.param_counts(model)) if model is not None else Params()
     params.adapter_bytes = _adapter_bytes(Path(run_dir))
     cost = Cost(eval_seconds=eval_seconds, processes=processes, peak_memory_bytes=costs.peak_memory(device),
-                memory_measure=costs.memory_measure(device), device=costs.device_name(device))
+                memory_measure=costs.memory_measure(device), device=costs.device_name(device),
+                mixed_precision=accelerator.mixed_precision)
     training = Training()
     if trainer is not None:
         state = trainer.state
@@ -225,13 +225,17 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
             costs.flop_shape(model, method), state.tokens + virtual, state.target_tokens,
             (state.tokens + virtual) / max(state.examples, 1),
             cached_trunk_tokens=n_train_tokens if isinstance(method, CachedTrunk) else 0)
-        peak = costs.peak_flops(cost.device)
+        precision = costs.matmul_precision(accelerator.mixed_precision)
+        peak, source = costs.peak_flops(cost.device, precision), "datasheet"
+        if peak is None and device.type == "cuda":  # a GPU the table does not name: its measured matmul peak
+            peak, source = costs.matmul_peak(device, compute_dtype(accelerator.mixed_precision)), "measured"
         secs = max(state.train_seconds - state.selection_seconds, 1e-9)  # throughput of the steps themselves
         # tokens and examples are the whole job's (every process); MFU against the peak of all its devices
         cost = dataclasses.replace(
             cost, train_seconds=state.train_seconds, examples_per_second=state.examples / secs,
             tokens_per_second=state.tokens / secs, tokens_per_second_per_device=state.tokens / secs / processes,
-            train_flops=flops, mfu=(flops / secs / (peak * processes)) if peak else None)
+            train_flops=flops, mfu=(flops / secs / (peak * processes)) if peak else None, peak_flops=peak,
+            peak_source=source if peak else "")
         training = Training(
             epochs_run=state.epoch + (1 if state.group else 0), best_epoch=trainer.best_epoch, steps=state.step,
             early_stopped=state.stopped_reason == "early_stopping", stopped_reason=state.stopped_reason,

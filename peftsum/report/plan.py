@@ -42,6 +42,7 @@ from ..model.loading import (
 from ..train.loop import Trainer, micro_batch_size
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
+from ..train.precision import compute_dtype
 from ..utils import release_memory
 
 
@@ -111,8 +112,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         model_desc = cfg.model.name
     set_dropout(base, cfg.model.dropout)
     positions = n_positions(base)
-    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-    peak_flops = costs.peak_flops(costs.device_name(dev))
+    dtype = compute_dtype(accelerator.mixed_precision)
+    peak_flops = costs.peak_flops(costs.device_name(dev), costs.matmul_precision(accelerator.mixed_precision))
     peak_source = "datasheet" if peak_flops else f"measured {str(dtype).replace('torch.', '')} matmul"
     if peak_flops is None:
         peak_flops = costs.matmul_peak(dev, dtype)

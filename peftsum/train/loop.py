@@ -30,6 +30,7 @@ from transformers import get_scheduler
 from ..config import Config
 from ..data.collate import collate, epoch_batches, seq_lengths
 from ..errors import TrainingDiverged
+from ..evaluate.cost import synchronize
 from ..evaluate.evaluation import prompts_of
 from ..evaluate.generate import generate_summaries
 from ..evaluate.metrics import HEADLINE, evaluate_loss, rouge_per_example
@@ -42,6 +43,7 @@ from .features import FeatureCache
 from .interrupt import DeferredInterrupt
 from .loss import SummaryLM
 from .metrics_file import MetricsFile
+from .precision import compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +172,12 @@ class Trainer:
         self.cache_seconds = 0.0
         if not isinstance(self.method, CachedTrunk):
             return
-        dtype = torch.bfloat16 if self.accelerator.mixed_precision == "bf16" else torch.float32
+        dtype = compute_dtype(self.accelerator.mixed_precision)
         batch = self.train_cfg.batch_size * 2
         t0 = time.perf_counter()
         self.features = FeatureCache(self.summary_lm, self.train_ds, batch, self.device, self.pad_id, dtype,
                                      self.autocast)
+        synchronize(self.device)
         self.cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
         self.val_features = FeatureCache(self.summary_lm, self.val_ds, batch, self.device, self.pad_id, dtype,
                                          self.autocast)
@@ -190,6 +193,8 @@ class Trainer:
         self.method.load_state_dict(self.model, ckpt["weights"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler") and self.accelerator.scaler is not None:  # fp16's loss scale and its growth tracker
+            self.accelerator.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["state"])
         self.stopping.load_state_dict(self.state.early_stopping)
         set_rng_state(ckpt["rng"])
@@ -234,8 +239,12 @@ class Trainer:
             self._diverged(f"the training loss is {loss} at step {self.state.step + 1}")
         grad_norm = self.accelerator.clip_grad_norm_(self.params, self.train_cfg.max_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
+        # fp16: the loss scaler skips a step whose gradients overflowed; the schedule does not advance on it
+        skipped = self.accelerator.optimizer_step_was_skipped
+        if not skipped:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)  # CUDA queues the step's work: the clock reads when it has run
         dt = time.perf_counter() - t0
         s = self.state
         s.step += 1
@@ -246,8 +255,10 @@ class Trainer:
         s.tokens += step_tokens
         s.examples += sum(len(mb) for mb in group)
         row = {"type": "train", "epoch": s.epoch + 1, "step": s.step, "loss": loss,
-               "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "target_tokens": n_target,
-               "tokens": step_tokens, "seconds": dt}
+               "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if skipped else float(grad_norm),
+               "target_tokens": n_target, "tokens": step_tokens, "seconds": dt}
+        if skipped:  # an overflow's infinite norm is not a training figure
+            row["skipped"] = True
         self.metrics_file.write(row)
         return row
 
@@ -305,6 +316,7 @@ class Trainer:
             save_checkpoint(self.run_dir, {
                 "weights": {k: v.cpu() for k, v in self.method.state_dict(self.model).items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else {},
                 "state": self.state.to_dict(), "rng": rng_state()})
 
     # --- the run -----------------------------------------------------------------------------

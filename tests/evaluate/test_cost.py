@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import torch
 
 from peftsum.methods import build_method
 from tests.conftest import method_cfg
@@ -47,3 +48,28 @@ def test_train_flops_by_hand():
     # the head runs on summary positions only: counting it on all 1,000 would add 40 % here
     full_head = train_flops(lora, 1000, 1000, 500) / train_flops(lora, 1000, 100, 500)
     assert 1.3 < full_head < 1.5
+
+
+@pytest.mark.parametrize("name, precision, peak", [
+    ("NVIDIA L40S", "bf16", 362.05e12), ("NVIDIA L40", "bf16", 181.05e12), ("NVIDIA L4", "bf16", 121e12),
+    ("NVIDIA H100 PCIe", "bf16", 756.5e12), ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12),
+    ("NVIDIA H100 80GB HBM3", "tf32", 494.7e12), ("NVIDIA H100 80GB HBM3", "fp32", 66.9e12),
+    ("NVIDIA H200", "bf16", 989.4e12), ("NVIDIA A100-SXM4-80GB", "tf32", 156e12), ("Tesla T4", "fp16", 65e12),
+    ("Tesla T4", "bf16", None),  # no bf16 tensor cores: the measured peak stands in
+    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "bf16", None),  # a MIG slice is not the whole GPU
+    ("NVIDIA GeForce RTX 4090", "bf16", 165.2e12), ("CPU: Intel(R) Xeon(R) (2 threads)", "fp32", None),
+])
+def test_the_datasheet_peak_by_exact_name_and_precision(name, precision, peak):
+    """Exact names (no "L4" inside "L40S", no SXM figure for a PCIe card) and the peak of the precision in use."""
+    from peftsum.evaluate.cost import peak_flops
+
+    assert peak_flops(name, precision) == peak
+
+
+def test_the_matmuls_precision_follows_mixed_precision_and_tf32(monkeypatch):
+    from peftsum.evaluate.cost import matmul_precision
+
+    assert matmul_precision("bf16") == "bf16" and matmul_precision("fp16") == "fp16"
+    assert torch.get_float32_matmul_precision() == "highest" and matmul_precision("no") == "fp32"
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")  # TF32 allowed
+    assert matmul_precision("no") == "tf32"

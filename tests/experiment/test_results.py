@@ -31,6 +31,8 @@ def test_the_file_holds_the_returned_record(lora_run):
     assert read_results(out) == result  # every section, the config included, survives the round trip
     assert result.training.steps == 2 and result.eval.rouge_n == 16 and result.config.method.name == "lora"
     assert result.article_budget() == on_disk["data"]["budget"]["source"]
+    # what ran: fp32 on the CPU (train.mixed_precision auto), no datasheet peak for a CPU, so no MFU
+    assert on_disk["cost"]["mixed_precision"] == "no" and result.cost.peak_flops is None and result.cost.mfu is None
 
 
 def test_a_file_without_a_version_is_read_as_version_1(lora_run, tmp_path):

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from peftsum.evaluate.evaluation import prompts_of
 from peftsum.evaluate.generate import generate_summaries
 from peftsum.evaluate.metrics import rouge_per_example
 from peftsum.experiment import run_experiment
-from peftsum.experiment.run import accelerator_for, load_trained
+from peftsum.experiment.run import accelerator_for, load_components, load_trained
 from peftsum.train.loop import validation_subset
 from peftsum.utils import read_jsonl
 from tests.conftest import set_args, train_args, without_seconds
@@ -182,6 +183,7 @@ def test_micro_batches_give_the_whole_batch_trajectory(tiny_cfg, tmp_path):
     assert rb.eval.test_loss == pytest.approx(ra.eval.test_loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(demo_dir, tmp_path):
     """Data parallel on CPU through Accelerate (gloo): 2 x batch 4 against 1 x batch 8, decoding with beam search
     and choosing the best weights by validation ROUGE-Lsum (each rank generates its share, all score alike)."""
@@ -252,3 +254,120 @@ def test_select_by_rouge_keeps_the_weights_with_the_best_validation_rouge(tiny_m
                              parts.cfg.eval.batch_size, acc.device)
     scores = rouge_per_example([g.text for g in gen], list(subset["highlights"]))["rougeLsum"]
     assert sum(scores) / len(scores) == pytest.approx(t["best_value"], rel=1e-6)
+
+
+def _trainer(cfg, run_dir):
+    """A Trainer on the tiny model, as run_experiment builds it."""
+    from peftsum.train.loop import MetricsFile, Trainer
+
+    accelerator = accelerator_for(cfg)
+    parts = load_components(cfg, accelerator.device)
+    data, _ = parts.load_data()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(cfg, run_dir, summary_lm=parts.summary_lm, method=parts.method, train_ds=data["train"],
+                   val_ds=data["validation"], accelerator=accelerator, tokenizer=parts.tokenizer,
+                   metrics_file=MetricsFile(run_dir / "metrics.jsonl"))
+
+
+def test_the_step_clock_reads_after_the_device_work(tiny_cfg, tmp_path, monkeypatch):
+    """CUDA queues work: the step's time is read after a synchronisation, not when the optimizer step is queued
+    (a spy on synchronize and on the clock, in the order they ran)."""
+    import peftsum.train.loop as loop
+
+    trainer = _trainer(tiny_cfg("lora", **SHORT), tmp_path / "r")
+    events = []
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            events.append("clock")
+            return time.perf_counter()
+
+    monkeypatch.setattr(loop, "synchronize", lambda device: events.append("sync"))
+    monkeypatch.setattr(loop, "time", Clock)
+    group = trainer.epoch_groups(0)[0]
+    trainer.train_step(group)
+    assert events == ["clock", "sync", "clock"]  # start; the step's work done; end
+
+
+def test_a_step_the_loss_scaler_skips_leaves_the_schedule_and_the_log_clean(tiny_cfg, tmp_path, monkeypatch):
+    """fp16: when the scaler skips a step (its gradients overflowed), the learning-rate schedule does not advance
+    and the infinite gradient norm is not logged as a training figure."""
+    from accelerate import Accelerator
+
+    trainer = _trainer(tiny_cfg("lora", **{**SHORT, "train.warmup_ratio": 0.5}), tmp_path / "r")
+    group = trainer.epoch_groups(0)[0]
+    row = trainer.train_step(group)
+    assert trainer.scheduler.last_epoch == 1 and row["grad_norm"] is not None and "skipped" not in row
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
+    lr = trainer.scheduler.get_last_lr()[0]
+    row = trainer.train_step(group)
+    assert trainer.scheduler.last_epoch == 1 and trainer.scheduler.get_last_lr()[0] == lr
+    assert row["grad_norm"] is None and row["skipped"] is True
+
+
+def test_the_loss_scalers_state_is_checkpointed_and_restored(tiny_cfg, tmp_path, monkeypatch):
+    """fp16's loss scale (and its growth tracker) survives a resume, as the weights and the optimizer do."""
+    cfg = tiny_cfg("lora", **SHORT)
+    first = _trainer(cfg, tmp_path / "r")
+    monkeypatch.setattr(first.accelerator, "scaler", torch.amp.GradScaler("cpu", init_scale=2.0**7, growth_interval=9))
+    first.checkpoint()
+    second = _trainer(cfg, tmp_path / "r")
+    monkeypatch.setattr(second.accelerator, "scaler", torch.amp.GradScaler("cpu", init_scale=1.0))
+    assert second.resume()
+    assert second.accelerator.scaler.get_scale() == 2.0**7
+    assert second.accelerator.scaler.get_growth_interval() == 9
+
+
+SPY = '''
+import hashlib
+import os
+import time
+
+import peftsum.experiment.run as run
+import peftsum.train.loop as loop
+
+_save, _evaluate = loop.save_file_atomic, run.evaluate_run
+
+
+def slow_save(tensors, path, *args, **kwargs):  # rank 0's best weights take 2 s to write
+    if str(path).endswith("best.safetensors"):
+        time.sleep(2.0)
+    return _save(tensors, path, *args, **kwargs)
+
+
+def spying_evaluate(cfg, run_dir, parts, data, accelerator, trainer):  # the weights each rank evaluates
+    state = parts.method.state_dict(parts.model)
+    digest = hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
+    with open(os.path.join(os.environ["PEFTSUM_SPY"], f"rank{accelerator.process_index}"), "w") as f:
+        f.write(digest)
+    return _evaluate(cfg, run_dir, parts, data, accelerator, trainer)
+
+
+loop.save_file_atomic, run.evaluate_run = slow_save, spying_evaluate
+'''
+
+
+@pytest.mark.slow
+def test_every_rank_evaluates_the_best_weights_rank_0_wrote(tiny_model_dir, demo_dir, tmp_path):
+    """2 gloo processes; every validation improves, the last one's weights take rank 0 two seconds to write: each
+    rank still evaluates exactly those weights (a hash of the method's state, taken as the evaluation starts)."""
+
+
+    (tmp_path / "spy").mkdir()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SPY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           "PEFTSUM_SPY": str(tmp_path / "spy")}
+    out = tmp_path / "two"
+    extra = {"train.max_steps": 4, "train.eval_every_steps": 2, "train.batch_size": 4, "data.test_size": 8,
+             "eval.decoding.max_new_tokens": 4}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "peftsum.cli",
+                           *train_args(tiny_model_dir, demo_dir, "lora", out, **extra)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = [r["val_loss"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"]
+    assert len(losses) >= 3 and all(b < a for a, b in zip(losses, losses[1:]))  # the last validation improved too
+    digests = {p.name: p.read_text() for p in (tmp_path / "spy").iterdir()}
+    assert sorted(digests) == ["rank0", "rank1"] and len(set(digests.values())) == 1, digests
+    assert json.loads((out / "results.json").read_text())["training"]["best_step"] == 4

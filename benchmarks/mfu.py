@@ -30,8 +30,10 @@ def matmul_peak(dtype, device) -> float:
     return measure(device, dtype, n=8192 if device.type == "cuda" else 2048, seconds=1.0)
 
 
-def lora_step_flops_per_s(batch: int, steps: int, device, dtype, dropout: float | None) -> tuple[float, float, float]:
-    """(FLOP/s, seconds per step, tokens per second) of peftsum's LoRA step."""
+def lora_step_flops_per_s(batch: int, steps: int, device, dtype, dropout: float | None,
+                          n_layer: int = 12) -> tuple[float, float, float]:
+    """(FLOP/s, seconds per step, tokens per second) of peftsum's LoRA step (GPT-2 small's width, ``n_layer``
+    blocks)."""
     from peftsum.data.collate import collate
     from peftsum.evaluate.cost import flop_shape, train_flops
     from peftsum.methods import build_method
@@ -39,7 +41,7 @@ def lora_step_flops_per_s(batch: int, steps: int, device, dtype, dropout: float 
     from peftsum.train.loop import micro_batch_size
     from peftsum.train.loss import SummaryLM
 
-    model = gpt2_small()
+    model = gpt2_small(n_layer=n_layer)
     set_dropout(model, dropout)
     cfg = peftsum_config("lora", batch, steps)
     method = build_method(cfg)

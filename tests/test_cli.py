@@ -31,6 +31,7 @@ def _no_traceback(p):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_missing_column_via_the_real_cli(bad_csv_dir, tmp_path):
     out = tmp_path / "run"
     p = run_cli("train", "--method", "lead-3", "--preset", "demo", "--data", str(bad_csv_dir), "--out", str(out))

@@ -121,8 +121,8 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False, track
     main = accelerator.is_main_process
     # what an earlier run in this process left (compare runs methods one after another) is given back, so
     # this run's peak memory is its own
-    accelerator.free_memory()
-    release_memory()
+    accelerator.free_memory()  # drops its references to the last run's model and optimizer, collects garbage
+    release_memory(collect=False)
     costs.reset_peak_memory(device)
     # model, tokenizer and data first: a bad input stops the run before the run directory is touched
     with _main_first(accelerator):

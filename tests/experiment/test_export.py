@@ -50,26 +50,30 @@ METHODS = ["lora", "prompt-tuning", "last-layer", "full"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir, demo_dir):
+def runs(tmp_path_factory, compared, tiny_model_dir, demo_dir):
+    """The shared compare's runs, copied (these tests move and export them), and LoRA on PEFT's own layers."""
     from peftsum.config import load_config
     from tests.conftest import tiny_overrides
 
     root = tmp_path_factory.mktemp("export-runs")
     out = {}
-    for name in [*METHODS, "zero-shot", "lora-peft-backend"]:
-        method = name.split("-peft-")[0]
-        cfg = load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{
-            "method.name": method, "train.max_steps": 3, "eval.limit": 6, "method.lora.lr": 2e-2,
-            "method.lora.backend": "peft" if name.endswith("backend") else "peftsum"}))
-        run_experiment(cfg, root / name)
+    for name in [*METHODS, "zero-shot"]:
+        shutil.copytree(compared / name, root / name)
         out[name] = root / name
+    cfg = load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{
+        "method.name": "lora", "train.max_steps": 3, "eval.limit": 6, "method.lora.backend": "peft"}))
+    run_experiment(cfg, root / "lora-peft-backend")
+    out["lora-peft-backend"] = root / "lora-peft-backend"
     return out
 
 
-def _examples_file(run: Path, path: Path) -> Path:
+def _examples_file(run: Path, path: Path, limit: int | None = None) -> Path:
+    """The first ``limit`` test examples (the run's eval.limit by default) as token ids, for a script without
+    peftsum."""
     parts = load_trained(run)
     data, _ = parts.load_data()
-    test = data["test"].select(range(min(parts.cfg.eval.limit or len(data["test"]), len(data["test"]))))
+    limit = limit or parts.cfg.eval.limit or len(data["test"])
+    test = data["test"].select(range(min(limit, len(data["test"]))))
     path.write_text("".join(json.dumps({"input_ids": e["input_ids"], "prompt_len": e["prompt_len"]}) + "\n"
                             for e in test))
     return path
@@ -102,7 +106,7 @@ def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, ti
     assert {"README.md", "tokenizer_config.json"} <= files
     assert ("adapter_config.json" in files) == (kind == "adapter") and ("config.json" in files) == (kind == "model")
     expected = evaluate_saved(run, "test", 6)["loss"]  # what `peftsum eval RUN` reports
-    loss = _loss_without_peftsum(out, _examples_file(run, tmp_path / "ex.jsonl"),
+    loss = _loss_without_peftsum(out, _examples_file(run, tmp_path / "ex.jsonl", 6),
                                  str(tiny_model_dir) if kind == "adapter" else "-")
     assert loss == pytest.approx(expected, rel=1e-5)
     card = ModelCard.load(out / "README.md")

@@ -126,6 +126,7 @@ def test_best_settings_round_trip_into_compare(tiny_model_dir, demo_dir, tmp_pat
     assert (tmp_path / "c" / "report.html").read_text().count("data:image/png;base64,") == 6
 
 
+@pytest.mark.slow
 def test_two_seeds_show_their_spread(tiny_model_dir, demo_dir, tmp_path):
     args = ["compare", "--preset", "demo", "--methods", "lora,lead-3",
             *set_args(tiny_model_dir, demo_dir, **{"train.max_steps": 6, "method.lora.lr": 0.05})]

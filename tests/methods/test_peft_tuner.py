@@ -213,6 +213,7 @@ def test_ia3_trains_only_its_vectors(tiny_model_dir, tokenizer, tmp_path):
     assert changed and all("ia3_" in n for n in changed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kind", [("peft-ia3", "model"), ("peft-prefix", "adapter")])
 def test_export_of_a_peft_tuner_loads_without_peftsum(compared, tiny_model_dir, tmp_path, capsys, name, kind):
     """IA³ merges into the weights; prefix tuning cannot and is exported as a PEFT adapter."""

@@ -1,0 +1,25 @@
+"""The benchmarks that wait for a GPU keep working: benchmarks/gpu.py runs end to end on the CPU with its smoke
+flag, every part of it (the matmul peak, the LoRA step, plan's projection and the aim's verdict)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_on_the_cpu(tiny_model_dir):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu",
+                           "--smoke-model", str(tiny_model_dir)], capture_output=True, text=True, timeout=900,
+                          cwd=ROOT / "benchmarks", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "matmul peak (torch.float32)" in out  # the CPU runs fp32, as train.mixed_precision auto decides
+    assert out.count("LoRA step, batch 1") == 2
+    for method in ("prompt-tuning", "lora", "last-layer"):
+        assert method in out
+    assert "aim: the whole protocol under 20 device-minutes" in out and ("met" in out)

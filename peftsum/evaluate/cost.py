@@ -167,6 +167,31 @@ def train_flops(shape: FlopShape, tokens: int, target_tokens: int, mean_len: flo
     return forward + backward
 
 
+def tensor_bytes(tensors) -> int:
+    """Bytes of the distinct tensors given (a tensor shared by two names, GPT-2's tied head, counts once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if torch.is_tensor(t) and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def training_state_bytes(model, trainable: list, optimizer) -> dict[str, int]:
+    """The training state by its parts, exactly, from the tensors themselves: the model's weights (frozen and
+    trained), the gradients of the trained ones (a gradient has its parameter's shape and dtype), and the
+    optimizer's state (AdamW: two moments and a step count per trained tensor)."""
+    state = optimizer.state_dict()["state"] if optimizer is not None else {}
+    return {"weights": tensor_bytes(model.parameters()) if model is not None else 0,
+            "gradients": tensor_bytes(trainable),
+            "optimizer": tensor_bytes(t for s in state.values() for t in s.values())}
+
+
+def peak_reserved(device: torch.device) -> int | None:
+    """The CUDA caching allocator's peak reservation (what the GPU had to hold); None off CUDA."""
+    return int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None
+
+
 def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -186,3 +211,21 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     else:
         reset_peak_rss()
+
+
+class PeakMemory:
+    """The peak of each phase of a run (loading, training, evaluation), each measured from its own start, and
+    the whole run's peak (the largest).  With several processes: the largest over the ranks."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.phases, self.reserved = device, {}, 0
+        reset_peak_memory(device)
+
+    def phase(self, name: str) -> None:
+        """Close the phase running so far under ``name`` and start the next one from here."""
+        self.phases[name] = peak_memory(self.device)
+        self.reserved = max(self.reserved, peak_reserved(self.device) or 0)
+        reset_peak_memory(self.device)
+
+    def overall(self) -> int:
+        return max(self.phases.values(), default=0)

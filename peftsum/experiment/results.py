@@ -73,8 +73,16 @@ class Cost:
     tokens_per_second: float | None = None
     tokens_per_second_per_device: float | None = None
     processes: int = 1
-    peak_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = None  # the whole run's peak (the largest of its phases)
     memory_measure: str = ""
+    # the training state by its parts, exact bytes of the tensors (weights: all the model's, frozen included)
+    weights_bytes: int = 0
+    gradient_bytes: int = 0
+    optimizer_bytes: int = 0
+    # measured peaks, each from the start of its phase (weights and data are inside them: what was resident)
+    train_peak_bytes: int | None = None
+    eval_peak_bytes: int | None = None
+    reserved_peak_bytes: int | None = None  # CUDA: the allocator's peak reservation; None on the CPU
     train_flops: float = 0.0
     mfu: float | None = None
     device: str = ""

@@ -123,7 +123,7 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False, track
     # this run's peak memory is its own
     accelerator.free_memory()  # drops its references to the last run's model and optimizer, collects garbage
     release_memory(collect=False)
-    costs.reset_peak_memory(device)
+    memory = costs.PeakMemory(device)  # the phases' peaks: loading, training, evaluation
     # model, tokenizer and data first: a bad input stops the run before the run directory is touched
     with _main_first(accelerator):
         parts = load_components(cfg, device)
@@ -133,13 +133,14 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False, track
                             fresh=not (resume and (run_dir / "checkpoint.pt").is_file()))
         results = None
         try:
-            results = _run(cfg, run_dir, resume, parts, data, report, accelerator, tracking)
+            results = _run(cfg, run_dir, resume, parts, data, report, accelerator, tracking, memory)
         finally:
             tracking.finish(final_values(results) if results else None)
         return results
 
 
-def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, accelerator, tracking) -> RunResult:
+def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, accelerator, tracking,
+         memory: costs.PeakMemory) -> RunResult:
     main = accelerator.is_main_process
     method, model = parts.method, parts.model
     if main:
@@ -155,6 +156,7 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
         if not (resume and has_ckpt):
             metrics.reset()
             (run_dir / BEST).unlink(missing_ok=True)
+        memory.phase("load")
         trainer = train(cfg, run_dir, summary_lm=parts.summary_lm, method=method, train_ds=data["train"],
                         val_ds=data["validation"], accelerator=accelerator, tokenizer=parts.tokenizer,
                         metrics_file=metrics, resume=resume and has_ckpt)
@@ -168,14 +170,16 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
     if main:
         method.save(model, run_dir)
     accelerator.wait_for_everyone()
-    results = evaluate_run(cfg, run_dir, parts, data, accelerator, trainer)
+    memory.phase("train" if trainer is not None else "load")
+    results = evaluate_run(cfg, run_dir, parts, data, accelerator, trainer, memory)
     if main:
         for tmp in ("checkpoint.pt", BEST):
             (run_dir / tmp).unlink(missing_ok=True)
     return results
 
 
-def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, trainer: Trainer | None) -> RunResult:
+def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, trainer: Trainer | None,
+                 memory: costs.PeakMemory | None = None) -> RunResult:
     """The final evaluation of a run: validation loss, then test loss, perplexity and ROUGE."""
     t0 = time.perf_counter()
     test = data["test"]
@@ -191,7 +195,9 @@ def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, train
                     rouge_n=test_metrics["examples"],
                     **{k: test_metrics[k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "mean_generated_tokens",
                                                      "hit_max_new_tokens")})
-    results = build_results(cfg, run_dir, parts, trainer, scores, time.perf_counter() - t0, accelerator, data)
+    if memory is not None:
+        memory.phase("eval")
+    results = build_results(cfg, run_dir, parts, trainer, scores, time.perf_counter() - t0, accelerator, data, memory)
     if accelerator.is_main_process:
         write_jsonl(run_dir / "predictions.jsonl", rows)
         write_results(run_dir, results)
@@ -206,16 +212,31 @@ def _adapter_bytes(run_dir: Path) -> int:
     return sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file())
 
 
+def _memory_figures(memory: costs.PeakMemory | None, accelerator, model, trainer: Trainer | None) -> dict:
+    """The cost record's memory fields: the training state by its parts (exact) and each phase's measured peak,
+    the largest over the processes."""
+    state = costs.training_state_bytes(model, trainer.params if trainer else [], trainer.optimizer if trainer else None)
+    phases = memory.phases if memory is not None else {}
+    peaks = [phases.get("train", -1), phases.get("eval", -1), memory.overall() if memory else -1,
+             memory.reserved if memory else -1]
+    if accelerator.num_processes > 1:
+        peaks = accelerator.gather(torch.tensor(peaks, device=accelerator.device)).view(-1, 4).max(0).values.tolist()
+    train_peak, eval_peak, overall, reserved = (int(p) if p >= 0 else None for p in peaks)
+    return {"weights_bytes": state["weights"], "gradient_bytes": state["gradients"],
+            "optimizer_bytes": state["optimizer"], "train_peak_bytes": train_peak, "eval_peak_bytes": eval_peak,
+            "peak_memory_bytes": overall, "reserved_peak_bytes": reserved if accelerator.device.type == "cuda" else None}
+
+
 def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scores: Scores, eval_seconds: float,
-                  accelerator, data) -> RunResult:
+                  accelerator, data, memory: costs.PeakMemory | None = None) -> RunResult:
     """The run's typed record (``results.json``): counts, the final scores, cost, training, protocol, data."""
     method, model, device = parts.method, parts.model, accelerator.device
     processes = accelerator.num_processes
     params = Params(**method.param_counts(model)) if model is not None else Params()
     params.adapter_bytes = _adapter_bytes(Path(run_dir))
-    cost = Cost(eval_seconds=eval_seconds, processes=processes, peak_memory_bytes=costs.peak_memory(device),
-                memory_measure=costs.memory_measure(device), device=costs.device_name(device),
-                mixed_precision=accelerator.mixed_precision)
+    cost = Cost(eval_seconds=eval_seconds, processes=processes, memory_measure=costs.memory_measure(device),
+                device=costs.device_name(device), mixed_precision=accelerator.mixed_precision,
+                **_memory_figures(memory, accelerator, model, trainer))
     training = Training()
     if trainer is not None:
         state = trainer.state

@@ -86,7 +86,10 @@ def aggregate(seed_runs: list[SeedRun]) -> MethodRuns:
         for f in dataclasses.fields(record):
             v = getattr(record, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                mean[f.name], std[f.name] = _mean_std([getattr(getattr(s.result, section), f.name) for s in seed_runs])
+                values = [getattr(getattr(s.result, section), f.name) for s in seed_runs]
+                mean[f.name], std[f.name] = _mean_std(values)
+                if all(x == v for x in values):  # the same in every seed (a count, a byte size): kept as it is
+                    mean[f.name] = v
         means[section], stds[section] = dataclasses.replace(record, **mean), std
     return MethodRuns(dataclasses.replace(first, **means), seed_runs, stds["eval"], stds["cost"])
 

@@ -111,15 +111,36 @@ def length_distribution(lengths: dict[str, list[int]], out: Path, limit: int | N
     return _save(fig, out)
 
 
-def memory_bars(rows: list[dict], out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+MEMORY_PARTS = (("weights_bytes", "weights", "#9ecae1"), ("gradient_bytes", "gradients", "#fd8d3c"),
+                ("optimizer_bytes", "optimizer state", "#e6550d"))
+
+
+def memory_bars(rows: list[dict], out: Path, measure: str = "") -> Path:
+    """Left: the training state by its parts (exact bytes, stacked).  Right: the measured peaks of training and of
+    evaluation (``measure`` says what a peak is on this device)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = [r["method"] for r in rows]
-    vals = [(r["peak_memory_bytes"] or 0) / 2**20 for r in rows]
-    ax.bar(names, vals, color=[color(n) for n in names])
-    ax.set_ylabel("peak memory (MiB)")
-    ax.set_title("Peak memory per method (CUDA max allocated, or process peak RSS on CPU)")
-    ax.grid(axis="y", alpha=0.3)
-    plt.setp(ax.get_xticklabels(), rotation=15)
+    x = np.arange(len(names))
+    bottom = np.zeros(len(names))
+    for key, label, col in MEMORY_PARTS:
+        vals = np.array([(r.get(key) or 0) / 2**20 for r in rows])
+        left.bar(x, vals, bottom=bottom, color=col, label=label)
+        bottom += vals
+    left.set_title("Training state by its parts (exact)")
+    left.set_ylabel("MiB")
+    left.legend(fontsize=7)
+    w = 0.38
+    for k, (key, label, hatch) in enumerate((("train_peak_bytes", "training", ""), ("eval_peak_bytes", "evaluation", "//"))):
+        vals = [(r.get(key) or 0) / 2**20 for r in rows]
+        right.bar(x + (k - 0.5) * w, vals, w, color=[color(n) for n in names], hatch=hatch, edgecolor="white",
+                  label=label)
+    right.set_title("Measured peak" + (f" ({measure})" if measure else ""), fontsize=9)
+    right.set_ylabel("MiB")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.set_xticks(x, names)
+        ax.grid(axis="y", alpha=0.3)
+        plt.setp(ax.get_xticklabels(), rotation=15)
     return _save(fig, out)
 
 

@@ -20,7 +20,7 @@ from . import plots
 from .collect import collect, flatten, with_intervals
 from .examples import examples_html, examples_markdown, pick_examples
 from .sweep import tuning_section
-from .tables import COMPARED, csv_rows, hyper_table, md_table, pairs_table, results_table
+from .tables import COMPARED, csv_rows, hyper_table, md_table, memory_table, pairs_table, results_table
 
 BANNER = ("synthetic demo corpus and a small GPT-2 — a demonstration of the pipeline, not CNN/DailyMail results")
 
@@ -71,6 +71,8 @@ def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
 def summary_rows(runs):
     return [{"method": r.method, "headline": r.result.eval.value(HEADLINE), "trainable": r.result.params.trainable,
              "train_seconds": r.result.cost.train_seconds, "peak_memory_bytes": r.result.cost.peak_memory_bytes,
+             **{k: getattr(r.result.cost, k) for k in ("weights_bytes", "gradient_bytes", "optimizer_bytes",
+                                                       "train_peak_bytes", "eval_peak_bytes")},
              "ci": r.ci, "per_seed": [dataclasses.asdict(s.result.eval) for s in r.seeds]} for r in runs]
 
 
@@ -88,7 +90,9 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
         figs["loss"] = plots.loss_curves(curves, out / "loss_curves.png")
     figs["rouge"] = plots.rouge_bars(rows, out / "rouge.png", COMPARED, LABELS)
     figs["cost"] = plots.quality_vs_cost(rows, out / "quality_vs_cost.png", LABELS[HEADLINE])
-    figs["memory"] = plots.memory_bars(rows, out / "memory.png")
+    figs["memory"] = plots.memory_bars(rows, out / "memory.png",
+                                       "peak RSS of the process" if runs[0].result.cost.device.startswith("CPU")
+                                       else "CUDA max allocated")
     lengths = {r.method: [p["generated_tokens"] for p in r.predictions if p.get("generated_tokens") is not None]
                for r in runs}
     if any(lengths.values()):
@@ -123,6 +127,10 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
                   "bootstrap), so it holds both sources of variance. The baselines train nothing and ran once. "
                   "Loss curves show each method's first seed; the ROUGE plot marks every seed.", ""]
     parts += [md_table(results_table(runs)), ""]
+    parts += ["## Memory", "", "The training state by its parts, in exact bytes of the tensors (the weights include "
+              "the frozen ones; gradients and optimizer state exist for the trained ones only), beside the measured "
+              "peaks of training and of evaluation, each from the start of its phase "
+              f"({r0.cost.memory_measure or 'see results.json'}).", "", md_table(memory_table(runs)), ""]
     if boot["pairs"]:
         parts += ["## Which differences are significant", "",
                   f"Paired bootstrap of each difference on the same test articles ({boot['resamples']} resamples): "
@@ -131,7 +139,7 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
                   "by Holm–Bonferroni; a difference is called significant when its adjusted p is below 0.05.",
                   "", md_table(pairs_table(boot)), ""]
     titles = {"loss": "Loss curves", "rouge": "ROUGE with 95 % intervals", "cost": "Quality against cost",
-              "memory": "Peak memory", "sweep": "Sweep: validation loss against learning rate",
+              "memory": "Memory: the training state by its parts, and the measured peaks", "sweep": "Sweep: validation loss against learning rate",
               "lengths": "Generated summary lengths"}
     parts += tuning_section(out)
     parts += ["## Figures", ""]
@@ -246,6 +254,7 @@ def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = Non
         table(pairs_table(boot), font=7)
     pdf.set_font("Helvetica", "B", 12)
     pdf.cell(0, 8, "Hyperparameters", new_x="LMARGIN", new_y="NEXT")
+    table(memory_table(runs), font=7)
     table(hyper_table(runs), font=7)
     pdf.set_font("Helvetica", size=8)
     for m, why in DEFAULTS_WHY.items():

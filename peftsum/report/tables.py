@@ -73,6 +73,22 @@ def pairs_table(boot) -> list[list[str]]:
     return [head, *body]
 
 
+def memory_table(runs: list[MethodRuns]) -> list[list[str]]:
+    """The training state by its parts (exact bytes) and the measured peaks of training and evaluation."""
+    gpu = any(r.result.cost.reserved_peak_bytes for r in runs)
+    head = ["method", "weights", "gradients", "optimizer state", "training state", "training peak", "evaluation peak",
+            *(["reserved peak"] if gpu else [])]
+    body = []
+    for r in runs:
+        c = r.result.cost
+        state = c.weights_bytes + c.gradient_bytes + c.optimizer_bytes
+        cells = [c.weights_bytes, c.gradient_bytes, c.optimizer_bytes, state]
+        body.append([r.method, *(human(b) + "B" for b in cells),
+                     *(human(b) + "B" if b is not None else "–" for b in (c.train_peak_bytes, c.eval_peak_bytes)),
+                     *([human(c.reserved_peak_bytes) + "B" if c.reserved_peak_bytes else "–"] if gpu else [])])
+    return [head, *body]
+
+
 def hyper_table(runs: list[MethodRuns]) -> list[list[str]]:
     head = ["method", "optimizer", "lr", "schedule (warmup)", "batch x accum", "lengths src/tgt", "method settings",
             "stopped"]
@@ -117,7 +133,11 @@ def csv_rows(runs: list[MethodRuns]) -> list[dict]:
                    adapter_bytes=p.adapter_bytes, train_seconds=c.train_seconds, eval_seconds=c.eval_seconds,
                    examples_per_second=c.examples_per_second, tokens_per_second=c.tokens_per_second,
                    tokens_per_second_per_device=c.tokens_per_second_per_device, processes=c.processes,
-                   peak_memory_bytes=c.peak_memory_bytes, train_flops=c.train_flops, mfu=c.mfu,
+                   peak_memory_bytes=c.peak_memory_bytes, weights_bytes=c.weights_bytes,
+                   gradient_bytes=c.gradient_bytes, optimizer_bytes=c.optimizer_bytes,
+                   train_peak_bytes=c.train_peak_bytes, eval_peak_bytes=c.eval_peak_bytes,
+                   reserved_peak_bytes=c.reserved_peak_bytes, mixed_precision=c.mixed_precision,
+                   train_flops=c.train_flops, mfu=c.mfu,
                    device=c.device, steps=t.steps, epochs_run=t.epochs_run,
                    best_epoch=t.best_epoch, stopped_reason=t.stopped_reason,
                    learning_rate=t.learning_rate)

@@ -8,7 +8,7 @@ import pytest
 
 from peftsum.cli import main
 from peftsum.config import TRAINED_METHODS
-from peftsum.experiment import run_experiment
+from peftsum.experiment import load_trained, run_experiment
 from peftsum.utils import read_jsonl
 from tests.conftest import tiny_overrides, without_seconds
 
@@ -126,3 +126,26 @@ def test_same_seed_gives_bit_identical_metrics_and_results(tiny_cfg, tmp_path):
     assert without_seconds(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == without_seconds(read_jsonl(tmp_path / "b" / "metrics.jsonl"))
     assert a.eval == b.eval and a.training == b.training and a.params == b.params
     assert (tmp_path / "a" / "predictions.jsonl").read_text() == (tmp_path / "b" / "predictions.jsonl").read_text()
+
+
+def test_the_training_state_by_its_parts_follows_the_formula(runs):
+    """Exact bytes: fp32 gradients of the trained tensors, AdamW's two fp32 moments and a 4-byte step per trained
+    tensor, every weight once (the tied head too); full fine-tuning's state exceeds LoRA's by exactly that."""
+    out, res = runs
+    state = {}
+    for m in TRAINED_METHODS:
+        parts = load_trained(out / m)
+        trained = [p for _, p in parts.method.trainable_parameters(parts.model)]
+        n, tensors = sum(p.numel() for p in trained), len(trained)
+        c = res[m].cost
+        assert n == res[m].params.trainable
+        assert c.gradient_bytes == 4 * n and c.optimizer_bytes == 8 * n + 4 * tensors, m
+        assert c.weights_bytes == 4 * res[m].params.total, m
+        assert c.train_peak_bytes > 0 and c.eval_peak_bytes > 0 and c.reserved_peak_bytes is None  # no CUDA here
+        assert c.peak_memory_bytes >= max(c.train_peak_bytes, c.eval_peak_bytes)
+        state[m] = (c.weights_bytes + c.gradient_bytes + c.optimizer_bytes, n, tensors, res[m].params.added)
+    (full, n_full, t_full, _), (lora, n_lora, t_lora, added) = state["full"], state["lora"]
+    assert full - lora == 12 * (n_full - n_lora) + 4 * (t_full - t_lora) - 4 * added
+    for m in ("zero-shot", "lead-3"):
+        c = res[m].cost
+        assert c.gradient_bytes == c.optimizer_bytes == 0 and c.train_peak_bytes is None and c.eval_peak_bytes > 0

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from peftsum.cli import main
+from peftsum.report.tables import human
 from peftsum.utils import read_jsonl
 from tests.conftest import ALL_METHODS
 
@@ -57,6 +58,11 @@ def test_report_numbers_equal_results_json(compared):
         assert float(row["rougeL_lo"]) <= float(row["rougeL"]) <= float(row["rougeL_hi"])  # numbers, not tuples
         assert int(row["params_trainable"]) == r["params"]["trainable"]
         assert float(row["mean_generated_tokens"]) == pytest.approx(r["eval"]["mean_generated_tokens"])
+        for k in ("weights_bytes", "gradient_bytes", "optimizer_bytes", "eval_peak_bytes"):
+            assert int(row[k]) == r["cost"][k], k
+        memory = next(x for x in md.split("## Memory", 1)[1].splitlines() if x.startswith(f"| {row['method']} |"))
+        state = r["cost"]["weights_bytes"] + r["cost"]["gradient_bytes"] + r["cost"]["optimizer_bytes"]
+        assert f"| {human(r['cost']['optimizer_bytes'])}B | {human(state)}B |" in memory
         line = next(x for x in md.splitlines() if x.startswith(f"| {row['method']} |") and "[" in x)
         cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
         # the headline ROUGE-L is the summary-level one; the sentence-level one is named for what it is

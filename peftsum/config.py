@@ -166,6 +166,9 @@ class TrainConfig:
     checkpoint_every_steps: int = positive(200)
     seed: int = 42
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # Several processes: how long a rank waits at a barrier or collective before the job fails.  torch's NCCL
+    # default (10 min) is shorter than rank 0 downloading and tokenizing CNN/DailyMail while the others wait.
+    process_group_timeout_minutes: float = positive(120.0)
     progress: bool = True
     # experiment trackers (``--report-to``): tensorboard, wandb, mlflow, aim, ... or all; empty: none
     report_to: list[str] = field(default_factory=list)

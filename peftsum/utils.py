@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import datetime
 import gc
 import json
 import os
@@ -123,12 +124,20 @@ def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def distributed_state() -> PartialState:
+_PROCESS_GROUP = {"timeout_minutes": None}
+
+
+def distributed_state(timeout_minutes: float | None = None) -> PartialState:
     """The one notion of the processes of this job (Accelerate's): rank, world size, main process.
 
     ``cpu=True`` without CUDA: several CPU processes (torchrun) then talk over gloo; the Accelerator that
-    training builds shares this state."""
-    return PartialState(cpu=not torch.cuda.is_available())
+    training builds shares this state.  The process group is made by the first call in the process, with the
+    timeout given to this or an earlier call (``train.process_group_timeout_minutes``); later calls share it."""
+    if timeout_minutes is not None:
+        _PROCESS_GROUP["timeout_minutes"] = timeout_minutes
+    minutes = _PROCESS_GROUP["timeout_minutes"]
+    return PartialState(cpu=not torch.cuda.is_available(),
+                        **({"timeout": datetime.timedelta(minutes=minutes)} if minutes else {}))
 
 
 def is_main_process() -> bool:

@@ -70,6 +70,7 @@ def planned_runs(cfg: Config, methods: list[str], out: Path, seeds: int = 1) -> 
 def compare_methods(cfg: Config, methods: list[str], out: Path, rerun: list[str] | None = None,
                     seeds: int = 1) -> float:
     """Run ``methods`` (in the canonical order, each over ``seeds`` seeds) into ``out``; returns the seconds."""
+    distributed_state(cfg.train.process_group_timeout_minutes)  # before any barrier: the configured timeout
     rerun = set(rerun or [])
     names = [run_name(m) for m in methods]
     if len(set(names)) < len(names):

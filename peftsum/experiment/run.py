@@ -38,7 +38,7 @@ from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..train.precision import compute_dtype, resolve_mixed_precision
 from ..train.tracking import Tracking, final_values, resolve_trackers
-from ..utils import release_memory, safe_load_file, write_json, write_jsonl, write_text
+from ..utils import distributed_state, release_memory, safe_load_file, write_json, write_jsonl, write_text
 from .card import model_card
 from .results import Cost, DataSummary, Params, Protocol, RunResult, Scores, Training, write_results
 from .rundir import CONFIG, RESULTS, RunLock, load_run_config
@@ -52,6 +52,7 @@ def accelerator_for(cfg: Config, cpu: bool = False) -> Accelerator:
     """One Accelerator per mixed-precision mode for the whole process (Accelerate keeps one state);
     ``cpu`` forces the CPU where a GPU is present (``plan --device cpu``)."""
     cpu = cpu or not torch.cuda.is_available()
+    distributed_state(cfg.train.process_group_timeout_minutes)  # the process group, with the configured timeout
     mp = resolve_mixed_precision(cfg.train.mixed_precision, cpu)
     trackers = tuple(resolve_trackers(cfg.train.report_to))
     key = (mp, cpu, trackers)

@@ -26,7 +26,8 @@ CONFIG = "config.yaml"
 LOCK = ".peftsum.lock"
 
 # keys that change how a run is shown or saved, not what it computes (and the sweep's own section)
-NEUTRAL_KEYS = frozenset({"train.progress", "train.checkpoint_every_steps", "data.cache", "train.report_to"})
+NEUTRAL_KEYS = frozenset({"train.progress", "train.checkpoint_every_steps", "data.cache", "train.report_to",
+                          "train.process_group_timeout_minutes"})
 NEUTRAL_SECTIONS = ("sweep.",)
 
 

@@ -336,12 +336,12 @@ def slow_save(tensors, path, *args, **kwargs):  # rank 0's best weights take 2 s
     return _save(tensors, path, *args, **kwargs)
 
 
-def spying_evaluate(cfg, run_dir, parts, data, accelerator, trainer):  # the weights each rank evaluates
+def spying_evaluate(cfg, run_dir, parts, data, accelerator, *args, **kwargs):  # the weights each rank evaluates
     state = parts.method.state_dict(parts.model)
     digest = hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
     with open(os.path.join(os.environ["PEFTSUM_SPY"], f"rank{accelerator.process_index}"), "w") as f:
         f.write(digest)
-    return _evaluate(cfg, run_dir, parts, data, accelerator, trainer)
+    return _evaluate(cfg, run_dir, parts, data, accelerator, *args, **kwargs)
 
 
 loop.save_file_atomic, run.evaluate_run = slow_save, spying_evaluate

@@ -320,6 +320,15 @@ class Trainer:
                 "state": self.state.to_dict(), "rng": rng_state()})
 
     # --- the run -----------------------------------------------------------------------------
+    def interrupted(self, interrupt: DeferredInterrupt) -> bool:
+        """Has Ctrl-C reached any process?  Under torchrun the signal may reach the ranks between different steps
+        (or only some of them): one all-reduced flag per step makes every rank stop after the same step, where
+        rank 0 checkpoints, instead of one rank leaving while the others wait in the next step's all-reduce."""
+        if self.world == 1:
+            return interrupt.requested
+        flag = torch.tensor(int(interrupt.requested), device=self.device)
+        return bool(self.accelerator.reduce(flag, "sum").item())
+
     def stop_reason(self) -> str:
         """The one place that decides whether training stops, and why: the step limit (``max_steps``, or the
         last step of the last epoch) wins over early stopping, which wins over running out of epochs."""
@@ -371,9 +380,10 @@ class Trainer:
                     if train_cfg.eval_every_steps and s.step % train_cfg.eval_every_steps == 0:
                         self.validate()
                     s.stopped_reason = self.stop_reason()  # early stopping, in the middle of the epoch
-                    if s.stopped_reason or s.step % train_cfg.checkpoint_every_steps == 0 or interrupt.requested:
+                    interrupted = self.interrupted(interrupt)
+                    if s.stopped_reason or s.step % train_cfg.checkpoint_every_steps == 0 or interrupted:
                         self.checkpoint()
-                    if interrupt.requested:
+                    if interrupted:
                         raise KeyboardInterrupt
                     if s.stopped_reason:
                         break

@@ -1,5 +1,6 @@
-"""`peftsum plan` projects from a few timed steps; the projection of a short run must be within a
-factor of 2 of the same run measured (a loose bound: the machines are noisy)."""
+"""`peftsum plan` projects from a few timed steps: the projected training time of a short run is within 25 % of
+the same run measured right after it (measured here: projected / measured 0.94-1.22 over the four trained
+methods, 0.98-1.09 for LoRA, in two rounds)."""
 
 import pytest
 
@@ -7,7 +8,7 @@ from peftsum.experiment import run_experiment
 from peftsum.report.plan import measure, render
 
 
-def test_plan_projection_within_factor_two(tiny_cfg, tmp_path):
+def test_plan_projects_the_run_within_25_percent(tiny_cfg, tmp_path):
     cfg = tiny_cfg("lora", **{"train.max_steps": 16, "data.train_size": 160, "train.batch_size": 8})
     projected = measure(cfg, ["lora", "zero-shot"], "cpu", steps=4)
     assert [r["method"] for r in projected["rows"]] == ["lora"]  # zero-shot trains nothing
@@ -17,7 +18,7 @@ def test_plan_projection_within_factor_two(tiny_cfg, tmp_path):
     assert "whole protocol" in text and "assumptions:" in text
     measured = run_experiment(cfg, tmp_path / "lora").cost.train_seconds
     ratio = row["train_seconds"] / measured
-    assert 0.5 <= ratio <= 2.0, (row["train_seconds"], measured)
+    assert 0.75 <= ratio <= 1.25, (row["train_seconds"], measured)
 
 
 @pytest.mark.slow

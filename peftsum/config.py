@@ -49,6 +49,9 @@ class ModelConfig:
     # None keeps the checkpoint's (GPT-2: 0.1 each); 0 is the LoRA paper's GPT-2 code, and on CPU
     # about 1.5x faster for LoRA (attention dropout keeps SDPA off its fused kernels; performance.md §4).
     dropout: float | None = fraction(None)
+    # The attention kernel transformers runs: "auto" (its default: SDPA where the model supports it), "sdpa",
+    # "eager" (the plain matmul-softmax), or "flash_attention_2" (needs the flash-attn package and a GPU).
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
 
 @dataclass
@@ -166,6 +169,12 @@ class TrainConfig:
     checkpoint_every_steps: int = positive(200)
     seed: int = 42
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # float32 matmuls on TF32 tensor cores (Ampere and later; 10-bit mantissa inputs, fp32 accumulation), as
+    # torch.set_float32_matmul_precision("high") does on a GPU; the CPU keeps exact float32
+    tf32: bool = True
+    # AdamW's fused kernel (one launch for every tensor): "auto" on CUDA, off on the CPU (where the per-tensor
+    # loop keeps CPU results bit-identical to earlier runs)
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
     # Several processes: how long a rank waits at a barrier or collective before the job fails.  torch's NCCL
     # default (10 min) is shorter than rank 0 downloading and tokenizing CNN/DailyMail while the others wait.
     process_group_timeout_minutes: float = positive(120.0)

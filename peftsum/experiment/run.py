@@ -36,7 +36,7 @@ from ..model.loading import load_model, load_tokenizer, n_positions, resolve_mod
 from ..train.loop import BEST, Trainer, train
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
-from ..train.precision import compute_dtype, resolve_mixed_precision
+from ..train.precision import compute_dtype, resolve_mixed_precision, set_tf32
 from ..train.tracking import Tracking, final_values, resolve_trackers
 from ..utils import distributed_state, release_memory, safe_load_file, write_json, write_jsonl, write_text
 from .card import model_card
@@ -53,6 +53,7 @@ def accelerator_for(cfg: Config, cpu: bool = False) -> Accelerator:
     ``cpu`` forces the CPU where a GPU is present (``plan --device cpu``)."""
     cpu = cpu or not torch.cuda.is_available()
     distributed_state(cfg.train.process_group_timeout_minutes)  # the process group, with the configured timeout
+    set_tf32(cfg.train.tf32, on_gpu=not cpu)
     mp = resolve_mixed_precision(cfg.train.mixed_precision, cpu)
     trackers = tuple(resolve_trackers(cfg.train.report_to))
     key = (mp, cpu, trackers)
@@ -92,7 +93,7 @@ def load_components(cfg: Config, device=None) -> Components:
     positions = 1024
     if uses_model:
         torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
-        model = load_model(name, cfg.model.trust_remote_code)
+        model = load_model(name, cfg.model.trust_remote_code, attn_implementation=cfg.model.attn_implementation)
         set_dropout(model, cfg.model.dropout)
     tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
     method = build_method(cfg, tokenizer)

@@ -115,7 +115,7 @@ class SweepResources:
     @classmethod
     def load(cls, cfg: Config, out: Path = Path(".")) -> SweepResources:
         name = resolve_model_name(cfg.model.name)
-        base = load_model(name, cfg.model.trust_remote_code)
+        base = load_model(name, cfg.model.trust_remote_code, attn_implementation=cfg.model.attn_implementation)
         set_dropout(base, cfg.model.dropout)
         tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
         return cls(cfg, base, tokenizer, n_positions(base), {}, out)

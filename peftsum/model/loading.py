@@ -26,8 +26,10 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
-    """Load a causal LM; a missing path or a model that is not a causal LM is a UserError."""
+def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+               attn_implementation: str = "auto"):
+    """Load a causal LM (with ``attn_implementation`` unless "auto"); a missing path, a model that is not a causal LM
+    or an attention kernel that cannot run here is a UserError."""
     name = resolve_model_name(name)
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or path.exists()
@@ -39,9 +41,16 @@ def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = 
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load model {name!r}: {str(e).splitlines()[0]}") from None
+    attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=dtype, **attn)
+    except ImportError as e:
+        raise UserError(f"model.attn_implementation {attn_implementation} cannot run here: "
+                        f"{str(e).splitlines()[0]}") from None
     except ValueError as e:
+        if attn and attn_implementation in str(e):
+            raise UserError(f"model.attn_implementation {attn_implementation} cannot run with {name!r}: "
+                            f"{str(e).splitlines()[0]}") from None
         raise UserError(f"{name!r} ({config.model_type}) is not a causal language model: {str(e).splitlines()[0]}") from None
     except OSError as e:
         raise UserError(f"could not load model weights from {name!r}: {str(e).splitlines()[0]}") from None

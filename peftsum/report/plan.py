@@ -105,7 +105,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     else:
         name = resolve_model_name(cfg.model.name)
         try:
-            base = load_model(name)
+            base = load_model(name, attn_implementation=cfg.model.attn_implementation)
         except UserError as e:
             raise UserError(f"{e}; to plan without the weights use --shape gpt2-small") from None
         tokenizer = load_tokenizer(cfg.model.tokenizer or name)

@@ -142,10 +142,13 @@ class Trainer:
             self.total_steps = min(train_cfg.max_steps, self.total_steps)
 
     def _setup_optimizer(self) -> None:
-        """AdamW on the method's trainable parameters, at the method's learning rate (``train.lr`` overrides)."""
+        """AdamW on the method's trainable parameters, at the method's learning rate (``train.lr`` overrides);
+        its fused kernel where ``train.fused_optimizer`` asks for it (auto: on CUDA)."""
         self.params = [p for _, p in self.method.trainable_parameters(self.model)]
+        fused = self.train_cfg.fused_optimizer
+        fused = fused == "on" or (fused == "auto" and self.device.type == "cuda")
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.learning_rate(),
-                                           weight_decay=self.train_cfg.weight_decay)
+                                           weight_decay=self.train_cfg.weight_decay, **({"fused": True} if fused else {}))
 
     def _setup_schedule(self) -> None:
         """Warmup (``train.warmup_ratio`` of the steps), then ``train.schedule``."""

@@ -41,3 +41,10 @@ def resolve_mixed_precision(setting: str, cpu: bool) -> str:
 def compute_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype matmuls run in under ``mixed_precision`` (as Accelerate resolved it)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+def set_tf32(enabled: bool, on_gpu: bool) -> None:
+    """``train.tf32``: float32 matmuls on a GPU's TF32 tensor cores (``set_float32_matmul_precision("high")``), or
+    exact float32 ("highest").  The CPU is left exact: there "high" may let oneDNN split float32 into bfloat16s."""
+    if on_gpu:
+        torch.set_float32_matmul_precision("high" if enabled else "highest")

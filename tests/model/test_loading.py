@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from peftsum.model.demo_base import ensure_demo_base
@@ -25,3 +26,20 @@ def test_demo_base_is_reproducible_and_reused(tmp_path):
     assert ensure_demo_base(TINY_CONFIG, recipe, root=tmp_path / "a") == a
     assert (a / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert ma.lm_head.weight is ma.transformer.wte.weight  # tied, like GPT-2
+
+
+def test_the_attention_kernel_is_the_configured_one_and_computes_the_same_loss(tiny_model_dir, tokenizer):
+    """model.attn_implementation reaches transformers; eager and SDPA give the same summary loss; an unavailable
+    kernel (flash-attention without its package) is one clear error."""
+    from peftsum.errors import UserError
+
+    ids = torch.tensor([tokenizer("The council approved a new rail line on Monday.\nTL;DR: A rail line.")["input_ids"]])
+    losses = {}
+    for kind in ("eager", "sdpa"):
+        model = load_model(str(tiny_model_dir), attn_implementation=kind).eval()
+        assert model.config._attn_implementation == kind
+        with torch.no_grad():
+            losses[kind] = model(input_ids=ids, labels=ids).loss.item()
+    assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-5)
+    with pytest.raises(UserError, match="flash_attention_2"):
+        load_model(str(tiny_model_dir), attn_implementation="flash_attention_2")

@@ -371,3 +371,18 @@ def test_every_rank_evaluates_the_best_weights_rank_0_wrote(tiny_model_dir, demo
     digests = {p.name: p.read_text() for p in (tmp_path / "spy").iterdir()}
     assert sorted(digests) == ["rank0", "rank1"] and len(set(digests.values())) == 1, digests
     assert json.loads((out / "results.json").read_text())["training"]["best_step"] == 4
+
+
+def test_fused_adamw_takes_the_same_step(tiny_cfg, tmp_path):
+    """train.fused_optimizer on: AdamW's fused kernel (auto: only on CUDA, so CPU runs stay bit-identical) moves
+    the weights as the per-tensor loop does."""
+    weights = {}
+    for fused in ("off", "on", "auto"):
+        cfg = tiny_cfg("lora", **{**SHORT, "train.fused_optimizer": fused, "model.dropout": 0.0,
+                                  "method.lora.dropout": 0.0})
+        trainer = _trainer(cfg, tmp_path / fused)
+        assert bool(trainer.optimizer.param_groups[0].get("fused")) == (fused == "on")
+        trainer.train_step(trainer.epoch_groups(0)[0])
+        weights[fused] = torch.cat([p.detach().flatten() for p in trainer.params])
+    assert torch.allclose(weights["on"], weights["off"], rtol=0, atol=1e-6)
+    assert torch.equal(weights["auto"], weights["off"])

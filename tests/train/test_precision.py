@@ -37,3 +37,15 @@ def test_bf16_asked_for_on_a_t4_runs_with_a_warning(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         assert resolve_mixed_precision("bf16", cpu=False) == "bf16"
     assert "no bf16 tensor cores" in caplog.text and "7.5" in caplog.text
+
+
+def test_tf32_is_set_on_a_gpu_and_never_on_the_cpu(monkeypatch):
+    from peftsum.train.precision import set_tf32
+
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    set_tf32(True, on_gpu=False)
+    assert calls == []  # the CPU stays exact
+    set_tf32(True, on_gpu=True)
+    set_tf32(False, on_gpu=True)
+    assert calls == ["high", "highest"]

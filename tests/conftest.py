@@ -69,11 +69,16 @@ def tiny_cfg(tiny_model_dir, demo_dir):
 ALL_METHODS = "zero-shot,lead-3,prompt-tuning,lora,last-layer,full"
 
 
+def set_flags(overrides: dict) -> list[str]:
+    """``--set key=value`` for each override, None as ``null``: how the command lines below pass a config."""
+    return [f"--set={k}={'null' if v is None else v}" for k, v in overrides.items()]
+
+
 def compare_args(model_dir, data_dir, out, methods: str = ALL_METHODS, **extra) -> list[str]:
     """``peftsum compare`` on the tiny model and demo data: 3 steps, beam search (4 beams) for every method."""
     ov = dict(tiny_overrides(model_dir, data_dir, **{"train.max_steps": 3, "eval.decoding.num_beams": 4, **extra}))
     return ["compare", "--preset", "demo", "--methods", methods, "--out", str(out),
-            *[f"--set={k}={'null' if v is None else v}" for k, v in ov.items()]]
+            *set_flags(ov)]
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +105,7 @@ def train_args(model_dir, data_dir, method, out, **extra) -> list[str]:
     ov = dict(tiny_overrides(model_dir, data_dir, **{"method.name": method, "method.prompt_tuning.lr": 0.3,
                                                      "method.lora.lr": 1e-2, **extra}))
     return ["train", "--method", method, "--preset", "demo", "--out", str(out),
-            *[f"--set={k}={'null' if v is None else v}" for k, v in ov.items() if k != "method.name"]]
+            *set_flags({k: v for k, v in ov.items() if k != "method.name"})]
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:
@@ -131,7 +136,7 @@ SWEEP_SIZES = {"data.train_size": 32, "sweep.val_limit": 8, "sweep.reports": 2, 
 def set_args(tiny_model_dir, demo_dir, **extra):
     """``--set key=value`` for the tiny model and demo data at a sweep's sizes."""
     ov = dict(tiny_overrides(tiny_model_dir, demo_dir, **{**SWEEP_SIZES, **extra}))
-    return [f"--set={k}={'null' if v is None else v}" for k, v in ov.items()]
+    return set_flags(ov)
 
 
 def sweep_args(tiny_model_dir, demo_dir, out, trials, steps=4, methods="lora", **extra):

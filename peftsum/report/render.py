@@ -91,8 +91,8 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
     figs["rouge"] = plots.rouge_bars(rows, out / "rouge.png", COMPARED, LABELS)
     figs["cost"] = plots.quality_vs_cost(rows, out / "quality_vs_cost.png", LABELS[HEADLINE])
     figs["memory"] = plots.memory_bars(rows, out / "memory.png",
-                                       "peak RSS of the process" if runs[0].result.cost.device.startswith("CPU")
-                                       else "CUDA max allocated")
+                                       "CUDA max allocated" if runs[0].result.cost.reserved_peak_bytes is not None
+                                       else "peak RSS of the process")
     lengths = {r.method: [p["generated_tokens"] for p in r.predictions if p.get("generated_tokens") is not None]
                for r in runs}
     if any(lengths.values()):

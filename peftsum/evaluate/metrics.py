@@ -36,15 +36,18 @@ ROUGE_PROTOCOL = ("Scores by Google's rouge-score (Porter stemmer on). ROUGE-L i
 def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, autocast=None, features=None) -> dict:
     """Token-weighted NLL of the summary tokens over ``dataset`` (or over cached ``features``).
 
-    Under several processes each takes every N-th batch; the sums of NLL and of tokens are added up
+    Under several processes each takes every N-th batch (with cached features: the shard it holds); the sums of NLL and of tokens are added up
     across processes, so every process returns the whole split's loss."""
     was_training = summary_lm.training
     summary_lm.eval()
     dist = distributed_state()
     total, n = torch.zeros((), dtype=torch.float64), 0
     ctx = autocast or contextlib.nullcontext
-    lengths = features.lengths if features is not None else seq_lengths(dataset)
-    for idx in sorted_batches(lengths, batch_size)[dist.process_index::dist.num_processes]:
+    if features is not None:  # every process holds its own shard of the split: it takes all of it
+        batches = [[features.indices[k] for k in pos] for pos in sorted_batches(features.lengths, batch_size)]
+    else:
+        batches = sorted_batches(seq_lengths(dataset), batch_size)[dist.process_index::dist.num_processes]
+    for idx in batches:
         if features is not None:
             batch = features.batch(idx, device)
         else:

@@ -39,7 +39,7 @@ from ..model.arch import attention_heads
 from ..utils import rng_state, save_file_atomic, set_rng_state
 from .checkpoint import load_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
-from .features import FeatureCache
+from .features import FeatureCache, shard
 from .interrupt import DeferredInterrupt
 from .loss import SummaryLM
 from .metrics_file import MetricsFile
@@ -170,7 +170,8 @@ class Trainer:
 
     def _setup_feature_cache(self) -> None:
         """A frozen trunk (:class:`~peftsum.methods.base.CachedTrunk`): its features once, then the head alone
-        trains on them."""
+        trains on them.  Under several processes each computes and holds only the examples it owns
+        (:func:`~peftsum.train.features.shard`) and takes those of every batch."""
         self.features = self.val_features = None
         self.cache_seconds = 0.0
         if not isinstance(self.method, CachedTrunk):
@@ -178,12 +179,13 @@ class Trainer:
         dtype = compute_dtype(self.accelerator.mixed_precision)
         batch = self.train_cfg.batch_size * 2
         t0 = time.perf_counter()
+        # each process builds and keeps its shard of every split (one process: the whole split)
         self.features = FeatureCache(self.summary_lm, self.train_ds, batch, self.device, self.pad_id, dtype,
-                                     self.autocast)
+                                     self.autocast, shard(len(self.train_ds), self.rank, self.world))
         synchronize(self.device)
         self.cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
         self.val_features = FeatureCache(self.summary_lm, self.val_ds, batch, self.device, self.pad_id, dtype,
-                                         self.autocast)
+                                         self.autocast, shard(len(self.val_ds), self.rank, self.world))
         log.info("cached the frozen trunk's features: %.1f MB in %.1fs", self.features.nbytes() / 1e6,
                  self.cache_seconds)
 
@@ -207,6 +209,13 @@ class Trainer:
         return True
 
     # --- one optimizer step ----------------------------------------------------------------
+    def share(self, batch: list[int]) -> list[int]:
+        """This process's part of a global batch: every ``world``-th example from its rank; with cached
+        features, the batch's examples whose features it holds."""
+        if self.features is not None:
+            return [i for i in batch if self.features.owns(i)]
+        return batch[self.rank::self.world]
+
     def forward_passes(self, idx: list[int]) -> list[list[int]]:
         if self.features is not None:  # the head alone: whole batches
             return [idx]
@@ -227,7 +236,7 @@ class Trainer:
         t0 = time.perf_counter()
         n_target = sum(self.target_lengths[i] for mb in group for i in mb)  # global, known to every rank
         loss_sum = 0.0
-        passes = [part for mb in group for part in self.forward_passes(mb[self.rank::self.world])]
+        passes = [part for mb in group for part in self.forward_passes(self.share(mb))]
         for j, idx in enumerate(passes):
             sync = contextlib.nullcontext() if j == len(passes) - 1 else self.accelerator.no_sync(self.ddp_lm)
             with sync:

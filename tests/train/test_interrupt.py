@@ -64,7 +64,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tiny_model_dir,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "two"
     extra = {"train.max_steps": 8, "train.batch_size": 4, "train.checkpoint_every_steps": 100}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "peftsum.cli",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "peftsum.cli",
                            *train_args(tiny_model_dir, demo_dir, "lora", out, **extra)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0 and "--resume" in done.stderr, done.stderr[-2000:]

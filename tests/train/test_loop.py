@@ -199,7 +199,7 @@ def test_two_processes_match_one_with_the_same_global_batch(demo_dir, tmp_path):
                           *train_args(model, demo_dir, "lora", tmp_path / "one", **extra, **{"train.batch_size": 8})],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "peftsum.cli",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "peftsum.cli",
                           *train_args(model, demo_dir, "lora", tmp_path / "two", **extra, **{"train.batch_size": 4})],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -224,6 +224,34 @@ def test_two_processes_match_one_with_the_same_global_batch(demo_dir, tmp_path):
         assert rb["training"][k] == ra["training"][k], k
     assert rb["cost"]["train_flops"] == pytest.approx(ra["cost"]["train_flops"], rel=1e-9)
     assert rb["cost"]["processes"] == 2 and ra["cost"]["processes"] == 1
+
+
+@pytest.mark.slow
+def test_two_processes_cache_half_the_features_each_and_match_one(tiny_model_dir, demo_dir, tmp_path):
+    """Last-layer on its frozen trunk's cached features: under 2 processes each builds and holds only its shard,
+    and the training and validation losses are those of one process with the same global batch."""
+    extra = {"train.max_steps": 4, "train.eval_every_steps": 2, "method.last_layer.lr": 1e-2}
+    one = subprocess.run([sys.executable, "-m", "peftsum.cli",
+                          *train_args(tiny_model_dir, demo_dir, "last-layer", tmp_path / "one", **extra,
+                                      **{"train.batch_size": 8})], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "peftsum.cli", *train_args(tiny_model_dir, demo_dir, "last-layer", tmp_path / "two",
+                                                           **extra, **{"train.batch_size": 4})],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert len(a) == len(b) and [r for r in a if "val_loss" in r]
+    for x, y in zip(a, b):
+        for key in ("loss", "val_loss"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-5), (key, x["step"])
+    ra = json.loads((tmp_path / "one" / "results.json").read_text())
+    rb = json.loads((tmp_path / "two" / "results.json").read_text())
+    for k in ("val_loss", "test_loss"):
+        assert rb["eval"][k] == pytest.approx(ra["eval"][k], rel=1e-5), k
+    whole, mine = ra["training"]["feature_cache_bytes"], rb["training"]["feature_cache_bytes"]
+    assert 0 < mine < 0.7 * whole  # rank 0's shard (half the examples), not the whole split
 
 
 def test_select_by_rouge_keeps_the_weights_with_the_best_validation_rouge(tiny_model_dir, demo_dir, tmp_path):
@@ -362,7 +390,7 @@ def test_every_rank_evaluates_the_best_weights_rank_0_wrote(tiny_model_dir, demo
     out = tmp_path / "two"
     extra = {"train.max_steps": 4, "train.eval_every_steps": 2, "train.batch_size": 4, "data.test_size": 8,
              "eval.decoding.max_new_tokens": 4}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "peftsum.cli",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "peftsum.cli",
                            *train_args(tiny_model_dir, demo_dir, "lora", out, **extra)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -45,6 +45,9 @@ from ..train.metrics_file import MetricsFile
 from ..train.precision import compute_dtype
 from ..utils import release_memory
 
+CPU_PROBE_EXAMPLES = 4  # on a CPU: the validation examples and the prompts that are timed
+CPU_PROBE_PROMPT = 32  # on a CPU: the prompt tokens kept by the short decode probes
+
 
 def _synthetic_examples(n: int, cfg: Config, rng, source_tokens: int) -> list[dict]:
     """CNN/DailyMail-like lengths: articles ~ N(780, 400) tokens cut to the budget, summaries 40-100."""
@@ -132,6 +135,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         method.prepare_model(model)
         model.to(dev)
         summary_lm = SummaryLM(model, method)
+        cpu = dev.type == "cpu"  # where a batch's time grows linearly with its sequences: probes on a few
+        n_val = min(eval_cfg.batch_size, CPU_PROBE_EXAMPLES) if cpu else eval_cfg.batch_size
         n_ex = max(bs, eval_cfg.batch_size)
         ex, mean_len, source, sizes = _examples(mcfg, tokenizer, positions, method.num_virtual_tokens, n_ex, rng)
         mean_target = float(np.mean([len(e["input_ids"]) - e["prompt_len"] for e in ex]))
@@ -148,7 +153,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         costs.reset_peak_memory(dev)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(probe_cfg, Path(tmp), summary_lm=summary_lm, method=method, train_ds=ds,
-                              val_ds=ds.select(range(eval_cfg.batch_size)), accelerator=accelerator,
+                              val_ds=ds.select(range(n_val)), accelerator=accelerator,
                               tokenizer=tokenizer, metrics_file=MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
             # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU)
             trainer.train_step([[i % len(ds) for i in range(pass_size)]])
@@ -158,7 +163,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                 timings.append(_timed(dev, trainer.train_step, [[(k * pass_size + i) % len(ds) for i in range(pass_size)]]))
             step_s = float(np.mean(timings)) * passes_per_step
             # validation as the loop runs it: on cached features for a frozen trunk, else the trunk's forward
-            val_per_ex = _timed(dev, trainer.validation_loss) / eval_cfg.batch_size
+            val_per_ex = _timed(dev, trainer.validation_loss) / n_val
             # the final evaluation's loss runs the trunk; with a frozen trunk that is what building its feature
             # cache timed (the head on the summary positions adds a few per cent)
             fwd_per_ex = trainer.cache_seconds / len(ds) if cached else val_per_ex
@@ -168,7 +173,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
         decoding = method.decoding()
         prefill_s, per_token = _generation_seconds(model, method, tokenizer, prompts, decoding, eval_cfg.batch_size,
-                                                   accelerator, min(8, decoding.max_new_tokens))
+                                                   accelerator, min(8, decoding.max_new_tokens), few=cpu)
         gen_per_batch = prefill_s + per_token * (decoding.max_new_tokens - 1)
         peak = costs.peak_memory(dev)
 
@@ -218,7 +223,11 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                 f"validation on {min(sizes.get('validation', 0), train_cfg.val_limit or sizes.get('validation', 0))} "
                 "examples before training and after every epoch (last-layer: on its cached features)",
                 f"ROUGE generation: {cfg.eval.decoding.max_new_tokens} new tokens for every test article (no early "
-                f"eos), {cfg.eval.decoding.num_beams} beam(s), batch {eval_cfg.batch_size}",
+                f"eos), {cfg.eval.decoding.num_beams} beam(s), batch {eval_cfg.batch_size}"
+                + (f"; on the CPU, the prefill timed on {CPU_PROBE_EXAMPLES} articles and scaled by prompt tokens, a "
+                   "decode step from three probes (few or all rows, whole or short prompts), and validation on "
+                   f"{CPU_PROBE_EXAMPLES} examples"
+                   if dev.type == "cpu" else ""),
                 "a step = its forward/backward passes x the mean time of one pass of the training loop ("
                 + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
                 + " after one warm-up; --steps N for more); peak memory is the process's (CPU: RSS)",
@@ -227,10 +236,31 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
 
 
 def _generation_seconds(model, method, tokenizer, prompts, decoding, batch_size: int, accelerator,
-                        n_new: int) -> tuple[float, float]:
+                        n_new: int, few: bool = False) -> tuple[float, float]:
     """Seconds of a batch's prefill and of one decode step, generating ``n_new`` tokens for each prompt on the
-    evaluation's path with its decoding (beams included), eos forbidden so that every step runs.  peftsum's
-    loop: both phases timed inside one call; prefix tuning's own loop: two calls."""
+    evaluation's path with its decoding (beams included), eos forbidden so that every step runs.
+
+    ``few`` (the CPU, where both grow linearly with the work): the prefill is timed on the first
+    CPU_PROBE_EXAMPLES prompts and scaled by the batch's prompt tokens.  A decode step costs a fixed part, a part
+    per row and a part per row and context position (each row reads its own cache, which dominates on a CPU);
+    three cheap probes separate them: the few prompts whole (A), the same few cut to CPU_PROBE_PROMPT tokens (C)
+    and every prompt cut so (B).  The whole batch's step is then B + (its rows / A's rows) x (A - C)."""
+    if few and len(prompts) > CPU_PROBE_EXAMPLES:
+        some = prompts[:CPU_PROBE_EXAMPLES]
+        probe = lambda ps: _probe_generation(model, method, tokenizer, ps, decoding, batch_size,  # noqa: E731
+                                             accelerator, n_new)
+        prefill, step_a = probe(some)
+        _, step_c = probe([p[-CPU_PROBE_PROMPT:] for p in some])
+        _, step_b = probe([p[-CPU_PROBE_PROMPT:] for p in prompts])
+        per_token = step_b + len(prompts) / len(some) * max(step_a - step_c, 0.0)
+        return prefill * sum(map(len, prompts)) / sum(map(len, some)), per_token
+    return _probe_generation(model, method, tokenizer, prompts, decoding, batch_size, accelerator, n_new)
+
+
+def _probe_generation(model, method, tokenizer, prompts, decoding, batch_size: int, accelerator,
+                      n_new: int) -> tuple[float, float]:
+    """peftsum's loop: the prefill and the decode steps timed inside one call; prefix tuning's own loop: two
+    calls."""
     dev = accelerator.device
     forced = dataclasses.replace(decoding, max_new_tokens=n_new, min_new_tokens=n_new)
     if not isinstance(method, OwnTrunk):

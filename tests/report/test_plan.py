@@ -40,3 +40,27 @@ def test_plan_works_on_data_smaller_than_its_batches(tiny_model_dir, tmp_path, c
     assert "examples: 40 train / 4 validation / 4 test" in out  # projected on what the data has
     rows = [line for line in out.splitlines() if line.startswith(("lora ", "last-layer "))]
     assert len(rows) == 2 and all(not line.rstrip().endswith("–") for line in rows)  # MFU shown on a CPU
+
+
+def test_cpu_generation_probe_recovers_the_whole_batch_from_few_prompts(monkeypatch):
+    """On a CPU the generation probe times few prompts: under the cost model it assumes (prefill linear in prompt
+    tokens; a decode step = fixed + per row + per row and context position) its three probes give the whole
+    batch's figures exactly."""
+    from peftsum.report import plan as plan_mod
+
+    beams, calls = 4, []
+
+    def fake(model, method, tokenizer, prompts, decoding, batch_size, accelerator, n_new):
+        calls.append([len(p) for p in prompts])
+        rows, ctx = beams * len(prompts), max(map(len, prompts)) + n_new
+        return 0.002 * sum(map(len, prompts)), 0.05 + 0.003 * rows + 0.0001 * rows * ctx
+
+    monkeypatch.setattr(plan_mod, "_probe_generation", fake)
+    prompts = [[1] * 720 for _ in range(8)]
+    whole = fake(None, None, None, prompts, None, 8, None, 8)
+    calls.clear()
+    few = plan_mod._generation_seconds(None, None, None, prompts, None, 8, None, 8, few=True)
+    long_probes = [c for c in calls if max(c) > plan_mod.CPU_PROBE_PROMPT]
+    assert len(calls) == 3 and long_probes == [[720] * plan_mod.CPU_PROBE_EXAMPLES]  # one whole prompt probed: few
+    assert few == pytest.approx(whole, rel=1e-9)
+    assert plan_mod._generation_seconds(None, None, None, prompts, None, 8, None, 8, few=False) == whole

@@ -175,6 +175,10 @@ class TrainConfig:
     # AdamW's fused kernel (one launch for every tensor): "auto" on CUDA, off on the CPU (where the per-tensor
     # loop keeps CPU results bit-identical to earlier runs)
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
+    # Activation (gradient) checkpointing: each decoder block keeps only its input in the forward and runs its
+    # forward again in the backward: less activation memory for one more forward of the blocks the backward
+    # passes through (counted in train FLOPs).  Not with prefix tuning (PEFT feeds its prefix as a cache).
+    gradient_checkpointing: bool = False
     # Several processes: how long a rank waits at a barrier or collective before the job fails.  torch's NCCL
     # default (10 min) is shorter than rank 0 downloading and tokenizing CNN/DailyMail while the others wait.
     process_group_timeout_minutes: float = positive(120.0)

@@ -153,9 +153,11 @@ def _below_blocks(model, p) -> bool:
 
 
 def train_flops(shape: FlopShape, tokens: int, target_tokens: int, mean_len: float,
-                cached_trunk_tokens: int = 0) -> float:
+                cached_trunk_tokens: int = 0, recompute: bool = False) -> float:
     """FLOPs of a training run over ``tokens`` (real and soft-prompt positions, no padding) of which
-    ``target_tokens`` were summary positions the loss read; ``mean_len`` is the mean sequence length."""
+    ``target_tokens`` were summary positions the loss read; ``mean_len`` is the mean sequence length.
+    ``recompute`` (activation checkpointing): the backward runs the forward of every block it passes through
+    once more."""
     per_token = 2 * shape.trunk + 2 * shape.n_layer * mean_len * shape.d_model
     head = 2 * shape.head * target_tokens
     if cached_trunk_tokens and shape.backward_layers == 0:
@@ -164,7 +166,8 @@ def train_flops(shape: FlopShape, tokens: int, target_tokens: int, mean_len: flo
     backward = 2 * shape.trainable_trunk * tokens + (head if shape.head_trainable else 0)
     if shape.backward_layers:
         backward += per_token * tokens * shape.backward_layers / shape.n_layer + head
-    return forward + backward
+    again = per_token * tokens * shape.backward_layers / shape.n_layer if recompute else 0.0
+    return forward + backward + again
 
 
 def tensor_bytes(tensors) -> int:

@@ -30,7 +30,7 @@ from ..evaluate import cost as costs
 from ..evaluate.generate import decode_ids, generate_summaries
 from ..experiment import accelerator_for
 from ..experiment.compare import method_config, run_name
-from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method
+from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method, checkpoint_activations
 from ..model.loading import (
     load_model,
     load_tokenizer,
@@ -133,6 +133,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         t_method = time.perf_counter()
         model = copy.deepcopy(base)
         method.prepare_model(model)
+        if mcfg.train.gradient_checkpointing:
+            checkpoint_activations(model, method)
         model.to(dev)
         summary_lm = SummaryLM(model, method)
         cpu = dev.type == "cpu"  # where a batch's time grows linearly with its sequences: probes on a few
@@ -200,7 +202,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         seqs = total_steps * bs * train_cfg.grad_accum
         seq_len = mean_len + method.num_virtual_tokens
         flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * seq_len), int(seqs * mean_target), seq_len,
-                                  int(n_train * mean_len) if cached else 0)
+                                  int(n_train * mean_len) if cached else 0, recompute=mcfg.train.gradient_checkpointing)
         rows.append({"method": m, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
                      "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
                      "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,

@@ -41,7 +41,7 @@ class SummaryLM(nn.Module):
             # one-at-a-time losses). Without it SDPA may pick mask-free causal kernels (FlashAttention on
             # CUDA takes no mask); on the 2-core CPU the difference was within noise (docs/performance.md).
             mask = None
-        h = trunk(self.model)(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+        h = trunk(self.model)(inputs_embeds=emb, attention_mask=mask, use_cache=False).last_hidden_state
         return h[:, self.method.num_virtual_tokens:]
 
     def summary_features(self, input_ids, attention_mask, labels):

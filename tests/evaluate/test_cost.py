@@ -45,6 +45,14 @@ def test_train_flops_by_hand():
     cached = FlopShape(BLOCKS, HEAD, 12, 768, 0, True, 0)
     assert train_flops(cached, 1000, 100, 500, cached_trunk_tokens=3000) == \
         (2 * BLOCKS + 2 * 12 * 500 * 768) * 3000 + 2 * head
+    # activation checkpointing: one more forward of the blocks the backward passes through (all 12 for LoRA; a
+    # last-layer run training the top 2 blocks recomputes those 2; the cached trunk has no backward to recompute)
+    assert train_flops(lora, 1000, 100, 500, recompute=True) - train_flops(lora, 1000, 100, 500) == per_token * 1000
+    top2 = FlopShape(BLOCKS, HEAD, 12, 768, BLOCKS // 6, True, 2)
+    per_token_base = 2 * BLOCKS + 2 * 12 * 500 * 768
+    assert train_flops(top2, 1000, 100, 500, recompute=True) - train_flops(top2, 1000, 100, 500) == \
+        pytest.approx(per_token_base * 1000 * 2 / 12, rel=1e-12)
+    assert train_flops(cached, 1000, 100, 500, 3000, recompute=True) == train_flops(cached, 1000, 100, 500, 3000)
     # the head runs on summary positions only: counting it on all 1,000 would add 40 % here
     full_head = train_flops(lora, 1000, 1000, 500) / train_flops(lora, 1000, 100, 500)
     assert 1.3 < full_head < 1.5

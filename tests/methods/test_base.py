@@ -118,3 +118,55 @@ def test_only_intended_parameters_change(tiny_model_dir, tokenizer, tmp_path, me
 
 
 
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt-tuning", "full", "last-layer"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_cfg, tokenizer, method):
+    """train.gradient_checkpointing: every block's forward runs again in the backward (counted by a hook on its attention; the
+    recompute stops early, after the last tensor the backward needs), and the
+    loss and the trained parameters' gradients equal those without it (dropout on: the recompute replays its
+    masks). Last-layer trains the top block here (blocks=1), so its frozen blocks below run no backward."""
+    from peftsum.experiment import load_components
+    from peftsum.model.arch import decoder_blocks
+    from tests.conftest import text_batch
+
+    ids, mask = text_batch(tokenizer, ["The council approved a new rail line on Monday.\nTL;DR: A rail line.",
+                                       "Rain flooded the old town.\nTL;DR: Floods."])
+    labels = ids.masked_fill(mask == 0, -100)
+    results = {}
+    for on in (False, True):
+        parts = load_components(tiny_cfg(method, **{"train.gradient_checkpointing": on,
+                                                    "method.last_layer.blocks": 1}))
+        model, lm = parts.model, parts.summary_lm
+        calls = []
+        for block in decoder_blocks(model):  # inside the block: transformers checkpoints its forward, not its hooks
+            block.attn.register_forward_hook(lambda *_, c=calls: c.append(1))
+        parts.method.train_mode(model)
+        torch.manual_seed(0)
+        nll, n = lm(input_ids=ids, attention_mask=mask, labels=labels)
+        forwards = len(calls)
+        nll.backward()
+        grads = {k: p.grad.clone() for k, p in parts.method.trainable_parameters(model)}
+        results[on] = (nll.item(), grads, forwards, len(calls) - forwards)
+    (loss0, g0, f0, again0), (loss1, g1, f1, again1) = results[False], results[True]
+    assert f0 == f1 == 2 and again0 == 0
+    assert again1 == (1 if method == "last-layer" else 2)  # the blocks the backward passes through, once more
+    assert loss1 == pytest.approx(loss0, rel=1e-6)
+    assert g0.keys() == g1.keys() and g0
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], rtol=1e-5, atol=1e-7), k
+
+
+def test_gradient_checkpointing_refuses_prefix_tuning(tiny_model_dir, tmp_path):
+    import json
+
+    from peftsum.config import load_config
+    from peftsum.errors import UserError
+    from peftsum.experiment import load_components
+
+    prefix = tmp_path / "prefix.json"
+    prefix.write_text(json.dumps({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4}))
+    cfg = load_config(None, None, [("method.name", "peft"), ("model.name", str(tiny_model_dir)),
+                                   ("method.peft.config", str(prefix)), ("train.gradient_checkpointing", True)])
+    with pytest.raises(UserError, match="gradient_checkpointing does not work with .*prefix"):
+        load_components(cfg)

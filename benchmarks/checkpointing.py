@@ -1,0 +1,68 @@
+"""Activation (gradient) checkpointing on and off, side by side in one run: the bytes autograd keeps for the
+backward (every tensor saved in the forward, counted once per storage: the activation memory, the same on any
+device), the time of a forward/backward pass, and the loss, for LoRA, prompt tuning and full fine-tuning on GPT-2
+small's shape (random weights) with one batch of CNN/DailyMail-length sequences.
+
+    python benchmarks/checkpointing.py [--batch 2] [--passes 2] [--methods lora,prompt-tuning,full]
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from _common import args, gpt2_small, machine, peftsum_config, synthetic_examples
+
+
+def saved_bytes(fn):
+    """Run ``fn`` (a forward) and return its result and the bytes of the distinct storages it saved for backward."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def main():
+    from peftsum.data.collate import collate
+    from peftsum.methods import build_method, checkpoint_activations
+    from peftsum.model.loading import offline_gpt2_tokenizer
+    from peftsum.train.loss import SummaryLM
+
+    a = args(__doc__.splitlines()[0], batch=2, passes=2, methods="lora,prompt-tuning,full")
+    print(machine())
+    tok = offline_gpt2_tokenizer()
+    batch = collate(synthetic_examples(a.batch, seed=1), tok.pad_token_id)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    print(f"batch {a.batch} x {inputs['input_ids'].shape[1]} tokens, {a.passes} timed passes after one warm-up")
+    for name in a.methods.split(","):
+        row = {}
+        for on in (False, True):
+            cfg = peftsum_config(name, a.batch, 1, **{"model.dropout": 0.0})
+            model, method = gpt2_small(), build_method(cfg, tok)
+            method.prepare_model(model)
+            if on:
+                checkpoint_activations(model, method)
+            lm = SummaryLM(model, method)
+            method.train_mode(model)
+            times = []
+            for k in range(a.passes + 1):
+                t0 = time.perf_counter()
+                (nll, n), saved = saved_bytes(lambda lm=lm: lm(**inputs))
+                (nll / n).backward()
+                model.zero_grad(set_to_none=True)
+                if k:
+                    times.append(time.perf_counter() - t0)
+            row[on] = (saved, sum(times) / len(times), (nll / n).item())
+        (s0, t0, l0), (s1, t1, l1) = row[False], row[True]
+        print(f"{name}: saved for backward {s0 / 2**20:.0f} MiB off, {s1 / 2**20:.0f} MiB on ({s0 / s1:.1f}x less); "
+              f"pass {t0:.2f} s off, {t1:.2f} s on ({t1 / t0:.2f}x); loss {l0:.6f} off, {l1:.6f} on")
+
+
+if __name__ == "__main__":
+    main()

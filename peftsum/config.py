@@ -96,6 +96,12 @@ class LoraConfig:
     # Qwen2, Mistral q_proj,v_proj; GPT-NeoX query_key_value; ...: model.arch.default_lora_targets)
     targets: list[str] | None = None
     backend: Literal["peftsum", "peft"] = "peftsum"
+    # rank-stabilised LoRA (Kalajdzievski 2023, PEFT's use_rslora): the update scaled by alpha / sqrt(rank) instead
+    # of alpha / rank, so its size does not shrink as the rank grows
+    rslora: bool = False
+    # LoRA+ (Hayou et al. 2024, PEFT's create_loraplus_optimizer): B's learning rate is lr x lr_ratio (they suggest
+    # 16); 1: plain LoRA
+    lr_ratio: float = positive(1.0)
     lr: float = positive(2e-4)
 
 
@@ -223,6 +229,8 @@ class SweepConfig:
     reports: int = positive(4)  # validations a trial makes (every steps/reports steps); the pruner reads them
     lr_factor: float = 10.0  # the learning rate is searched log-uniformly in [default / f, default * f]
     lora_ranks: list[int] = field(default_factory=list)  # also search LoRA's rank among these (empty: fixed)
+    lora_rslora: list[bool] = field(default_factory=list)  # also search LoRA's scaling: [false, true] tries both
+    lora_lr_ratios: list[float] = field(default_factory=list)  # also search LoRA+'s B/A learning-rate ratio
     num_prompts: list[int] = field(default_factory=list)  # also search the number of soft tokens
     last_layer_blocks: list[int] = field(default_factory=list)  # also search last-layer's trained blocks
     val_limit: int | None = positive(500)  # validation examples a trial reads (a fixed, seeded subset; None: all)
@@ -305,8 +313,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
         raise UserError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # "4,8" or "false,true" from a command line: each item read as YAML
+            value = [v.strip() if item is str else yaml.safe_load(v) for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise UserError(f"config key '{key}': expected a list, got {value!r}")
         return [_coerce(v, item, key) for v in value]
@@ -374,9 +382,9 @@ def validate(cfg: Config) -> Config:
         raise UserError("config key 'data.template': {article} must come before {summary}")
     if cfg.sweep.lr_factor <= 1:
         raise UserError(f"config key 'sweep.lr_factor' must be > 1, got {cfg.sweep.lr_factor}")
-    for key in ("lora_ranks", "num_prompts", "last_layer_blocks"):
+    for key, least in (("lora_ranks", 1), ("num_prompts", 1), ("last_layer_blocks", 0), ("lora_lr_ratios", 1e-12)):
         values = getattr(cfg.sweep, key)
-        if any(v < (0 if key == "last_layer_blocks" else 1) for v in values):
+        if any(v < least for v in values):
             raise UserError(f"config key 'sweep.{key}' holds a value out of range: {values}")
     dec = cfg.eval.decoding
     if dec.min_new_tokens > dec.max_new_tokens:

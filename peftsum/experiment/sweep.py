@@ -138,11 +138,13 @@ def suggest(trial: optuna.Trial, cfg: Config, method: str) -> dict[str, object]:
     section = method.replace("-", "_")
     lr0, f = default_lr(cfg, method), cfg.sweep.lr_factor
     params: dict[str, object] = {f"method.{section}.lr": trial.suggest_float("lr", lr0 / f, lr0 * f, log=True)}
-    choices = {"lora": ("rank", cfg.sweep.lora_ranks), "prompt-tuning": ("num_prompts", cfg.sweep.num_prompts),
-               "last-layer": ("blocks", cfg.sweep.last_layer_blocks)}
-    if method in choices and choices[method][1]:
-        key, values = choices[method]
-        params[f"method.{section}.{key}"] = trial.suggest_categorical(key, list(values))
+    choices = {"lora": [("rank", cfg.sweep.lora_ranks), ("rslora", cfg.sweep.lora_rslora),
+                        ("lr_ratio", cfg.sweep.lora_lr_ratios)],
+               "prompt-tuning": [("num_prompts", cfg.sweep.num_prompts)],
+               "last-layer": [("blocks", cfg.sweep.last_layer_blocks)]}
+    for key, values in choices.get(method, []):
+        if values:
+            params[f"method.{section}.{key}"] = trial.suggest_categorical(key, list(values))
     return params
 
 

@@ -83,6 +83,10 @@ class Method:
                 out.append((n, p))
         return out
 
+    def lr_scale(self, name: str) -> float:
+        """The factor on the learning rate of the trained parameter ``name`` (1: the method's rate)."""
+        return 1.0
+
     def param_counts(self, model: nn.Module) -> dict:
         total = count(model.parameters())
         return {"total": total, "trainable": count(p for _, p in self.trainable_parameters(model)),

@@ -4,6 +4,12 @@ For a frozen layer ``y = x W + b`` (W of shape [in, out]) LoRA learns
 
     y = x W + b + (dropout(x) A B) * (alpha / r),     A: [in, r],  B: [r, out]
 
+With ``method.lora.lr_ratio`` = λ > 1 (LoRA+, Hayou et al. 2024) B trains at λ times A's learning rate: with
+B starting at zero and A random, equal rates leave the update learning inefficiently at large width.
+
+With ``method.lora.rslora`` (rank-stabilised LoRA, Kalajdzievski 2023) the factor is alpha / sqrt(r): with
+alpha / r the update's size shrinks as r grows, so a larger rank learns slower at the same learning rate.
+
 A starts kaiming-uniform and B at zero, so at initialisation the model is exactly the base model
 and the update ΔW = A B (rank <= r) grows from nothing.  Only A and B train: r (in + out) numbers
 per adapted matrix instead of in x out.  ``merge()`` folds ΔW into W for inference at zero extra
@@ -44,9 +50,10 @@ class LoRALayer(nn.Module):
         rank: r, the inner size of A [in, r] and B [r, out].
         alpha: the scale numerator; the update is multiplied by alpha / r.
         dropout: dropout on the layer's input of the update path only (0: none).
+        rslora: scale by alpha / sqrt(r) instead (rank-stabilised LoRA, PEFT's ``use_rslora``).
     """
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, rslora: bool = False):
         super().__init__()
         if isinstance(base, Conv1D):
             in_f, out_f = base.weight.shape
@@ -54,7 +61,7 @@ class LoRALayer(nn.Module):
             out_f, in_f = base.weight.shape
         else:
             raise TypeError(f"LoRA wraps Conv1D or nn.Linear, not {type(base).__name__}")
-        self.base, self.rank, self.scaling = base, rank, alpha / rank
+        self.base, self.rank, self.scaling = base, rank, alpha / (math.sqrt(rank) if rslora else rank)
         self.lora_A = nn.Parameter(torch.empty(in_f, rank))
         self.lora_B = nn.Parameter(torch.zeros(rank, out_f))
         nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))  # as PEFT: fan_in = in_f
@@ -118,15 +125,22 @@ class LoRA(Method):
     def describe(self) -> dict:
         return {**super().describe(), "targets": self.targets}
 
+    def lr_scale(self, name: str) -> float:
+        """LoRA+ (``method.lora.lr_ratio``): B learns ``lr_ratio`` times faster than A, as PEFT's
+        ``create_loraplus_optimizer`` sets it."""
+        return self.settings.lr_ratio if "lora_B" in name else 1.0
+
     def _adapt(self, model: nn.Module) -> None:
         for name, module in self.resolve_targets(model):
-            replace_module(model, name, LoRALayer(module, self.settings.rank, self.settings.alpha, self.settings.dropout))
+            replace_module(model, name, LoRALayer(module, self.settings.rank, self.settings.alpha, self.settings.dropout,
+                                                  self.settings.rslora))
 
     def peft_config(self) -> LoraConfig:
         if self.targets is None:
             raise RuntimeError("LoRA.peft_config() needs the prepared model (prepare_model resolves the targets)")
         return LoraConfig(r=self.settings.rank, lora_alpha=self.settings.alpha, lora_dropout=self.settings.dropout,
                           target_modules=list(self.targets), fan_in_fan_out=self.fan_in_fan_out, task_type="CAUSAL_LM",
+                          use_rslora=self.settings.rslora,
                           base_model_name_or_path=self.base_model_name(), bias="none")
 
     def layers(self, model: nn.Module) -> dict[str, LoRALayer]:

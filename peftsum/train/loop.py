@@ -95,6 +95,15 @@ def _passes(idx: list[int], chunk: int | None) -> list[list[int]]:
     return [idx[k: k + chunk] for k in range(0, len(idx), chunk)]
 
 
+def param_groups(method: Method, model, lr: float) -> list[dict]:
+    """The optimizer's parameter groups: the trained parameters in order, one group per learning-rate factor
+    (:meth:`~peftsum.methods.base.Method.lr_scale`); one group when every factor is 1."""
+    groups: dict[float, list] = {}
+    for name, p in method.trainable_parameters(model):
+        groups.setdefault(method.lr_scale(name), []).append(p)
+    return [{"params": params, "lr": lr * scale} for scale, params in groups.items()]
+
+
 def validation_subset(val_ds, limit: int | None, seed: int):
     """``train.val_limit``: a fixed, seeded subset of the validation split for early stopping (the same
     examples at every evaluation and for every method); the whole split when None or larger."""
@@ -142,12 +151,13 @@ class Trainer:
             self.total_steps = min(train_cfg.max_steps, self.total_steps)
 
     def _setup_optimizer(self) -> None:
-        """AdamW on the method's trainable parameters, at the method's learning rate (``train.lr`` overrides);
-        its fused kernel where ``train.fused_optimizer`` asks for it (auto: on CUDA)."""
+        """AdamW on the method's trainable parameters, at the method's learning rate (``train.lr`` overrides) times
+        the method's factor per parameter (LoRA+); its fused kernel where ``train.fused_optimizer`` asks for it
+        (auto: on CUDA)."""
         self.params = [p for _, p in self.method.trainable_parameters(self.model)]
         fused = self.train_cfg.fused_optimizer
         fused = fused == "on" or (fused == "auto" and self.device.type == "cuda")
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.learning_rate(),
+        self.optimizer = torch.optim.AdamW(param_groups(self.method, self.model, self.cfg.learning_rate()),
                                            weight_decay=self.train_cfg.weight_decay, **({"fused": True} if fused else {}))
 
     def _setup_schedule(self) -> None:

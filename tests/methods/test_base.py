@@ -49,10 +49,10 @@ def test_parameter_counts_on_gpt2_small_shape(gpt2_small_shape, method, kw, trai
 
 
 
-def prepared_and_saved(model_dir, method: str, tokenizer, folder):
+def prepared_and_saved(model_dir, method: str, tokenizer, folder, **kw):
     """``method`` on the model in ``model_dir``, its weights moved off their initial values, saved to ``folder``."""
     model = load_model(str(model_dir)).eval()
-    m = build_method(method_cfg(method, str(model_dir)), tokenizer)
+    m = build_method(method_cfg(method, str(model_dir), **kw), tokenizer)
     m.prepare_model(model)
     model.eval()
     with torch.no_grad():
@@ -62,11 +62,12 @@ def prepared_and_saved(model_dir, method: str, tokenizer, folder):
     return model, m
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt-tuning"])
-def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer, tmp_path, method):
+@pytest.mark.parametrize("method, kw", [("lora", {}), ("lora", {"method.lora.rslora": True, "method.lora.rank": 4}),
+                                        ("prompt-tuning", {})])
+def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer, tmp_path, method, kw):
     from peft import PeftModel
 
-    model, m = prepared_and_saved(tiny_model_dir, method, tokenizer, tmp_path)
+    model, m = prepared_and_saved(tiny_model_dir, method, tokenizer, tmp_path, **kw)
     ids, mask = text_batch(tokenizer, ["Researchers studied walking and blood pressure in a small town."])
     ours = summary_logits(model, m, ids, mask)
     peft_model = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(tmp_path)).eval()
@@ -74,7 +75,7 @@ def test_saved_adapter_loads_in_peft_with_same_logits(tiny_model_dir, tokenizer,
     assert torch.allclose(ours, theirs, atol=1e-5)
     # and our own load of the saved weights gives the same logits
     fresh = load_model(str(tiny_model_dir))
-    m2 = build_method(method_cfg(method, str(tiny_model_dir)), tokenizer)
+    m2 = build_method(method_cfg(method, str(tiny_model_dir), **kw), tokenizer)
     m2.prepare_model(fresh)
     m2.load(fresh, tmp_path)
     fresh.eval()

@@ -1,8 +1,10 @@
-"""LoRA (methods/lora.py): targets by suffix, the start at the base model, merging, nn.Linear, dropout, and
-equality with PEFT's own LoRA layers."""
+"""LoRA (methods/lora.py): targets by suffix, the start at the base model, merging, nn.Linear, dropout, rsLoRA's
+scale, and equality with PEFT's own LoRA layers."""
 
 import copy
+import math
 
+import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -70,13 +72,24 @@ def test_lora_layer_wraps_linear_too():
     assert torch.allclose(lay(x), y, atol=1e-5)
 
 
-def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer):
+def test_rslora_scales_by_the_square_root_of_the_rank():
+    lin = torch.nn.Linear(6, 5)
+    assert LoRALayer(lin, 4, 16.0, 0.0).scaling == 4.0  # alpha / r
+    assert LoRALayer(lin, 4, 16.0, 0.0, rslora=True).scaling == 8.0  # alpha / sqrt(r)
+    assert LoRALayer(lin, 64, 16.0, 0.0, rslora=True).scaling == pytest.approx(16 / math.sqrt(64))
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer, rslora):
+    """Our LoRA layers and PEFT's, with the same A and B, give the same logits (rsLoRA: PEFT's use_rslora)."""
     ids, mask = text_batch(tokenizer, ["Floods hit homes.", "A new rail line opens in May, officials said."])
     outs = []
     state = None
     for backend in ("peftsum", "peft"):
         model = load_model(str(tiny_model_dir)).eval()
-        m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.backend": backend}))
+        m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.backend": backend,
+                                                                     "method.lora.rslora": rslora,
+                                                                     "method.lora.rank": 4}))
         m.prepare_model(model)
         model.eval()
         if state is None:
@@ -88,3 +101,5 @@ def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer):
             m.load_peft_state_dict(model, state)
         outs.append(summary_logits(model, m, ids, mask))
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    if rslora:  # the scale matters here: alpha / r would give other logits
+        assert m.peft_config().use_rslora

@@ -414,3 +414,40 @@ def test_fused_adamw_takes_the_same_step(tiny_cfg, tmp_path):
         weights[fused] = torch.cat([p.detach().flatten() for p in trainer.params])
     assert torch.allclose(weights["on"], weights["off"], rtol=0, atol=1e-6)
     assert torch.equal(weights["auto"], weights["off"])
+
+
+def test_loraplus_groups_take_peft_s_step(tiny_model_dir, tokenizer):
+    """method.lora.lr_ratio (LoRA+): B's learning rate is lr x ratio. Two AdamW steps with our parameter groups
+    leave every parameter where PEFT's create_loraplus_optimizer leaves it; ratio 1 is one group, as before."""
+    import copy
+
+    from peft.optimizers import create_loraplus_optimizer
+
+    from peftsum.methods import build_method
+    from peftsum.model.loading import load_model
+    from peftsum.train.loop import param_groups
+    from tests.conftest import method_cfg, summary_logits, text_batch
+
+    ids, mask = text_batch(tokenizer, ["Floods hit homes.\nTL;DR: Floods.", "A rail line opens.\nTL;DR: Rail."])
+    model = load_model(str(tiny_model_dir)).eval()
+    m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.lr_ratio": 16.0}), tokenizer)
+    m.prepare_model(model)
+    model.eval()  # the LoRA layers' dropout too: both copies see the same forward
+    with torch.no_grad():
+        for _, p in m.trainable_parameters(model):
+            p.add_(torch.randn_like(p) * 0.02)  # B off zero, so A has a gradient too
+    ours, theirs = model, copy.deepcopy(model)
+    groups = param_groups(m, ours, 1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, 1.6e-2]
+    opt_ours = torch.optim.AdamW(groups, weight_decay=0.01)
+    opt_theirs = create_loraplus_optimizer(theirs, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16.0,
+                                           loraplus_weight_decay=0.01)
+    for _ in range(2):
+        for net, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            summary_logits(net, m, ids, mask).float().pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, a), (_, b) in zip(m.trainable_parameters(ours), m.trainable_parameters(theirs)):
+        assert torch.allclose(a, b, atol=1e-7), name
+    plain = build_method(method_cfg("lora", str(tiny_model_dir)), tokenizer)
+    assert len(param_groups(plain, ours, 1e-3)) == 1

@@ -36,8 +36,8 @@ ROUGE_PROTOCOL = ("Scores by Google's rouge-score (Porter stemmer on). ROUGE-L i
 def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, autocast=None, features=None) -> dict:
     """Token-weighted NLL of the summary tokens over ``dataset`` (or over cached ``features``).
 
-    Under several processes each takes every N-th batch (with cached features: the shard it holds); the sums of NLL and of tokens are added up
-    across processes, so every process returns the whole split's loss."""
+    Under several processes each takes every N-th batch (with cached features: the shard it holds); the
+    sums of NLL and of tokens are added up across processes, so every process returns the whole split's loss."""
     was_training = summary_lm.training
     summary_lm.eval()
     dist = distributed_state()

@@ -30,7 +30,7 @@ def saved_bytes(fn):
 
 def main():
     from peftsum.data.collate import collate
-    from peftsum.methods import build_method, checkpoint_activations
+    from peftsum.methods import build_method
     from peftsum.model.loading import offline_gpt2_tokenizer
     from peftsum.train.loss import SummaryLM
 
@@ -43,11 +43,9 @@ def main():
     for name in a.methods.split(","):
         row = {}
         for on in (False, True):
-            cfg = peftsum_config(name, a.batch, 1, **{"model.dropout": 0.0})
+            cfg = peftsum_config(name, a.batch, 1, **{"model.dropout": 0.0, "train.gradient_checkpointing": on})
             model, method = gpt2_small(), build_method(cfg, tok)
             method.prepare_model(model)
-            if on:
-                checkpoint_activations(model, method)
             lm = SummaryLM(model, method)
             method.train_mode(model)
             times = []

@@ -382,9 +382,11 @@ def validate(cfg: Config) -> Config:
         raise UserError("config key 'data.template': {article} must come before {summary}")
     if cfg.sweep.lr_factor <= 1:
         raise UserError(f"config key 'sweep.lr_factor' must be > 1, got {cfg.sweep.lr_factor}")
-    for key, least in (("lora_ranks", 1), ("num_prompts", 1), ("last_layer_blocks", 0), ("lora_lr_ratios", 1e-12)):
+    in_range = {"lora_ranks": lambda v: v >= 1, "num_prompts": lambda v: v >= 1, "last_layer_blocks": lambda v: v >= 0,
+                "lora_lr_ratios": lambda v: v > 0}
+    for key, ok in in_range.items():
         values = getattr(cfg.sweep, key)
-        if any(v < least for v in values):
+        if not all(map(ok, values)):
             raise UserError(f"config key 'sweep.{key}' holds a value out of range: {values}")
     dec = cfg.eval.decoding
     if dec.min_new_tokens > dec.max_new_tokens:

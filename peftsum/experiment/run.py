@@ -30,7 +30,7 @@ from ..evaluate import cost as costs
 from ..evaluate.evaluation import evaluate_split
 from ..evaluate.generate import describe_decoding
 from ..evaluate.metrics import HEADLINE, ROUGE_PROTOCOL, evaluate_loss
-from ..methods import CachedTrunk, ModelFree, Untrained, build_method, checkpoint_activations, method_class
+from ..methods import CachedTrunk, ModelFree, Untrained, build_method, method_class
 from ..methods.base import read_method_file
 from ..model.loading import load_model, load_tokenizer, n_positions, resolve_model_name, set_dropout
 from ..train.loop import BEST, Trainer, train
@@ -99,8 +99,6 @@ def load_components(cfg: Config, device=None) -> Components:
     method = build_method(cfg, tokenizer)
     if uses_model:
         method.prepare_model(model)
-        if cfg.train.gradient_checkpointing:
-            checkpoint_activations(model, method)
         positions = n_positions(model)
         if device is not None:
             model.to(device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
 from .base import CachedTrunk, Method, ModelFree, OwnTrunk, Untrained
 from .baselines import Lead3, ZeroShot
 from .full import Full
@@ -30,24 +29,9 @@ def method_class(cfg) -> type[Method]:
     return REGISTRY[m.name]
 
 
-def checkpoint_activations(model, method: Method) -> None:
-    """``train.gradient_checkpointing``: transformers' activation checkpointing of every decoder block, non-reentrant
-    (inputs need not require gradients, so the frozen blocks under a trained one run no backward).  Prefix tuning
-    is refused: PEFT feeds its prefix as a key/value cache, which checkpointed blocks do not take."""
-    if isinstance(method, OwnTrunk):
-        raise UserError(f"train.gradient_checkpointing does not work with {method.name} (PEFT passes its prefix to "
-                        "every block as a key/value cache, which checkpointed blocks refuse); set it to false")
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise UserError(f"{type(model).__name__} does not support gradient checkpointing; set "
-                        "train.gradient_checkpointing to false")
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.disable_input_require_grads()  # transformers' hook for reentrant checkpointing: not needed here
-
-
 def build_method(cfg, tokenizer=None) -> Method:
     """The method of ``cfg``, with everything it needs: the config and the model's tokenizer."""
     return method_class(cfg)(cfg, tokenizer)
 
 
-__all__ = ["REGISTRY", "CachedTrunk", "Method", "ModelFree", "OwnTrunk", "Untrained", "build_method",
-           "checkpoint_activations", "method_class"]
+__all__ = ["REGISTRY", "CachedTrunk", "Method", "ModelFree", "OwnTrunk", "Untrained", "build_method", "method_class"]

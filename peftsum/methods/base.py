@@ -65,12 +65,29 @@ class Method:
 
     # --- preparing the model ----------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Freeze / inject / untie in place; remember the base model's size for the 'added' count."""
+        """Freeze / inject / untie in place; remember the base model's size for the 'added' count; checkpoint
+        activations where ``train.gradient_checkpointing`` asks (every caller that trains: a run, a sweep's trial,
+        ``plan``)."""
         self.base_total = count(model.parameters())
         for p in model.parameters():
             p.requires_grad_(False)
         self._adapt(model)
+        if self.cfg.train.gradient_checkpointing:
+            self._checkpoint_activations(model)
         return model
+
+    def _checkpoint_activations(self, model: nn.Module) -> None:
+        """transformers' activation checkpointing of every decoder block, non-reentrant (inputs need not require
+        gradients, so the frozen blocks under a trained one run no backward).  Prefix tuning is refused: PEFT feeds
+        its prefix as a key/value cache, which checkpointed blocks do not take.  Active only while training."""
+        if isinstance(self, OwnTrunk):
+            raise UserError(f"train.gradient_checkpointing does not work with {self.name} (PEFT passes its prefix to "
+                            "every block as a key/value cache, which checkpointed blocks refuse); set it to false")
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise UserError(f"{type(model).__name__} does not support gradient checkpointing; set "
+                            "train.gradient_checkpointing to false")
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.disable_input_require_grads()  # transformers' hook for reentrant checkpointing: not needed here
 
     def _adapt(self, model: nn.Module) -> None:
         """What the method changes in the frozen base model (nothing for the baselines)."""

@@ -30,7 +30,7 @@ from ..evaluate import cost as costs
 from ..evaluate.generate import decode_ids, generate_summaries
 from ..experiment import accelerator_for
 from ..experiment.compare import method_config, run_name
-from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method, checkpoint_activations
+from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method
 from ..model.loading import (
     load_model,
     load_tokenizer,
@@ -120,6 +120,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     peak_source = "datasheet" if peak_flops else f"measured {str(dtype).replace('torch.', '')} matmul"
     if peak_flops is None:
         peak_flops = costs.matmul_peak(dev, dtype)
+    cpu = dev.type == "cpu"  # where a batch's time grows linearly with its sequences: probes on a few
     rng = np.random.default_rng(cfg.train.seed)
     train_cfg, eval_cfg = cfg.train, cfg.eval
     bs = train_cfg.batch_size
@@ -133,11 +134,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         t_method = time.perf_counter()
         model = copy.deepcopy(base)
         method.prepare_model(model)
-        if mcfg.train.gradient_checkpointing:
-            checkpoint_activations(model, method)
         model.to(dev)
         summary_lm = SummaryLM(model, method)
-        cpu = dev.type == "cpu"  # where a batch's time grows linearly with its sequences: probes on a few
         n_val = min(eval_cfg.batch_size, CPU_PROBE_EXAMPLES) if cpu else eval_cfg.batch_size
         n_ex = max(bs, eval_cfg.batch_size)
         ex, mean_len, source, sizes = _examples(mcfg, tokenizer, positions, method.num_virtual_tokens, n_ex, rng)
@@ -228,8 +226,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                 f"eos), {cfg.eval.decoding.num_beams} beam(s), batch {eval_cfg.batch_size}"
                 + (f"; on the CPU, the prefill timed on {CPU_PROBE_EXAMPLES} articles and scaled by prompt tokens, a "
                    "decode step from three probes (few or all rows, whole or short prompts), and validation on "
-                   f"{CPU_PROBE_EXAMPLES} examples"
-                   if dev.type == "cpu" else ""),
+                   f"{CPU_PROBE_EXAMPLES} examples" if cpu else ""),
                 "a step = its forward/backward passes x the mean time of one pass of the training loop ("
                 + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
                 + " after one warm-up; --steps N for more); peak memory is the process's (CPU: RSS)",
@@ -249,8 +246,9 @@ def _generation_seconds(model, method, tokenizer, prompts, decoding, batch_size:
     and every prompt cut so (B).  The whole batch's step is then B + (its rows / A's rows) x (A - C)."""
     if few and len(prompts) > CPU_PROBE_EXAMPLES:
         some = prompts[:CPU_PROBE_EXAMPLES]
-        probe = lambda ps: _probe_generation(model, method, tokenizer, ps, decoding, batch_size,  # noqa: E731
-                                             accelerator, n_new)
+        def probe(ps):
+            return _probe_generation(model, method, tokenizer, ps, decoding, batch_size, accelerator, n_new)
+
         prefill, step_a = probe(some)
         _, step_c = probe([p[-CPU_PROBE_PROMPT:] for p in some])
         _, step_b = probe([p[-CPU_PROBE_PROMPT:] for p in prompts])

@@ -139,6 +139,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_cfg, toke
         parts = load_components(tiny_cfg(method, **{"train.gradient_checkpointing": on,
                                                     "method.last_layer.blocks": 1}))
         model, lm = parts.model, parts.summary_lm
+        assert all(b.gradient_checkpointing == on for b in decoder_blocks(model))  # prepare_model set it
         calls = []
         for block in decoder_blocks(model):  # inside the block: transformers checkpoints its forward, not its hooks
             block.attn.register_forward_hook(lambda *_, c=calls: c.append(1))

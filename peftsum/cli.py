@@ -15,7 +15,15 @@ import os
 import sys
 from pathlib import Path
 
-from .config import METHODS, PEFT_METHOD, PRESETS, TRAINED_METHODS, load_config, parse_override
+from .config import (
+    DEFAULT_METHODS,
+    DEFAULT_TRAINED,
+    METHODS,
+    PEFT_METHOD,
+    PRESETS,
+    load_config,
+    parse_override,
+)
 from .errors import UserError
 
 log = logging.getLogger("peftsum")
@@ -48,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run every method and write the report (the main job)")
     _common(p)
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated methods; peft:FILE adds any PEFT tuner from its config file")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated methods (also qlora: LoRA on the 4-bit base, with peftsum[qlora]); peft:FILE "
+                        "adds any PEFT tuner from its config file")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.add_argument("--max-steps", type=int, help="cap optimizer steps per method (quick runs)")
     p.add_argument("--rerun", default="", metavar="M1,M2",
@@ -61,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="tune each method on the validation split (one Optuna study per method)")
     _common(p)
-    p.add_argument("--methods", default=",".join(TRAINED_METHODS), help="comma-separated trained methods")
+    p.add_argument("--methods", default=",".join(DEFAULT_TRAINED), help="comma-separated trained methods")
     p.add_argument("--trials", type=int, help="finished trials per method (sweep.trials)")
     p.add_argument("--steps", type=int, help="optimizer steps of each trial (sweep.steps)")
     p.add_argument("--storage", help="Optuna storage URL shared by workers (default: a journal file in --out)")
@@ -113,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="time a few real steps here and project the whole protocol")
     _common(p)
-    p.add_argument("--methods", default=",".join(TRAINED_METHODS))
+    p.add_argument("--methods", default=",".join(DEFAULT_TRAINED))
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--steps", type=int,
                    help="timed passes per method (default: up to 3, fewer where a pass takes over 10 s)")

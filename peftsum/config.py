@@ -19,10 +19,21 @@ import yaml
 
 from .errors import UserError
 
-METHODS = ("zero-shot", "lead-3", "prompt-tuning", "lora", "last-layer", "full")
+METHODS = ("zero-shot", "lead-3", "prompt-tuning", "lora", "qlora", "last-layer", "full")
 PEFT_METHOD = "peft"  # any PEFT tuner from its config file (method.peft.config); compare: --methods peft:FILE
-TRAINED_METHODS = ("prompt-tuning", "lora", "last-layer", "full")
+TRAINED_METHODS = ("prompt-tuning", "lora", "qlora", "last-layer", "full")
+# what compare / sweep / plan run when --methods is not given: QLoRA needs the optional bitsandbytes (peftsum[qlora])
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "qlora")
+DEFAULT_TRAINED = tuple(m for m in TRAINED_METHODS if m != "qlora")
+QLORA = "qlora"  # LoRA (method.lora's settings) on the base quantized to model.quantize (nf4 where that says none)
+# the methods that train base weights: a quantized base (model.quantize) has none to train
+UNQUANTIZABLE = ("last-layer", "full")
 PRESETS = ("demo", "assignment")
+
+
+def section_key(method: str) -> str:
+    """The ``method.<key>`` section that holds a method's settings: ``last_layer`` for last-layer, ``lora`` for qlora."""
+    return "lora" if method == QLORA else method.replace("-", "_")
 
 
 def positive(default):
@@ -52,6 +63,10 @@ class ModelConfig:
     # The attention kernel transformers runs: "auto" (its default: SDPA where the model supports it), "sdpa",
     # "eager" (the plain matmul-softmax), or "flash_attention_2" (needs the flash-attn package and a GPU).
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    # The frozen base's linear layers quantized by bitsandbytes as they load (peftsum[qlora]): nf4 (4-bit NormalFloat
+    # with double quantization, Dettmers et al. 2023), int8 (LLM.int8()), or none.  For methods that train only added
+    # weights (LoRA, prompt tuning, PEFT tuners, zero-shot's evaluation); method qlora uses nf4 where this says none.
+    quantize: Literal["none", "nf4", "int8"] = "none"
 
 
 @dataclass
@@ -102,6 +117,9 @@ class LoraConfig:
     # LoRA+ (Hayou et al. 2024, PEFT's create_loraplus_optimizer): B's learning rate is lr x lr_ratio (they suggest
     # 16); 1: plain LoRA
     lr_ratio: float = positive(1.0)
+    # DoRA (Liu et al. 2024, PEFT's use_dora): the adapted weight as a trained magnitude per output times the
+    # direction of W + ΔW (one more vector per adapted matrix; slower: the norm is taken at every forward)
+    dora: bool = False
     lr: float = positive(2e-4)
 
 
@@ -231,6 +249,7 @@ class SweepConfig:
     lora_ranks: list[int] = field(default_factory=list)  # also search LoRA's rank among these (empty: fixed)
     lora_rslora: list[bool] = field(default_factory=list)  # also search LoRA's scaling: [false, true] tries both
     lora_lr_ratios: list[float] = field(default_factory=list)  # also search LoRA+'s B/A learning-rate ratio
+    lora_dora: list[bool] = field(default_factory=list)  # also search DoRA: [false, true] tries both
     num_prompts: list[int] = field(default_factory=list)  # also search the number of soft tokens
     last_layer_blocks: list[int] = field(default_factory=list)  # also search last-layer's trained blocks
     val_limit: int | None = positive(500)  # validation examples a trial reads (a fixed, seeded subset; None: all)
@@ -249,8 +268,14 @@ class Config:
 
     # --- derived values -------------------------------------------------------------------
     def method_section(self):
-        key = self.method.name.replace("-", "_")
-        return getattr(self.method, key, None)
+        """The method's own settings (QLoRA is LoRA's: the same adapter on a quantized base)."""
+        return getattr(self.method, section_key(self.method.name), None)
+
+    def quantization(self) -> str:
+        """How the base model's linear layers load: ``model.quantize``, and nf4 for method qlora where that is none."""
+        if self.method.name == QLORA and self.model.quantize == "none":
+            return "nf4"
+        return self.model.quantize
 
     def learning_rate(self) -> float:
         if self.train.lr is not None:
@@ -394,6 +419,10 @@ def validate(cfg: Config) -> Config:
                         f"({dec.max_new_tokens})")
     if dec.do_sample and dec.num_beams > 1:
         raise UserError("eval.decoding: do_sample with num_beams > 1 (beam sampling) is not offered; set one of them")
+    if cfg.quantization() != "none" and cfg.method.name in UNQUANTIZABLE:
+        raise UserError(f"model.quantize {cfg.model.quantize}: method {cfg.method.name} trains the base model's own "
+                        "weights, which a quantized base freezes; quantize for lora, qlora, prompt-tuning or peft, or set "
+                        "model.quantize none")
     if cfg.method.name == PEFT_METHOD and not cfg.method.peft.config:
         raise UserError("method peft needs a PEFT config file: --set method.peft.config=FILE (as adapter_config.json "
                         "holds it, e.g. {\"peft_type\": \"IA3\", ...})")

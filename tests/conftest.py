@@ -66,7 +66,7 @@ def tiny_cfg(tiny_model_dir, demo_dir):
     return make
 
 
-ALL_METHODS = "zero-shot,lead-3,prompt-tuning,lora,last-layer,full"
+ALL_METHODS = "zero-shot,lead-3,prompt-tuning,lora,qlora,last-layer,full"
 
 
 def set_flags(overrides: dict) -> list[str]:

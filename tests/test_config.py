@@ -40,7 +40,7 @@ def test_overrides_from_the_command_line(tmp_path):
     (("train.lr", -1.0), "'train.lr' must be > 0"),
     (("train.epochs", 0), "'train.epochs' must be > 0"),
     (("train.epochs", "ten"), "'train.epochs': expected an integer"),
-    (("method.name", "adapters"), "not one of: zero-shot, lead-3, prompt-tuning, lora, last-layer, full"),
+    (("method.name", "adapters"), "not one of: zero-shot, lead-3, prompt-tuning, lora, qlora, last-layer, full"),
     (("bogus.key", 1), "unknown config key 'bogus'; valid keys in '<root>': preset, model, data"),
     (("data.template", "{summary} {article}"), "{article} must come before {summary}"),
     (("model.dropout", 1.0), "'model.dropout' must be in [0, 1)"),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.arch import decoder_blocks, hidden_size, trunk
+from ..model.loading import logical_numel, stored_tensors
 from ..utils import peak_rss_bytes, reset_peak_rss
 
 # Dense (no sparsity) datasheet peaks in FLOP/s per matmul precision, keyed by the exact name
@@ -135,7 +136,7 @@ def flop_shape(model, method) -> FlopShape:
     # a trainable soft prompt or input embedding (the tied head) sits below every block
     if any(_below_blocks(model, p) for p in trainable):
         backward = n
-    return FlopShape(trunk=sum(p.numel() for block in blocks for p in block.parameters()), head=head.numel(), n_layer=n,
+    return FlopShape(trunk=sum(logical_numel(p) for block in blocks for p in block.parameters()), head=head.numel(), n_layer=n,
                      d_model=hidden_size(model),
                      trainable_trunk=sum(p.numel() for p in trainable if id(p) in in_blocks),
                      head_trainable=head.requires_grad, backward_layers=backward)
@@ -171,12 +172,16 @@ def train_flops(shape: FlopShape, tokens: int, target_tokens: int, mean_len: flo
 
 
 def tensor_bytes(tensors) -> int:
-    """Bytes of the distinct tensors given (a tensor shared by two names, GPT-2's tied head, counts once)."""
+    """Bytes of the distinct tensors given (a tensor shared by two names, GPT-2's tied head, counts once; a quantized
+    parameter with its quantization constants)."""
     seen, total = set(), 0
     for t in tensors:
-        if torch.is_tensor(t) and id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
+        if not torch.is_tensor(t):
+            continue
+        for part in stored_tensors(t):
+            if id(part) not in seen:
+                seen.add(id(part))
+                total += part.numel() * part.element_size()
     return total
 
 

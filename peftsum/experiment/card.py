@@ -71,7 +71,7 @@ def model_card(results: RunResult, kind: str, path: str = ".", base: str | None 
     training = results.training
     method = results.method
     # a run directory of LoRA, prompt tuning or a PEFT tuner is a PEFT adapter folder
-    adapter_run = kind == "run" and (method in ("lora", "prompt-tuning") or method.startswith("peft-"))
+    adapter_run = kind == "run" and (method in ("lora", "qlora", "prompt-tuning") or method.startswith("peft-"))
     library = "peft" if kind == "adapter" or adapter_run else "transformers"
     lines = ["---", card_data(results, library).to_yaml(), "---", "",
              f"# {method} on {results.model} for summarization", ""]

@@ -32,7 +32,14 @@ from ..evaluate.generate import describe_decoding
 from ..evaluate.metrics import HEADLINE, ROUGE_PROTOCOL, evaluate_loss
 from ..methods import CachedTrunk, ModelFree, Untrained, build_method, method_class
 from ..methods.base import read_method_file
-from ..model.loading import load_model, load_tokenizer, n_positions, resolve_model_name, set_dropout
+from ..model.loading import (
+    is_quantized,
+    load_model,
+    load_tokenizer,
+    n_positions,
+    resolve_model_name,
+    set_dropout,
+)
 from ..train.loop import BEST, Trainer, train
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
@@ -93,14 +100,17 @@ def load_components(cfg: Config, device=None) -> Components:
     positions = 1024
     if uses_model:
         torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
-        model = load_model(name, cfg.model.trust_remote_code, attn_implementation=cfg.model.attn_implementation)
+        on = torch.device(device) if device is not None else torch.device("cpu")
+        precision = compute_dtype(resolve_mixed_precision(cfg.train.mixed_precision, on.type != "cuda"))
+        model = load_model(name, cfg.model.trust_remote_code, attn_implementation=cfg.model.attn_implementation,
+                           quantize=cfg.quantization(), compute_dtype=precision, device=on)
         set_dropout(model, cfg.model.dropout)
     tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
     method = build_method(cfg, tokenizer)
     if uses_model:
         method.prepare_model(model)
         positions = n_positions(model)
-        if device is not None:
+        if device is not None and not is_quantized(model):  # a quantized model loaded where it runs
             model.to(device)
         summary_lm = SummaryLM(model, method)
     return Components(cfg, method, model, summary_lm, tokenizer,

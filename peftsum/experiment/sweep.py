@@ -33,7 +33,7 @@ import torch
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from ..config import TRAINED_METHODS, Config
+from ..config import TRAINED_METHODS, Config, section_key
 from ..data.tokenize import load_tokenized
 from ..errors import UserError
 from ..methods import build_method
@@ -130,19 +130,19 @@ class SweepResources:
 
 
 def default_lr(cfg: Config, method: str) -> float:
-    return getattr(cfg.method, method.replace("-", "_")).lr
+    return getattr(cfg.method, section_key(method)).lr
 
 
 def suggest(trial: optuna.Trial, cfg: Config, method: str) -> dict[str, object]:
     """The trial's settings, as config keys (``method.lora.lr`` ...)."""
-    section = method.replace("-", "_")
+    section = section_key(method)
     lr0, f = default_lr(cfg, method), cfg.sweep.lr_factor
     params: dict[str, object] = {f"method.{section}.lr": trial.suggest_float("lr", lr0 / f, lr0 * f, log=True)}
     choices = {"lora": [("rank", cfg.sweep.lora_ranks), ("rslora", cfg.sweep.lora_rslora),
-                        ("lr_ratio", cfg.sweep.lora_lr_ratios)],
-               "prompt-tuning": [("num_prompts", cfg.sweep.num_prompts)],
-               "last-layer": [("blocks", cfg.sweep.last_layer_blocks)]}
-    for key, values in choices.get(method, []):
+                        ("lr_ratio", cfg.sweep.lora_lr_ratios), ("dora", cfg.sweep.lora_dora)],
+               "prompt_tuning": [("num_prompts", cfg.sweep.num_prompts)],
+               "last_layer": [("blocks", cfg.sweep.last_layer_blocks)]}
+    for key, values in choices.get(section, []):
         if values:
             params[f"method.{section}.{key}"] = trial.suggest_categorical(key, list(values))
     return params

@@ -6,13 +6,13 @@ from .base import CachedTrunk, Method, ModelFree, OwnTrunk, Untrained
 from .baselines import Lead3, ZeroShot
 from .full import Full
 from .last_layer import CachedLastLayer, LastLayer, frozen_trunk
-from .lora import LoRA, PeftLoRA
+from .lora import LoRA, PeftLoRA, PeftQLoRA, QLoRA
 from .peft_tuner import PeftTuner, peft_tuner_class
 from .prompt_tuning import PromptTuning
 
 REGISTRY: dict[str, type[Method]] = {
     "zero-shot": ZeroShot, "lead-3": Lead3, "prompt-tuning": PromptTuning, "lora": LoRA,
-    "last-layer": LastLayer, "full": Full, "peft": PeftTuner,
+    "qlora": QLoRA, "last-layer": LastLayer, "full": Full, "peft": PeftTuner,
 }
 
 
@@ -20,8 +20,8 @@ def method_class(cfg) -> type[Method]:
     """The class that runs ``cfg.method``, with the capabilities its settings give it (see
     :mod:`peftsum.methods.base`): callers ask ``issubclass(method_class(cfg), ModelFree)`` before anything is built."""
     m = cfg.method
-    if m.name == "lora" and m.lora.backend == "peft":
-        return PeftLoRA
+    if m.name in ("lora", "qlora") and m.lora.backend == "peft":
+        return PeftQLoRA if m.name == "qlora" else PeftLoRA
     if m.name == "last-layer" and frozen_trunk(m.last_layer) and m.last_layer.cache_features:
         return CachedLastLayer
     if m.name == "peft":

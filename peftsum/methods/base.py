@@ -27,10 +27,11 @@ import json
 from pathlib import Path
 
 import torch
+from peft import prepare_model_for_kbit_training
 from torch import nn
 
 from ..errors import UserError
-from ..model.loading import resolve_model_name
+from ..model.loading import is_quantized, logical_numel, resolve_model_name
 from ..utils import write_json
 
 METHOD_FILE = "peftsum_method.json"
@@ -47,7 +48,8 @@ def unique_params(params) -> list[nn.Parameter]:
 
 
 def count(params) -> int:
-    return sum(p.numel() for p in unique_params(params))
+    """Numbers in the parameters (a 4-bit parameter's two per byte counted as two)."""
+    return sum(logical_numel(p) for p in unique_params(params))
 
 
 class Method:
@@ -69,6 +71,8 @@ class Method:
         activations where ``train.gradient_checkpointing`` asks (every caller that trains: a run, a sweep's trial,
         ``plan``)."""
         self.base_total = count(model.parameters())
+        if is_quantized(model):  # PEFT's preparation: everything frozen, what is not quantized kept in float32
+            prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         for p in model.parameters():
             p.requires_grad_(False)
         self._adapt(model)
@@ -147,7 +151,10 @@ class Method:
     def describe(self) -> dict:
         """Hyperparameters of the method, for the report."""
         section = self.cfg.method_section()
-        return dataclasses.asdict(section) if section is not None else {}
+        out = dataclasses.asdict(section) if section is not None else {}
+        if self.cfg.quantization() != "none":
+            out["quantize"] = self.cfg.quantization()
+        return out
 
     def base_model_path(self) -> str:
         """Where the base model loads from here: its hub id or local path (the demo base's built directory)."""

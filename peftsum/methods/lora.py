@@ -10,6 +10,15 @@ B starting at zero and A random, equal rates leave the update learning inefficie
 With ``method.lora.rslora`` (rank-stabilised LoRA, Kalajdzievski 2023) the factor is alpha / sqrt(r): with
 alpha / r the update's size shrinks as r grows, so a larger rank learns slower at the same learning rate.
 
+With ``method.lora.dora`` (weight-decomposed LoRA, Liu et al. 2024) the adapted weight is split into a direction
+and a trained magnitude m (one number per output, starting at the norm of W's column):
+
+    W' = m * (W + ΔW) / ||W + ΔW||_c,      y = x W' + b
+
+where ||·||_c is each output column's norm, treated as a constant in the backward (the paper's §4.3, as PEFT
+does).  In the forward that is ``y = base(x) + (s - 1) * (x W) + s * dropout(x) A B * scaling`` with s = m / ||W
++ ΔW||_c, and x W taken on the dropped input where dropout is active, PEFT's arrangement, so outputs equal PEFT's.
+
 A starts kaiming-uniform and B at zero, so at initialisation the model is exactly the base model
 and the update ΔW = A B (rank <= r) grows from nothing.  Only A and B train: r (in + out) numbers
 per adapted matrix instead of in x out.  ``merge()`` folds ΔW into W for inference at zero extra
@@ -30,15 +39,18 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.integrations import dequantize_module_weight
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import UserError
 from ..model.arch import default_lora_targets, replace_module
+from ..model.loading import is_quantized, load_model, set_dropout
 from ..utils import safe_load_file, save_file_atomic
 from .base import Method
 
 PEFT_PREFIX = "base_model.model."
+MAGNITUDE = "lora_magnitude_vector"  # DoRA's magnitude in PEFT's files (its parameter: lora_magnitude_vector.default.weight)
 
 
 class LoRALayer(nn.Module):
@@ -46,19 +58,22 @@ class LoRALayer(nn.Module):
 
     Args:
         base: the frozen layer, transformers' ``Conv1D`` (weight stored [in, out], GPT-2) or ``nn.Linear``
-            (weight stored [out, in]); it is kept, not copied.
+            (weight stored [out, in]; bitsandbytes' 4-bit and 8-bit layers are ``nn.Linear``, and a quantized
+            GPT-2's Conv1D loads as one); it is kept, not copied.
         rank: r, the inner size of A [in, r] and B [r, out].
         alpha: the scale numerator; the update is multiplied by alpha / r.
         dropout: dropout on the layer's input of the update path only (0: none).
         rslora: scale by alpha / sqrt(r) instead (rank-stabilised LoRA, PEFT's ``use_rslora``).
+        dora: also train a magnitude per output (DoRA, PEFT's ``use_dora``; see the module's docstring).
     """
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, rslora: bool = False):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, rslora: bool = False,
+                 dora: bool = False):
         super().__init__()
         if isinstance(base, Conv1D):
             in_f, out_f = base.weight.shape
-        elif isinstance(base, nn.Linear):
-            out_f, in_f = base.weight.shape
+        elif isinstance(base, nn.Linear):  # bitsandbytes' quantized layers too (their weight is packed)
+            in_f, out_f = base.in_features, base.out_features
         else:
             raise TypeError(f"LoRA wraps Conv1D or nn.Linear, not {type(base).__name__}")
         self.base, self.rank, self.scaling = base, rank, alpha / (math.sqrt(rank) if rslora else rank)
@@ -67,29 +82,65 @@ class LoRALayer(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))  # as PEFT: fan_in = in_f
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.lora_magnitude = None
+        if dora:  # m = ||W||_c: at initialisation W' = W
+            with torch.no_grad():
+                self.lora_magnitude = nn.Parameter(torch.linalg.norm(self.dense_weight().float(), dim=0))
+
+    def dense_weight(self) -> torch.Tensor:
+        """W as [in, out] (a quantized base's dequantized)."""
+        w = dequantize_module_weight(self.base)
+        return w if isinstance(self.base, Conv1D) else w.T
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW in the base layer's storage layout."""
         d = (self.lora_A @ self.lora_B) * self.scaling  # [in, out]
         return d if isinstance(self.base, Conv1D) else d.T
 
+    def _magnitude_scale(self) -> torch.Tensor:
+        """DoRA's s = m / ||W + ΔW||_c, shaped to multiply the base weight in its storage layout."""
+        s = self.lora_magnitude / torch.linalg.norm(self.dense_weight() + self.lora_A @ self.lora_B * self.scaling, dim=0)
+        return s if isinstance(self.base, Conv1D) else s[:, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.merged:
             return y
-        return y + (self.dropout(x) @ self.lora_A.to(x.dtype) @ self.lora_B.to(x.dtype)) * self.scaling
+        h = self.dropout(x)
+        a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
+        update = (h @ a @ b) * self.scaling
+        if self.lora_magnitude is None:
+            return y + update
+        w = self.dense_weight().to(x.dtype)
+        with torch.no_grad():  # ||W + ΔW||_c, a constant to the backward (DoRA §4.3)
+            norm = torch.linalg.norm(w + (a @ b) * self.scaling, dim=0)
+        s = self.lora_magnitude.to(x.dtype) / norm
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            frozen = y if self.base.bias is None else y - self.base.bias.to(y.dtype)  # x W
+        else:
+            frozen = h @ w
+        return y + (s - 1) * frozen + s * update
 
     @torch.no_grad()
     def merge(self) -> None:
-        if not self.merged:
+        if self.merged:
+            return
+        if self.lora_magnitude is None:
             self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
+        else:  # W' = s (W + ΔW): unmerge divides by the same s
+            self._merged_scale = self._magnitude_scale()
+            self.base.weight.copy_(((self.base.weight + self.delta_weight()) * self._merged_scale).to(self.base.weight.dtype))
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        if self.merged:
+        if not self.merged:
+            return
+        if self.lora_magnitude is None:
             self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
+        else:
+            self.base.weight.copy_((self.base.weight / self._merged_scale - self.delta_weight()).to(self.base.weight.dtype))
+        self.merged = False
 
 
 def matches(name: str, targets: list[str]) -> bool:
@@ -127,20 +178,20 @@ class LoRA(Method):
 
     def lr_scale(self, name: str) -> float:
         """LoRA+ (``method.lora.lr_ratio``): B learns ``lr_ratio`` times faster than A, as PEFT's
-        ``create_loraplus_optimizer`` sets it."""
-        return self.settings.lr_ratio if "lora_B" in name else 1.0
+        ``create_loraplus_optimizer`` sets it (which puts DoRA's magnitude, a vector, in B's group too)."""
+        return self.settings.lr_ratio if "lora_B" in name or "lora_magnitude" in name else 1.0
 
     def _adapt(self, model: nn.Module) -> None:
         for name, module in self.resolve_targets(model):
             replace_module(model, name, LoRALayer(module, self.settings.rank, self.settings.alpha, self.settings.dropout,
-                                                  self.settings.rslora))
+                                                  self.settings.rslora, self.settings.dora))
 
     def peft_config(self) -> LoraConfig:
         if self.targets is None:
             raise RuntimeError("LoRA.peft_config() needs the prepared model (prepare_model resolves the targets)")
         return LoraConfig(r=self.settings.rank, lora_alpha=self.settings.alpha, lora_dropout=self.settings.dropout,
                           target_modules=list(self.targets), fan_in_fan_out=self.fan_in_fan_out, task_type="CAUSAL_LM",
-                          use_rslora=self.settings.rslora,
+                          use_rslora=self.settings.rslora, use_dora=self.settings.dora,
                           base_model_name_or_path=self.base_model_name(), bias="none")
 
     def layers(self, model: nn.Module) -> dict[str, LoRALayer]:
@@ -148,6 +199,9 @@ class LoRA(Method):
 
     def merge(self, model):
         """Fold every ΔW into its base weight (inference at no extra cost); ``unmerge`` takes it out."""
+        if is_quantized(model):
+            raise UserError("LoRA on a quantized base cannot be merged in place (the base weights are 4- or 8-bit); "
+                            "peftsum export merges it onto the full-precision base")
         for m in self.layers(model).values():
             m.merge()
 
@@ -161,13 +215,18 @@ class LoRA(Method):
         for n, m in self.layers(model).items():
             out[f"{PEFT_PREFIX}{n}.lora_A.weight"] = m.lora_A.detach().T
             out[f"{PEFT_PREFIX}{n}.lora_B.weight"] = m.lora_B.detach().T
+            if m.lora_magnitude is not None:
+                out[f"{PEFT_PREFIX}{n}.{MAGNITUDE}"] = m.lora_magnitude.detach()
         return out
 
     def _copy_peft_state(self, model, state: dict[str, torch.Tensor]) -> None:
         layers = self.layers(model)
         for k, v in state.items():
-            mod, ab = k[len(PEFT_PREFIX):].rsplit(".", 2)[:2]
-            getattr(layers[mod], ab).copy_(v.T)
+            mod, kind = k[len(PEFT_PREFIX):].removesuffix(".weight").rsplit(".", 1)
+            if kind == MAGNITUDE:
+                layers[mod].lora_magnitude.copy_(v)
+            else:
+                getattr(layers[mod], kind).copy_(v.T)
 
     def load_peft_state_dict(self, model, state: dict[str, torch.Tensor]) -> None:
         own = self.peft_state_dict(model)
@@ -197,12 +256,41 @@ class LoRA(Method):
     def export(self, model, folder: Path, merge: bool = True) -> tuple[str, str]:
         if not merge:
             self.save_adapter(model, folder)
-            return "adapter", "LoRA kept as a PEFT adapter (--no-merge): load the base model, then this adapter."
+            note = "LoRA kept as a PEFT adapter (--no-merge): load the base model, then this adapter."
+            if is_quantized(model):
+                note += (f" It was trained on the base quantized to {self.cfg.quantization()} (bitsandbytes): load the "
+                         "base quantized alike for the model as evaluated, or in full precision for a slightly "
+                         "different one.")
+            return "adapter", note
+        if is_quantized(model):
+            self.merged_full_precision(model).save_pretrained(str(folder))
+            return "model", ("LoRA trained on the quantized base, merged into the full-precision base weights: a plain "
+                             "model of the base architecture.")
         self.merge_and_unload(model).save_pretrained(str(folder))
         return "model", "LoRA merged into the base weights: a plain model of the base architecture."
 
+    def merged_full_precision(self, model: nn.Module) -> nn.Module:
+        """The adapter trained on a quantized base, folded into the base loaded again in full precision (merging into
+        4-bit weights would round the update away): the model ``export`` writes.  It differs from the trained one by
+        the quantization error of the base, which ``peftsum export`` measures."""
+        full = load_model(self.base_model_path(), self.cfg.model.trust_remote_code,
+                          attn_implementation=self.cfg.model.attn_implementation)
+        set_dropout(full, self.cfg.model.dropout)
+        plain = type(self)(self.cfg, self.tokenizer)
+        plain.prepare_model(full)
+        plain.load_peft_state_dict(full, self.peft_state_dict(model))
+        return plain.merge_and_unload(full)
+
     def load(self, model, run_dir: Path) -> None:
         self.load_peft_state_dict(model, safe_load_file(Path(run_dir) / "adapter_model.safetensors"))
+
+
+class QLoRA(LoRA):
+    """QLoRA (Dettmers et al. 2023): LoRA (``method.lora``'s settings) on the base quantized as it loads, NF4 with
+    double quantization where ``model.quantize`` says none (:func:`peftsum.model.loading.quantization_config`).  Only
+    the frozen base changes: the row beside LoRA's shows what 4-bit weights cost in quality and save in memory."""
+
+    name = "qlora"
 
 
 class PeftLoRA(LoRA):
@@ -215,14 +303,17 @@ class PeftLoRA(LoRA):
             p.requires_grad_("lora_" in n)
 
     def peft_state_dict(self, model) -> dict[str, torch.Tensor]:
-        # PEFT names its parameters transformer.h.0.attn.c_attn.lora_A.default.weight
-        return {PEFT_PREFIX + n.replace(".default", ""): p.detach()
+        # PEFT names its parameters transformer.h.0.attn.c_attn.lora_A.default.weight (and DoRA's
+        # ...lora_magnitude_vector.default.weight), and its files ...lora_A.weight (...lora_magnitude_vector)
+        return {PEFT_PREFIX + n.replace(".default", "").replace(f"{MAGNITUDE}.weight", MAGNITUDE): p.detach()
                 for n, p in model.named_parameters() if "lora_" in n}
 
     def _copy_peft_state(self, model, state: dict[str, torch.Tensor]) -> None:
         params = dict(model.named_parameters())
         for k, v in state.items():
-            params[k[len(PEFT_PREFIX):].replace(".weight", ".default.weight")].copy_(v)
+            name = k[len(PEFT_PREFIX):]
+            name = name + ".default.weight" if name.endswith(MAGNITUDE) else name.replace(".weight", ".default.weight")
+            params[name].copy_(v)
 
     def merge(self, model):
         raise UserError("merging in place is implemented for method.lora.backend: peftsum only")
@@ -239,3 +330,9 @@ def merge_peft_layers(model: nn.Module) -> nn.Module:
         module.merge()
         replace_module(model, name, module.get_base_layer())
     return model
+
+
+class PeftQLoRA(PeftLoRA):
+    """QLoRA with PEFT's own layers (its bitsandbytes LoRA layers): ``method.lora.backend: peft``."""
+
+    name = "qlora"

@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from ..errors import UserError
 from .arch import n_positions
 from .demo_base import ensure_demo_base
 from .tokenizer import load_tokenizer, offline_gpt2_tokenizer
 
-__all__ = ["load_model", "load_tokenizer", "n_positions", "offline_gpt2_tokenizer", "resolve_model_name",
-           "set_dropout"]
+__all__ = ["is_quantized", "load_model", "load_tokenizer", "logical_numel", "n_positions", "offline_gpt2_tokenizer",
+           "quantization_config", "resolve_model_name", "set_dropout", "stored_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,34 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
+def quantization_config(quantize: str, compute_dtype: torch.dtype = torch.float32) -> BitsAndBytesConfig | None:
+    """bitsandbytes' settings for ``model.quantize``: nf4 as QLoRA (Dettmers et al. 2023) has it, 4-bit NormalFloat
+    with the quantization constants quantized again (double quantization), matmuls in ``compute_dtype`` (the run's
+    precision); int8: LLM.int8().  None for "none".  A missing bitsandbytes is a UserError naming the extra."""
+    if quantize == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"model.quantize {quantize} needs bitsandbytes, which is not installed: "
+                        "pip install 'peftsum[qlora]' (or pip install bitsandbytes)")
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def is_quantized(model) -> bool:
+    """Loaded with bitsandbytes (``model.quantize`` nf4 or int8)?"""
+    return getattr(model, "quantization_method", None) is not None or bool(getattr(model, "is_quantized", False))
+
+
 def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
-               attn_implementation: str = "auto"):
+               attn_implementation: str = "auto", quantize: str = "none", compute_dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None):
     """Load a causal LM (with ``attn_implementation`` unless "auto"); a missing path, a model that is not a causal LM
-    or an attention kernel that cannot run here is a UserError."""
+    or an attention kernel that cannot run here is a UserError.
+
+    ``quantize`` (nf4, int8): its linear layers quantized by bitsandbytes as they load, placed on ``device`` (a
+    quantized model is not moved after loading), with ``compute_dtype`` the 4-bit layers' matmul precision."""
     name = resolve_model_name(name)
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or path.exists()
@@ -42,6 +67,9 @@ def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = 
     except (OSError, ValueError) as e:
         raise UserError(f"could not load model {name!r}: {str(e).splitlines()[0]}") from None
     attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    quant = quantization_config(quantize, compute_dtype)
+    if quant is not None:
+        attn.update(quantization_config=quant, device_map={"": torch.device(device or "cpu")})
     try:
         model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=dtype, **attn)
     except ImportError as e:
@@ -55,7 +83,41 @@ def load_model(name: str, trust_remote_code: bool = False, dtype: torch.dtype = 
     except OSError as e:
         raise UserError(f"could not load model weights from {name!r}: {str(e).splitlines()[0]}") from None
     model.config.pad_token_id = model.config.pad_token_id or model.config.eos_token_id
+    if quant is not None:
+        keep_trainable_layout(model)
     return model
+
+
+def logical_numel(p: torch.Tensor) -> int:
+    """The numbers a parameter stands for: a 4-bit parameter packs two per byte (its ``quant_state`` has the shape)."""
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+
+def stored_tensors(p: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors that hold a parameter: itself, and a quantized one's constants (4-bit: the absmax of each block of
+    64, the 16 NF4 values, and with double quantization the absmax of each 256 of those, its 256-value code and an
+    offset; int8: the rows' scales)."""
+    out = [p]
+    state = getattr(p, "quant_state", None)
+    if state is not None:
+        out += [state.absmax, state.code]
+        if getattr(state, "nested", False):
+            out += [state.state2.absmax, state.state2.code, state.offset]
+    scales = getattr(p, "SCB", None)
+    if torch.is_tensor(scales):
+        out.append(scales)
+    return out
+
+
+def keep_trainable_layout(model) -> None:
+    """bitsandbytes' 4-bit layers on a CPU with AVX512-BF16 repack their weights for inference at the first forward
+    in eval mode without gradients (a validation), and the repacked path has no backward: training after it fails,
+    or its gradient stops at those layers.  Training alternates with validation, so the repacking is turned off."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def set_dropout(model, p: float | None) -> None:

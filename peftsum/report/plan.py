@@ -80,6 +80,51 @@ def _examples(cfg: Config, tokenizer, positions: int, num_virtual: int, n: int, 
     return [ds[int(i)] for i in idx], float(np.mean(seq_lengths(ds))), source, {k: len(v) for k, v in dd.items()}
 
 
+class _Bases:
+    """The base model ``plan`` probes: loaded (``--shape gpt2-small``: built with random weights) once, each method
+    preparing a copy; a quantized base (QLoRA) is loaded anew for each method that asks for one, quantized by
+    bitsandbytes as it loads (the random shape from a copy saved once)."""
+
+    def __init__(self, cfg: Config, shape: str, device: torch.device, dtype: torch.dtype):
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.base: torch.nn.Module | None = None
+        self.saved: tempfile.TemporaryDirectory | None = None
+        if shape == "gpt2-small":
+            self.name, self.desc, self.tokenizer = None, "GPT-2 small shape (12 x 768), random weights", \
+                offline_gpt2_tokenizer()
+        else:
+            self.name, self.desc = resolve_model_name(cfg.model.name), cfg.model.name
+            self.tokenizer = None  # loaded after the model: a missing model is the first error
+
+    def get(self, quantize: str = "none") -> torch.nn.Module:
+        if quantize != "none":
+            return self._load(quantize)
+        if self.base is None:
+            self.base = self._load("none")
+        return self.base
+
+    def _load(self, quantize: str) -> torch.nn.Module:
+        name = self.name
+        if name is None and quantize == "none":
+            torch.manual_seed(0)
+            model = GPT2LMHeadModel(GPT2Config())
+        else:
+            if name is None:
+                if self.saved is None:
+                    self.saved = tempfile.TemporaryDirectory(prefix="peftsum-plan-")
+                    self.get().save_pretrained(self.saved.name)
+                name = self.saved.name
+            try:
+                model = load_model(name, attn_implementation=self.cfg.model.attn_implementation, quantize=quantize,
+                                   compute_dtype=self.dtype, device=self.device)
+            except UserError as e:
+                raise UserError(f"{e}; to plan without the weights use --shape gpt2-small") from None
+            if self.tokenizer is None:
+                self.tokenizer = load_tokenizer(self.cfg.model.tokenizer or name)
+        set_dropout(model, self.cfg.model.dropout)
+        return model
+
+
 def plan(cfg: Config, methods: list[str], device: str | None, steps: int | None, shape: str) -> str:
     result = measure(cfg, methods, device, steps, shape, progress=True)
     return render(result)
@@ -100,22 +145,11 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     (prefill + per-token decode); project the whole protocol."""
     accelerator = accelerator_for(cfg, cpu=device is not None and torch.device(device).type == "cpu")
     dev = accelerator.device
-    if shape == "gpt2-small":
-        torch.manual_seed(0)
-        base = GPT2LMHeadModel(GPT2Config())
-        tokenizer = offline_gpt2_tokenizer()
-        model_desc = "GPT-2 small shape (12 x 768), random weights"
-    else:
-        name = resolve_model_name(cfg.model.name)
-        try:
-            base = load_model(name, attn_implementation=cfg.model.attn_implementation)
-        except UserError as e:
-            raise UserError(f"{e}; to plan without the weights use --shape gpt2-small") from None
-        tokenizer = load_tokenizer(cfg.model.tokenizer or name)
-        model_desc = cfg.model.name
-    set_dropout(base, cfg.model.dropout)
-    positions = n_positions(base)
     dtype = compute_dtype(accelerator.mixed_precision)
+    bases = _Bases(cfg, shape, dev, dtype)
+    base = bases.get()
+    tokenizer, model_desc = bases.tokenizer, bases.desc
+    positions = n_positions(base)
     peak_flops = costs.peak_flops(costs.device_name(dev), costs.matmul_precision(accelerator.mixed_precision))
     peak_source = "datasheet" if peak_flops else f"measured {str(dtype).replace('torch.', '')} matmul"
     if peak_flops is None:
@@ -132,9 +166,11 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         if isinstance(method, Untrained):
             continue
         t_method = time.perf_counter()
-        model = copy.deepcopy(base)
+        quantized = mcfg.quantization() != "none"  # QLoRA: the base loaded quantized, where it runs
+        model = bases.get(mcfg.quantization()) if quantized else copy.deepcopy(base)
         method.prepare_model(model)
-        model.to(dev)
+        if not quantized:
+            model.to(dev)
         summary_lm = SummaryLM(model, method)
         n_val = min(eval_cfg.batch_size, CPU_PROBE_EXAMPLES) if cpu else eval_cfg.batch_size
         n_ex = max(bs, eval_cfg.batch_size)
@@ -168,6 +204,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             # cache timed (the head on the summary positions adds a few per cent)
             fwd_per_ex = trainer.cache_seconds / len(ds) if cached else val_per_ex
             cache_per_ex = fwd_per_ex if cached else 0.0
+            state = costs.training_state_bytes(model, trainer.params, trainer.optimizer)
             accelerator.free_memory()
         # a batch's generation = its prefill + one decode step per further token (both timed in one call)
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
@@ -204,6 +241,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         rows.append({"method": m, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
                      "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
                      "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
+                     "state_bytes": sum(state.values()), "weights_bytes": state["weights"],
                      "train_flops": flops, "trainable": counts["trainable"],
                      "tokens_per_second": bs * train_cfg.grad_accum * seq_len / step_s,
                      "mfu": flops / train_s / peak_flops if train_s else None})
@@ -229,7 +267,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                    f"{CPU_PROBE_EXAMPLES} examples" if cpu else ""),
                 "a step = its forward/backward passes x the mean time of one pass of the training loop ("
                 + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
-                + " after one warm-up; --steps N for more); peak memory is the process's (CPU: RSS)",
+                + " after one warm-up; --steps N for more); state: the weights (quantized ones as stored), gradients "
+                "and optimizer state, exactly; peak memory is the process's (CPU: RSS)",
                 f"MFU against the {peak_source} peak of {peak_flops / 1e12:.3g} TFLOP/s",
             ]}
 
@@ -289,13 +328,14 @@ def _hms(s: float) -> str:
 def render(r: dict) -> str:
     lines = [f"plan on {r['device']} for {r['model']}", "",
              f"{'method':<15}{'s/step':>9}{'steps':>8}{'train':>10}{'val':>9}{'final eval':>12}{'total':>10}"
-             f"{'peak mem':>11}{'train FLOPs':>13}{'tokens/s':>10}{'MFU':>7}"]
+             f"{'state':>9}{'peak mem':>11}{'train FLOPs':>13}{'tokens/s':>10}{'MFU':>7}"]
     total = 0.0
     for x in r["rows"]:
         total += x["total_seconds"]
         lines.append(f"{x['method']:<15}{x['step_seconds']:>9.3f}{x['steps']:>8}{_hms(x['train_seconds']):>10}"
                      f"{_hms(x['validation_seconds']):>9}{_hms(x['final_eval_seconds']):>12}"
-                     f"{_hms(x['total_seconds']):>10}{x['peak_memory_bytes'] / 2**30:>10.2f}G"
+                     f"{_hms(x['total_seconds']):>10}{x['state_bytes'] / 2**30:>8.2f}G"
+                     f"{x['peak_memory_bytes'] / 2**30:>10.2f}G"
                      f"{x['train_flops']:>13.3g}{x['tokens_per_second']:>10.0f}"
                      + (f"{x['mfu'] * 100:>6.1f}%" if x.get("mfu") is not None else f"{'–':>7}"))
     lines += ["", f"whole protocol: {_hms(total)} ({total / 3600:.2f} device-hours); measured in {r['seconds']:.0f}s",

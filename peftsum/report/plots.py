@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"zero-shot": "#7f7f7f", "lead-3": "#bcbd22", "prompt-tuning": "#1f77b4", "lora": "#2ca02c",
-          "last-layer": "#ff7f0e", "full": "#d62728"}
+          "qlora": "#98df8a", "last-layer": "#ff7f0e", "full": "#d62728"}
 # PEFT tuners (peft-<name>) in the order they first appear: tab10's colours the built-in methods leave free
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#393b79", "#637939", "#843c39", "#7b4173"]
 

@@ -32,6 +32,9 @@ DEFAULTS_WHY = {
                      "cycled to 20 rows).",
     "lora": "AdamW 2e-4, linear decay, r=8, alpha=16, dropout 0.05 on attn.c_attn: the GPT-2 settings of Hu et al. "
             "(2021) (they used 2e-4, r=4, alpha=32 on the query/value projections of GPT-2 M).",
+    "qlora": "LoRA's settings on the base quantized to 4-bit NF4 with double quantization as it loads (Dettmers et al. "
+             "2023, bitsandbytes): only the frozen weights change, so its row beside LoRA's shows what 4-bit weights "
+             "cost in quality and save in memory.",
     "last-layer": "AdamW 1e-4 on an untied copy of the LM head: the assignment's recipe would train the tied input "
                   "embeddings too. The trunk is frozen, so its features are computed once and cached.",
     "full": "AdamW 5e-5, the usual rate for full fine-tuning of GPT-2 small: every weight moves, so steps are small.",

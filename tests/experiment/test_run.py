@@ -1,6 +1,7 @@
 """One experiment (experiment/run.py) on a tiny GPT-2 with the demo preset's protocol: every method learns, the
 results record and run directory, the test split kept out of training, determinism, saved runs evaluated again."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -44,6 +45,12 @@ def test_every_method_learns(runs):
     for m in TRAINED_METHODS:
         t = res[m].training
         assert res[m].eval.val_loss < t.initial_val_loss, m
+    # QLoRA is LoRA on the 4-bit base: the same counts, a loss within 0.5 % of LoRA's before and after 3 steps
+    assert res["qlora"].params == dataclasses.replace(res["lora"].params, adapter_bytes=res["qlora"].params.adapter_bytes)
+    for key in ("initial_val_loss",):
+        assert getattr(res["qlora"].training, key) == pytest.approx(getattr(res["lora"].training, key), rel=5e-3)
+    assert res["qlora"].eval.val_loss == pytest.approx(res["lora"].eval.val_loss, rel=5e-3)
+    assert res["qlora"].eval.val_loss != res["lora"].eval.val_loss  # the base did change
     for m in ("lora", "last-layer", "full"):  # the soft prompt starts from "[SUMMARIZE]", not from zero-shot
         assert res[m].training.initial_val_loss == pytest.approx(zs, abs=1e-5)
         assert res[m].eval.val_loss < zs, m
@@ -124,9 +131,16 @@ def test_same_seed_gives_bit_identical_metrics_and_results(tiny_cfg, tmp_path):
     assert (tmp_path / "a" / "predictions.jsonl").read_text() == (tmp_path / "b" / "predictions.jsonl").read_text()
 
 
+def nf4_bytes(n: int) -> int:
+    """A 4-bit NF4 matrix of n numbers with double quantization: two per byte, a uint8 absmax per block of 64, the 16
+    float32 NF4 values, a float32 absmax per 256 blocks, their 256-value float32 code and a float32 offset."""
+    return n // 2 + n // 64 + 16 * 4 + 4 * -(-n // (64 * 256)) + 256 * 4 + 4
+
+
 def test_the_training_state_by_its_parts_follows_the_formula(runs):
     """Exact bytes: fp32 gradients of the trained tensors, AdamW's two fp32 moments and a 4-byte step per trained
-    tensor, every weight once (the tied head too); full fine-tuning's state exceeds LoRA's by exactly that."""
+    tensor, every weight once (the tied head too); full fine-tuning's state exceeds LoRA's by exactly that.  QLoRA's
+    weights: the blocks' four matrices per layer (3d², d², 4d², 4d²) in NF4, the rest as LoRA's."""
     out, res = runs
     state = {}
     for m in TRAINED_METHODS:
@@ -136,6 +150,11 @@ def test_the_training_state_by_its_parts_follows_the_formula(runs):
         c = res[m].cost
         assert n == res[m].params.trainable
         assert c.gradient_bytes == 4 * n and c.optimizer_bytes == 8 * n + 4 * tensors, m
+        if m == "qlora":
+            d, layers = parts.model.config.n_embd, parts.model.config.n_layer
+            matrices = [k * d * d for k in (3, 1, 4, 4)] * layers
+            assert c.weights_bytes == 4 * (res[m].params.total - sum(matrices)) + sum(map(nf4_bytes, matrices))
+            continue
         assert c.weights_bytes == 4 * res[m].params.total, m
         assert c.train_peak_bytes > 0 and c.eval_peak_bytes > 0 and c.reserved_peak_bytes is None  # no CUDA here
         assert c.peak_memory_bytes >= max(c.train_peak_bytes, c.eval_peak_bytes)

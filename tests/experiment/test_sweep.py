@@ -161,8 +161,9 @@ def test_sweep_maximises_validation_rouge_when_asked(tiny_model_dir, demo_dir, t
     assert "best validation ROUGE-Lsum" in (out / "sweep.md").read_text()
 
 
-def test_a_sweep_can_search_lora_rank_rslora_and_loraplus():
-    """sweep.lora_ranks, lora_rslora and lora_lr_ratios become the trial's LoRA settings (Optuna's FixedTrial)."""
+def test_a_sweep_can_search_lora_rank_rslora_loraplus_and_dora():
+    """sweep.lora_ranks, lora_rslora, lora_lr_ratios and lora_dora become the trial's LoRA settings (Optuna's
+    FixedTrial), for QLoRA too (whose settings are LoRA's)."""
     import optuna
 
     from peftsum.errors import UserError
@@ -170,10 +171,12 @@ def test_a_sweep_can_search_lora_rank_rslora_and_loraplus():
     from tests.conftest import method_cfg
 
     cfg = method_cfg("lora", **{"sweep.lora_ranks": "4,8", "sweep.lora_rslora": "false,true",
-                                "sweep.lora_lr_ratios": "1,16"})
-    trial = optuna.trial.FixedTrial({"lr": 3e-4, "rank": 8, "rslora": True, "lr_ratio": 16.0})
-    assert suggest(trial, cfg, "lora") == {"method.lora.lr": 3e-4, "method.lora.rank": 8, "method.lora.rslora": True,
-                                           "method.lora.lr_ratio": 16.0}
+                                "sweep.lora_lr_ratios": "1,16", "sweep.lora_dora": "false,true"})
+    for method in ("lora", "qlora"):
+        trial = optuna.trial.FixedTrial({"lr": 3e-4, "rank": 8, "rslora": True, "lr_ratio": 16.0, "dora": True})
+        assert suggest(trial, cfg, method) == {"method.lora.lr": 3e-4, "method.lora.rank": 8,
+                                               "method.lora.rslora": True, "method.lora.lr_ratio": 16.0,
+                                               "method.lora.dora": True}
     with pytest.raises(UserError, match="sweep.lora_lr_ratios"):
         method_cfg("lora", **{"sweep.lora_lr_ratios": "0,16"})
     assert suggest(optuna.trial.FixedTrial({"lr": 3e-4}), method_cfg("lora"), "lora") == {"method.lora.lr": 3e-4}

@@ -1,15 +1,16 @@
 """LoRA (methods/lora.py): targets by suffix, the start at the base model, merging, nn.Linear, dropout, rsLoRA's
-scale, and equality with PEFT's own LoRA layers."""
+scale, and equality with PEFT's own LoRA layers (DoRA included: outputs, gradients, saved adapters, merging)."""
 
 import copy
 import math
 
 import pytest
 import torch
+from peft import PeftModel
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from peftsum.methods import build_method
-from peftsum.methods.lora import LoRALayer, matches
+from peftsum.methods.lora import PEFT_PREFIX, LoRALayer, matches
 from peftsum.model.loading import load_model
 from tests.conftest import method_cfg, summary_logits, text_batch
 
@@ -103,3 +104,64 @@ def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer, rslora):
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
     if rslora:  # the scale matters here: alpha / r would give other logits
         assert m.peft_config().use_rslora
+
+
+def peft_format_grads(method, model) -> dict[str, torch.Tensor]:
+    """The trained tensors' gradients under the names and layouts of PEFT's adapter file."""
+    if method.settings.backend == "peft":
+        return {k: p.grad for k, p in zip(method.peft_state_dict(model),
+                                          (p for n, p in model.named_parameters() if "lora_" in n), strict=True)}
+    out = {}
+    for n, lay in method.layers(model).items():
+        out[f"{PEFT_PREFIX}{n}.lora_A.weight"] = lay.lora_A.grad.T
+        out[f"{PEFT_PREFIX}{n}.lora_B.weight"] = lay.lora_B.grad.T
+        out[f"{PEFT_PREFIX}{n}.lora_magnitude_vector"] = lay.lora_magnitude.grad
+    return out
+
+
+def test_dora_equals_peft_in_training_and_its_adapter_loads_in_peft(tiny_model_dir, tokenizer, tmp_path):
+    """DoRA (method.lora.dora) against PEFT's use_dora, with A, B and the magnitudes moved off their start: the same
+    loss and gradients in training with dropout (PEFT's dropped-input arrangement), the same logits in eval, and our
+    saved adapter gives those logits in PeftModel; merging keeps them and unmerging restores the base weights."""
+    ids, mask = text_batch(tokenizer, ["Floods hit homes.", "A new rail line opens in May, officials said."])
+    labels = ids.masked_fill(mask == 0, -100)
+    results, state = {}, None
+    for backend in ("peftsum", "peft"):
+        model = load_model(str(tiny_model_dir))
+        m = build_method(method_cfg("lora", str(tiny_model_dir), **{
+            "method.lora.backend": backend, "method.lora.dora": True, "method.lora.rank": 4,
+            "method.lora.dropout": 0.2, "method.lora.targets": ["c_attn", "mlp.c_fc"]}))
+        m.prepare_model(model)
+        if state is None:
+            with torch.no_grad():
+                for lay in m.layers(model).values():
+                    lay.lora_B.normal_(0, 0.05)
+                    lay.lora_magnitude.mul_(1 + 0.1 * torch.randn_like(lay.lora_magnitude))
+            state = m.peft_state_dict(model)
+            m.save_adapter(model, tmp_path / "dora")
+        else:
+            m.load_peft_state_dict(model, state)
+        model.train()
+        torch.manual_seed(7)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        results[backend] = (loss.item(), peft_format_grads(m, model), logits, m, model)
+    ours, peft = results["peftsum"], results["peft"]
+    assert ours[0] == pytest.approx(peft[0], rel=1e-6)
+    assert ours[1].keys() == peft[1].keys() and any("magnitude" in k for k in ours[1])
+    for k in ours[1]:
+        torch.testing.assert_close(ours[1][k], peft[1][k], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ours[2], peft[2], rtol=0, atol=1e-5)
+    with torch.no_grad():
+        loaded = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), tmp_path / "dora").eval()
+        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, ours[2], rtol=0, atol=1e-5)
+        m, model = ours[3], ours[4]
+        before = {n: lay.base.weight.clone() for n, lay in m.layers(model).items()}
+        m.merge(model)
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, ours[2], rtol=0, atol=1e-4)
+        m.unmerge(model)
+        for n, lay in m.layers(model).items():
+            torch.testing.assert_close(lay.base.weight, before[n], rtol=0, atol=1e-6)

@@ -16,7 +16,9 @@ def test_plan_projects_the_run_within_25_percent(tiny_cfg, tmp_path):
     assert row["steps"] == 16 and row["trainable"] > 0 and row["train_flops"] > 0
     text = render(projected)
     assert "whole protocol" in text and "assumptions:" in text
-    measured = run_experiment(cfg, tmp_path / "lora").cost.train_seconds
+    cost = run_experiment(cfg, tmp_path / "lora").cost
+    assert row["state_bytes"] == cost.weights_bytes + cost.gradient_bytes + cost.optimizer_bytes  # exact, as the run's
+    measured = cost.train_seconds
     ratio = row["train_seconds"] / measured
     assert 0.75 <= ratio <= 1.25, (row["train_seconds"], measured)
 
@@ -29,17 +31,17 @@ def test_plan_works_on_data_smaller_than_its_batches(tiny_model_dir, tmp_path, c
 
     data = write_demo_corpus(tmp_path / "small", {"train": 40, "validation": 4, "test": 4})
     assert main(["plan", "--preset", "demo", "--model", str(tiny_model_dir), "--data", str(data),
-                 "--methods", "lora,last-layer", "--train.batch_size", "64",
+                 "--methods", "lora,qlora,last-layer", "--train.batch_size", "64",
                  "--data.max_source_tokens", "96", "--data.max_target_tokens", "48", "--eval.decoding.max_new_tokens", "8",
                  "--eval.batch_size", "16"]) == 0
     out, err = capsys.readouterr()
     assert "training examples reused" in out and "whole protocol" in out
-    assert "[plan] lora:" in err and "[plan] last-layer:" in err
+    assert "[plan] lora:" in err and "[plan] qlora:" in err and "[plan] last-layer:" in err
     assert "MFU against the measured float32 matmul peak" in out
     assert "up to 3 timed, fewer where one pass takes over 10 s" in out  # the default timing
     assert "examples: 40 train / 4 validation / 4 test" in out  # projected on what the data has
-    rows = [line for line in out.splitlines() if line.startswith(("lora ", "last-layer "))]
-    assert len(rows) == 2 and all(not line.rstrip().endswith("–") for line in rows)  # MFU shown on a CPU
+    rows = [line for line in out.splitlines() if line.startswith(("lora ", "qlora ", "last-layer "))]
+    assert len(rows) == 3 and all(not line.rstrip().endswith("–") for line in rows)  # MFU shown on a CPU
 
 
 def test_cpu_generation_probe_recovers_the_whole_batch_from_few_prompts(monkeypatch):

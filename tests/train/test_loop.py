@@ -416,9 +416,11 @@ def test_fused_adamw_takes_the_same_step(tiny_cfg, tmp_path):
     assert torch.equal(weights["auto"], weights["off"])
 
 
-def test_loraplus_groups_take_peft_s_step(tiny_model_dir, tokenizer):
+@pytest.mark.parametrize("dora", [False, True])
+def test_loraplus_groups_take_peft_s_step(tiny_model_dir, tokenizer, dora):
     """method.lora.lr_ratio (LoRA+): B's learning rate is lr x ratio. Two AdamW steps with our parameter groups
-    leave every parameter where PEFT's create_loraplus_optimizer leaves it; ratio 1 is one group, as before."""
+    leave every parameter where PEFT's create_loraplus_optimizer leaves it (DoRA's magnitudes go with B, as PEFT
+    puts them); ratio 1 is one group, as before."""
     import copy
 
     from peft.optimizers import create_loraplus_optimizer
@@ -430,7 +432,8 @@ def test_loraplus_groups_take_peft_s_step(tiny_model_dir, tokenizer):
 
     ids, mask = text_batch(tokenizer, ["Floods hit homes.\nTL;DR: Floods.", "A rail line opens.\nTL;DR: Rail."])
     model = load_model(str(tiny_model_dir)).eval()
-    m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.lr_ratio": 16.0}), tokenizer)
+    m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.lr_ratio": 16.0,
+                                                                 "method.lora.dora": dora}), tokenizer)
     m.prepare_model(model)
     model.eval()  # the LoRA layers' dropout too: both copies see the same forward
     with torch.no_grad():

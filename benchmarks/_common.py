@@ -76,3 +76,44 @@ def timed(fn):
 
 def fresh(model):
     return copy.deepcopy(model)
+
+
+def saved_bytes(fn):
+    """Run ``fn`` (a forward) and return its result and the bytes of the distinct storages it saved for backward."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def token_batch(n: int, seed: int = 1) -> dict:
+    """A padded batch of ``n`` synthetic CNN/DailyMail-length examples: input_ids, attention_mask, labels."""
+    from peftsum.data.collate import collate
+    from peftsum.model.loading import offline_gpt2_tokenizer
+
+    batch = collate(synthetic_examples(n, seed=seed), offline_gpt2_tokenizer().pad_token_id)
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+
+
+def training_passes(model, method, inputs: dict, passes: int) -> tuple[float, int, float]:
+    """Forward/backward passes of ``method``'s summary loss on ``inputs`` (the model prepared): the mean seconds of
+    ``passes`` after one warm-up, the bytes saved for the backward, and the loss."""
+    from peftsum.train.loss import SummaryLM
+
+    lm = SummaryLM(model, method)
+    method.train_mode(model)
+    times = []
+    for k in range(passes + 1):
+        t0 = time.perf_counter()
+        (nll, n), saved = saved_bytes(lambda: lm(**inputs))
+        (nll / n).backward()
+        model.zero_grad(set_to_none=True)
+        if k:
+            times.append(time.perf_counter() - t0)
+    return sum(times) / len(times), saved, (nll / n).item()

@@ -8,37 +8,17 @@ small's shape (random weights) with one batch of CNN/DailyMail-length sequences.
 
 from __future__ import annotations
 
-import time
-
-import torch
-from _common import args, gpt2_small, machine, peftsum_config, synthetic_examples
-
-
-def saved_bytes(fn):
-    """Run ``fn`` (a forward) and return its result and the bytes of the distinct storages it saved for backward."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(seen.values())
+from _common import args, gpt2_small, machine, peftsum_config, token_batch, training_passes
 
 
 def main():
-    from peftsum.data.collate import collate
     from peftsum.methods import build_method
     from peftsum.model.loading import offline_gpt2_tokenizer
-    from peftsum.train.loss import SummaryLM
 
     a = args(__doc__.splitlines()[0], batch=2, passes=2, methods="lora,prompt-tuning,full")
     print(machine())
     tok = offline_gpt2_tokenizer()
-    batch = collate(synthetic_examples(a.batch, seed=1), tok.pad_token_id)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    inputs = token_batch(a.batch)
     print(f"batch {a.batch} x {inputs['input_ids'].shape[1]} tokens, {a.passes} timed passes after one warm-up")
     for name in a.methods.split(","):
         row = {}
@@ -46,18 +26,8 @@ def main():
             cfg = peftsum_config(name, a.batch, 1, **{"model.dropout": 0.0, "train.gradient_checkpointing": on})
             model, method = gpt2_small(), build_method(cfg, tok)
             method.prepare_model(model)
-            lm = SummaryLM(model, method)
-            method.train_mode(model)
-            times = []
-            for k in range(a.passes + 1):
-                t0 = time.perf_counter()
-                (nll, n), saved = saved_bytes(lambda lm=lm: lm(**inputs))
-                (nll / n).backward()
-                model.zero_grad(set_to_none=True)
-                if k:
-                    times.append(time.perf_counter() - t0)
-            row[on] = (saved, sum(times) / len(times), (nll / n).item())
-        (s0, t0, l0), (s1, t1, l1) = row[False], row[True]
+            row[on] = training_passes(model, method, inputs, a.passes)
+        (t0, s0, l0), (t1, s1, l1) = row[False], row[True]
         print(f"{name}: saved for backward {s0 / 2**20:.0f} MiB off, {s1 / 2**20:.0f} MiB on ({s0 / s1:.1f}x less); "
               f"pass {t0:.2f} s off, {t1:.2f} s on ({t1 / t0:.2f}x); loss {l0:.6f} off, {l1:.6f} on")
 

@@ -9,24 +9,19 @@ saved for the backward, and the loss on the same batch of CNN/DailyMail-length s
 from __future__ import annotations
 
 import tempfile
-import time
 
-from _common import args, gpt2_small, machine, peftsum_config, synthetic_examples
-from checkpointing import saved_bytes
+from _common import args, gpt2_small, machine, peftsum_config, token_batch, training_passes
 
 
 def main():
-    from peftsum.data.collate import collate
     from peftsum.evaluate.cost import tensor_bytes
     from peftsum.methods import build_method
     from peftsum.model.loading import load_model, offline_gpt2_tokenizer
-    from peftsum.train.loss import SummaryLM
 
     a = args(__doc__.splitlines()[0], batch=2, passes=2, quantize="nf4,int8")
     print(machine())
     tok = offline_gpt2_tokenizer()
-    batch = collate(synthetic_examples(a.batch, seed=1), tok.pad_token_id)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    inputs = token_batch(a.batch)
     print(f"batch {a.batch} x {inputs['input_ids'].shape[1]} tokens, {a.passes} timed passes after one warm-up; "
           "LoRA r=8 on attn.c_attn")
     rows = {}
@@ -39,18 +34,8 @@ def main():
             method = build_method(cfg, tok)
             method.prepare_model(model)
             blocks = [p for block in model.transformer.h for p in block.parameters() if not p.requires_grad]
-            lm = SummaryLM(model, method)
-            method.train_mode(model)
-            times = []
-            for k in range(a.passes + 1):
-                t0 = time.perf_counter()
-                (nll, n), saved = saved_bytes(lambda lm=lm: lm(**inputs))
-                (nll / n).backward()
-                model.zero_grad(set_to_none=True)
-                if k:
-                    times.append(time.perf_counter() - t0)
-            rows[quantize] = (tensor_bytes(model.parameters()), tensor_bytes(blocks), sum(times) / len(times), saved,
-                              (nll / n).item())
+            seconds, saved, loss = training_passes(model, method, inputs, a.passes)
+            rows[quantize] = (tensor_bytes(model.parameters()), tensor_bytes(blocks), seconds, saved, loss)
     w0, b0, t0, s0, l0 = rows["none"]
     print(f"{'base':<6}{'weights MiB':>12}{'blocks MiB':>12}{'blocks x':>10}{'pass s':>9}{'pass x':>8}"
           f"{'saved MiB':>11}{'loss':>11}")

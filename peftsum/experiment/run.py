@@ -32,14 +32,7 @@ from ..evaluate.generate import describe_decoding
 from ..evaluate.metrics import HEADLINE, ROUGE_PROTOCOL, evaluate_loss
 from ..methods import CachedTrunk, ModelFree, Untrained, build_method, method_class
 from ..methods.base import read_method_file
-from ..model.loading import (
-    is_quantized,
-    load_model,
-    load_tokenizer,
-    n_positions,
-    resolve_model_name,
-    set_dropout,
-)
+from ..model.loading import is_quantized, load_base, load_tokenizer, n_positions, resolve_model_name
 from ..train.loop import BEST, Trainer, train
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
@@ -92,6 +85,12 @@ class Components:
         return data, report
 
 
+def run_dtype(cfg: Config, device=None) -> torch.dtype:
+    """The dtype a run's matmuls take on ``device`` (``train.mixed_precision`` as this hardware resolves it)."""
+    on = torch.device(device) if device is not None else torch.device("cpu")
+    return compute_dtype(resolve_mixed_precision(cfg.train.mixed_precision, on.type != "cuda"))
+
+
 def load_components(cfg: Config, device=None) -> Components:
     """Model, tokenizer and method (model prepared, on ``device``); no data."""
     uses_model = not issubclass(method_class(cfg), ModelFree)
@@ -100,11 +99,7 @@ def load_components(cfg: Config, device=None) -> Components:
     positions = 1024
     if uses_model:
         torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
-        on = torch.device(device) if device is not None else torch.device("cpu")
-        precision = compute_dtype(resolve_mixed_precision(cfg.train.mixed_precision, on.type != "cuda"))
-        model = load_model(name, cfg.model.trust_remote_code, attn_implementation=cfg.model.attn_implementation,
-                           quantize=cfg.quantization(), compute_dtype=precision, device=on)
-        set_dropout(model, cfg.model.dropout)
+        model = load_base(cfg, device, run_dtype(cfg, device))
     tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
     method = build_method(cfg, tokenizer)
     if uses_model:

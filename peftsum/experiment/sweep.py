@@ -37,13 +37,21 @@ from ..config import TRAINED_METHODS, Config, section_key
 from ..data.tokenize import load_tokenized
 from ..errors import UserError
 from ..methods import build_method
-from ..model.loading import load_model, load_tokenizer, n_positions, resolve_model_name, set_dropout
+from ..model.loading import (
+    is_quantized,
+    load_base,
+    load_model,
+    load_tokenizer,
+    n_positions,
+    resolve_model_name,
+    set_dropout,
+)
 from ..train.loop import Trainer
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..train.tracking import Tracking
 from ..utils import is_main_process, release_memory
-from .run import accelerator_for
+from .run import accelerator_for, run_dtype
 
 JOURNAL = "optuna.journal"
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # peftsum prints one line per trial itself
@@ -187,9 +195,13 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
     method_obj = build_method(tcfg, res.tokenizer)
     accelerator = accelerator_for(tcfg)
     torch.manual_seed(tcfg.train.seed)  # the adapter's initialisation, as a run does it
-    model = copy.deepcopy(res.base)  # the shared base stays as loaded
+    if tcfg.quantization() != "none":  # QLoRA: a base quantized as it loads (bitsandbytes' layers are not copied)
+        model = load_base(tcfg, accelerator.device, run_dtype(tcfg, accelerator.device))
+    else:
+        model = copy.deepcopy(res.base)  # the shared base stays as loaded
     method_obj.prepare_model(model)
-    model.to(accelerator.device)
+    if not is_quantized(model):
+        model.to(accelerator.device)
     t0 = time.perf_counter()
     tracking = Tracking(accelerator, tcfg, res.out, f"{method}/trial-{trial.number}")
     with tempfile.TemporaryDirectory() as tmp:

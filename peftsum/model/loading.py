@@ -15,7 +15,7 @@ from .arch import n_positions
 from .demo_base import ensure_demo_base
 from .tokenizer import load_tokenizer, offline_gpt2_tokenizer
 
-__all__ = ["is_quantized", "load_model", "load_tokenizer", "logical_numel", "n_positions", "offline_gpt2_tokenizer",
+__all__ = ["is_quantized", "load_base", "load_model", "load_tokenizer", "logical_numel", "n_positions", "offline_gpt2_tokenizer",
            "quantization_config", "resolve_model_name", "set_dropout", "stored_tensors"]
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,16 @@ def stored_tensors(p: torch.Tensor) -> list[torch.Tensor]:
     if torch.is_tensor(scales):
         out.append(scales)
     return out
+
+
+def load_base(cfg, device: torch.device | str | None = None, compute_dtype: torch.dtype = torch.float32):
+    """The base model a run of ``cfg`` adapts: ``model.name`` loaded (quantized where ``cfg.quantization()`` says,
+    on ``device``, matmuls in ``compute_dtype``), its dropout set (``model.dropout``)."""
+    model = load_model(resolve_model_name(cfg.model.name), cfg.model.trust_remote_code,
+                       attn_implementation=cfg.model.attn_implementation, quantize=cfg.quantization(),
+                       compute_dtype=compute_dtype, device=device)
+    set_dropout(model, cfg.model.dropout)
+    return model
 
 
 def keep_trainable_layout(model) -> None:

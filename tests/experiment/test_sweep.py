@@ -180,3 +180,26 @@ def test_a_sweep_can_search_lora_rank_rslora_loraplus_and_dora():
     with pytest.raises(UserError, match="sweep.lora_lr_ratios"):
         method_cfg("lora", **{"sweep.lora_lr_ratios": "0,16"})
     assert suggest(optuna.trial.FixedTrial({"lr": 3e-4}), method_cfg("lora"), "lora") == {"method.lora.lr": 3e-4}
+
+
+def test_a_qlora_trial_trains_on_the_quantized_base(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    """Each trial adapts a copy of the shared base; QLoRA's trial loads its own, quantized (the shared base is not)."""
+    from peftsum.config import load_config
+    from peftsum.experiment import sweep as sweep_module
+    from peftsum.model.loading import is_quantized
+
+    seen = []
+    real_init = sweep_module.Trainer.__init__
+
+    def spy(self, cfg, run_dir, **kw):
+        seen.append((cfg.method.name, is_quantized(kw["summary_lm"].model)))
+        real_init(self, cfg, run_dir, **kw)
+
+    monkeypatch.setattr(sweep_module.Trainer, "__init__", spy)
+    cfg = load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{**SWEEP_SIZES, "sweep.trials": 1,
+                                                                                 "sweep.steps": 2}))
+    res = sweep_module.SweepResources.load(cfg)
+    storage = sweep_module.open_storage(tmp_path / "sw", None)
+    for m in ("lora", "qlora"):
+        sweep_module.sweep_method(res, storage, m, say=lambda _: None)
+    assert seen == [("lora", False), ("qlora", True)] and not is_quantized(res.base)

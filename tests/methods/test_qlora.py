@@ -5,7 +5,10 @@ export, and the error a user without bitsandbytes sees."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from peftsum.model import loading
 from peftsum.model.loading import is_quantized, quantization_config
 from peftsum.train.loop import validation_subset
 from peftsum.train.loss import SummaryLM
+from peftsum.utils import read_jsonl
 from tests.conftest import text_batch, tiny_overrides, train_args
 
 ARTICLES = ["Officials in Redfield said the new bridge would open in May after two years of work.",
@@ -142,3 +146,29 @@ def test_quantize_is_refused_for_methods_that_train_base_weights(tiny_model_dir,
     assert cfg.quantization() == "nf4" and cfg.method_section() is cfg.method.lora
     cfg.model.quantize = "int8"
     assert cfg.quantization() == "int8"
+
+
+@pytest.mark.slow
+def test_two_processes_train_qlora_as_one(tiny_model_dir, demo_dir, tmp_path):
+    """2 gloo processes, each loading the base quantized on its device, with batch 4 against 1 process with batch 8:
+    the same training and validation losses and final figures."""
+    extra = {"train.max_steps": 4, "method.lora.dropout": 0.0, "model.dropout": 0.0, "train.eval_every_steps": 2}
+    runs = {}
+    for procs, batch in ((1, 8), (2, 4)):
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if procs == 2 else []
+        done = subprocess.run([sys.executable, *launcher, "-m", "peftsum.cli",
+                               *train_args(tiny_model_dir, demo_dir, "qlora", tmp_path / str(procs), **extra,
+                                           **{"train.batch_size": batch})],
+                              capture_output=True, text=True, env=dict(os.environ), timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[procs] = (read_jsonl(tmp_path / str(procs) / "metrics.jsonl"),
+                       json.loads((tmp_path / str(procs) / "results.json").read_text()))
+    (m1, r1), (m2, r2) = runs[1], runs[2]
+    assert len(m1) == len(m2)
+    for x, y in zip(m1, m2):
+        for key in ("loss", "val_loss"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-5)
+    for key in ("val_loss", "test_loss", "rougeLsum"):
+        assert r2["eval"][key] == pytest.approx(r1["eval"][key], rel=1e-5), key
+    assert r2["cost"]["processes"] == 2 and r2["method_hyperparameters"]["quantize"] == "nf4"

@@ -1,6 +1,7 @@
 """Issue #6's GPU check, one prepared run of a few minutes: on GPT-2 small's shape in bf16,
 (1) the matmul peak and the LoRA step's share of it (benchmarks/mfu.py's measurement), and of the
-datasheet peak; (2) each method's training step, tokens/s and MFU, and the projected wall time of the
+datasheet peak; (1b) the frozen weights stored in the compute dtype on and off (benchmarks/frozen_dtype.py: casts,
+training pass, decode step); (2) each method's training step, tokens/s and MFU, and the projected wall time of the
 whole assignment protocol (21k examples x up to 10 epochs, three methods, validation every epoch, ROUGE
 generation on 3k), i.e. ``peftsum plan --preset assignment --shape gpt2-small`` on the device.
 
@@ -18,6 +19,8 @@ import time
 
 import torch
 from _common import args
+from frozen_dtype import describe as describe_frozen
+from frozen_dtype import measure as measure_frozen
 from mfu import lora_step_flops_per_s, matmul_peak
 
 # no hub on the device machine: plan falls back to synthetic CNN/DailyMail lengths without retrying
@@ -51,6 +54,13 @@ def main():
         line = (f"LoRA step, batch {a.batch}, {label:28}: {fps / 1e12:7.2f} TFLOP/s  {tps:9.0f} tokens/s  "
                 f"{fps / peak * 100:5.1f} % of measured peak")
         print(line + (f", {fps / sheet * 100:5.1f} % of datasheet" if sheet else ""), flush=True)
+
+    # train.frozen_weights_in_compute_dtype on and off (in bf16 where the device computes fp32, as on a CPU)
+    lever = measure_frozen(device, dtype if dtype != torch.float32 else torch.bfloat16, batch=a.batch,
+                           passes=a.steps, prompts=4 if smoke else 16, new_tokens=4 if smoke else 64,
+                           n_layer=1 if smoke else 12)
+    for line in describe_frozen(lever):
+        print("frozen weights in the compute dtype: " + line, flush=True)
 
     overrides = [("model.tokenizer", "gpt2-bpe")]
     if smoke:

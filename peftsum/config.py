@@ -193,6 +193,11 @@ class TrainConfig:
     checkpoint_every_steps: int = positive(200)
     seed: int = 42
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # Under bf16 / fp16 mixed precision, store the frozen linear weights (those that do not train, are not quantized
+    # and are not the input embeddings) in that dtype: autocast would otherwise cast each of them again in every
+    # forward and every decode step.  The matmuls see the same values (autocast's cast is the same rounding), so
+    # losses and summaries are unchanged; the frozen weights take half the memory.  Exports keep float32.
+    frozen_weights_in_compute_dtype: bool = True
     # float32 matmuls on TF32 tensor cores (Ampere and later; 10-bit mantissa inputs, fp32 accumulation), as
     # torch.set_float32_matmul_precision("high") does on a GPU; the CPU keeps exact float32
     tf32: bool = True

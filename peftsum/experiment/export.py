@@ -40,7 +40,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True) -> dict
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not empty: export into a new folder")
     results = read_results(run_dir)
-    parts = load_trained(run_dir)
+    parts = load_trained(run_dir, full_precision=True)  # merged weights from float32 ones
     if out.is_dir():
         out.rmdir()  # empty: replaced by the finished export in one rename
     merge_check = None

@@ -91,8 +91,9 @@ def run_dtype(cfg: Config, device=None) -> torch.dtype:
     return compute_dtype(resolve_mixed_precision(cfg.train.mixed_precision, on.type != "cuda"))
 
 
-def load_components(cfg: Config, device=None) -> Components:
-    """Model, tokenizer and method (model prepared, on ``device``); no data."""
+def load_components(cfg: Config, device=None, full_precision: bool = False) -> Components:
+    """Model, tokenizer and method (model prepared, on ``device``); no data.  ``full_precision``: the frozen weights
+    kept in float32 whatever the run's mixed precision (an export merges into them)."""
     uses_model = not issubclass(method_class(cfg), ModelFree)
     name = resolve_model_name(cfg.model.name) if uses_model or cfg.model.tokenizer is None else cfg.model.name
     model = summary_lm = None
@@ -101,7 +102,7 @@ def load_components(cfg: Config, device=None) -> Components:
         torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
         model = load_base(cfg, device, run_dtype(cfg, device))
     tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
-    method = build_method(cfg, tokenizer)
+    method = build_method(cfg, tokenizer, None if full_precision else run_dtype(cfg, device))
     if uses_model:
         method.prepare_model(model)
         positions = n_positions(model)
@@ -297,17 +298,18 @@ def versions() -> dict:
     return out
 
 
-def load_trained(run_dir: Path) -> Components:
+def load_trained(run_dir: Path, full_precision: bool = False) -> Components:
     """A finished run's model with its saved weights, tokenizer and prompt builder, ready to generate.
 
-    No data is loaded (``summarize`` works offline on any article), and the model is in eval mode."""
+    No data is loaded (``summarize`` works offline on any article), and the model is in eval mode.
+    ``full_precision``: frozen weights in float32 whatever the run's mixed precision (``export``)."""
     cfg = load_run_config(run_dir)
     read_method_file(run_dir)  # no weights saved: say so before loading anything
     if cfg.method.name == PEFT_METHOD:  # the tuner's config as saved with its weights (the run may have moved)
         cfg.method.peft.config = str(Path(run_dir) / "adapter_config.json")
     accelerator = accelerator_for(cfg)
     with _main_first(accelerator):
-        parts = load_components(cfg, accelerator.device)
+        parts = load_components(cfg, accelerator.device, full_precision)
     if not isinstance(parts.method, Untrained):
         parts.method.load(parts.model, run_dir)
     if parts.model is not None:

@@ -29,9 +29,10 @@ def method_class(cfg) -> type[Method]:
     return REGISTRY[m.name]
 
 
-def build_method(cfg, tokenizer=None) -> Method:
-    """The method of ``cfg``, with everything it needs: the config and the model's tokenizer."""
-    return method_class(cfg)(cfg, tokenizer)
+def build_method(cfg, tokenizer=None, compute_dtype=None) -> Method:
+    """The method of ``cfg``, with everything it needs: the config, the model's tokenizer and the run's compute dtype
+    (None: float32)."""
+    return method_class(cfg)(cfg, tokenizer, compute_dtype)
 
 
 __all__ = ["REGISTRY", "CachedTrunk", "Method", "ModelFree", "OwnTrunk", "Untrained", "build_method", "method_class"]

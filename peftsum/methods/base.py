@@ -31,7 +31,7 @@ from peft import prepare_model_for_kbit_training
 from torch import nn
 
 from ..errors import UserError
-from ..model.loading import is_quantized, logical_numel, resolve_model_name
+from ..model.loading import is_quantized, logical_numel, resolve_model_name, store_frozen_in
 from ..utils import write_json
 
 METHOD_FILE = "peftsum_method.json"
@@ -58,18 +58,21 @@ class Method:
     name: str = ""
     num_virtual_tokens: int = 0  # soft-prompt rows the method puts in front of the input (context it uses)
 
-    def __init__(self, cfg, tokenizer=None):
+    def __init__(self, cfg, tokenizer=None, compute_dtype: torch.dtype | None = None):
         """``cfg``: the whole config (the method reads its own section); ``tokenizer``: the model's, for a method
-        that needs text (prompt tuning's "[SUMMARIZE]" initialisation; loaded from the config where not given)."""
+        that needs text (prompt tuning's "[SUMMARIZE]" initialisation; loaded from the config where not given);
+        ``compute_dtype``: the dtype the run's matmuls take under mixed precision (None: float32), in which the
+        frozen linear weights are stored (``train.frozen_weights_in_compute_dtype``)."""
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self.compute_dtype = compute_dtype
         self.base_total = 0
 
     # --- preparing the model ----------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Freeze / inject / untie in place; remember the base model's size for the 'added' count; checkpoint
         activations where ``train.gradient_checkpointing`` asks (every caller that trains: a run, a sweep's trial,
-        ``plan``)."""
+        ``plan``); store the frozen linear weights in the compute dtype (mixed precision)."""
         self.base_total = count(model.parameters())
         if is_quantized(model):  # PEFT's preparation: everything frozen, what is not quantized kept in float32
             prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -78,6 +81,8 @@ class Method:
         self._adapt(model)
         if self.cfg.train.gradient_checkpointing:
             self._checkpoint_activations(model)
+        if self.cfg.train.frozen_weights_in_compute_dtype and self.compute_dtype not in (None, torch.float32):
+            store_frozen_in(model, self.compute_dtype)
         return model
 
     def _checkpoint_activations(self, model: nn.Module) -> None:

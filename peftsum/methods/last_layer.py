@@ -35,8 +35,8 @@ def frozen_trunk(settings) -> bool:
 class LastLayer(Method):
     name = "last-layer"
 
-    def __init__(self, cfg, tokenizer=None):
-        super().__init__(cfg, tokenizer)
+    def __init__(self, cfg, tokenizer=None, compute_dtype=None):
+        super().__init__(cfg, tokenizer, compute_dtype)
         self.settings = cfg.method.last_layer
         self.frozen_trunk = frozen_trunk(self.settings)  # no gradient flows back through the blocks
 

@@ -154,8 +154,8 @@ class LoRA(Method):
 
     name = "lora"
 
-    def __init__(self, cfg, tokenizer=None):
-        super().__init__(cfg, tokenizer)
+    def __init__(self, cfg, tokenizer=None, compute_dtype=None):
+        super().__init__(cfg, tokenizer, compute_dtype)
         self.settings = cfg.method.lora
         # set once by resolve_targets() when the model is prepared (the model's type picks the default targets)
         self.targets: list[str] | None = None

@@ -69,8 +69,8 @@ def read_peft_config(path: str | Path) -> PeftConfig:
 
 
 class PeftTuner(Method):
-    def __init__(self, cfg, tokenizer=None):
-        super().__init__(cfg, tokenizer)
+    def __init__(self, cfg, tokenizer=None, compute_dtype=None):
+        super().__init__(cfg, tokenizer, compute_dtype)
         self.settings = cfg.method.peft
         self.name = self.settings.name or "peft"
         self.peft_config = read_peft_config(self.settings.config)

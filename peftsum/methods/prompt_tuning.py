@@ -38,8 +38,8 @@ class SoftPrompt(nn.Module):
 class PromptTuning(Method):
     name = "prompt-tuning"
 
-    def __init__(self, cfg, tokenizer=None):
-        super().__init__(cfg, tokenizer)
+    def __init__(self, cfg, tokenizer=None, compute_dtype=None):
+        super().__init__(cfg, tokenizer, compute_dtype)
         self.settings = cfg.method.prompt_tuning
         self.num_virtual_tokens = self.settings.num_prompts
 

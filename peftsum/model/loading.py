@@ -8,7 +8,9 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+from transformers.pytorch_utils import Conv1D
 
 from ..errors import UserError
 from .arch import n_positions
@@ -16,7 +18,7 @@ from .demo_base import ensure_demo_base
 from .tokenizer import load_tokenizer, offline_gpt2_tokenizer
 
 __all__ = ["is_quantized", "load_base", "load_model", "load_tokenizer", "logical_numel", "n_positions", "offline_gpt2_tokenizer",
-           "quantization_config", "resolve_model_name", "set_dropout", "stored_tensors"]
+           "quantization_config", "resolve_model_name", "set_dropout", "store_frozen_in", "stored_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,22 @@ def load_base(cfg, device: torch.device | str | None = None, compute_dtype: torc
                        compute_dtype=compute_dtype, device=device)
     set_dropout(model, cfg.model.dropout)
     return model
+
+
+def store_frozen_in(model, dtype: torch.dtype) -> int:
+    """Store every frozen float32 weight and bias of the model's linear layers (``nn.Linear``, transformers'
+    ``Conv1D``) in ``dtype``, except the input embeddings (a tied LM head): under autocast in ``dtype`` the matmuls
+    see the same values without a cast at every call.  Returns how many tensors changed."""
+    embedding = model.get_input_embeddings().weight
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, (nn.Linear, Conv1D)) or module.weight is embedding:
+            continue
+        for p in (module.weight, getattr(module, "bias", None)):
+            if p is not None and not p.requires_grad and p.dtype == torch.float32:
+                p.data = p.data.to(dtype)
+                changed += 1
+    return changed
 
 
 def keep_trainable_layout(model) -> None:

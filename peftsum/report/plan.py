@@ -162,7 +162,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     t_plan = time.perf_counter()
     for entry in methods:
         m, mcfg = run_name(entry), method_config(cfg, entry)  # a built-in method or peft:FILE
-        method = build_method(mcfg, tokenizer)
+        method = build_method(mcfg, tokenizer, dtype)
         if isinstance(method, Untrained):
             continue
         t_method = time.perf_counter()

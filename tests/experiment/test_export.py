@@ -190,3 +190,34 @@ def test_export_refusals_leave_nothing(runs, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "o")]) == 2
     assert "not a finished run" in capsys.readouterr().err
     assert not list(tmp_path.glob(".o.*"))  # no temporary folder left
+
+
+def test_a_mixed_precision_run_stores_frozen_weights_in_bf16_and_exports_float32(compared, tmp_path):
+    """A run under bf16 mixed precision loads its frozen linear weights in bf16 (train.frozen_weights_in_compute_dtype);
+    ``peftsum export`` (its own process: one mixed precision per process) merges into the float32 ones: a float32
+    model equal to a merge done by hand in float32."""
+    from transformers import AutoModelForCausalLM
+
+    from peftsum.experiment import load_components, load_run_config
+
+    run = tmp_path / "lora"
+    shutil.copytree(compared / "lora", run)
+    text = (run / "config.yaml").read_text()
+    assert "mixed_precision: 'no'" in text  # the demo preset's
+    (run / "config.yaml").write_text(text.replace("mixed_precision: 'no'", "mixed_precision: bf16"))
+    cfg = load_run_config(run)
+    parts = load_components(cfg, "cpu")
+    assert parts.model.transformer.h[0].attn.c_attn.base.weight.dtype == torch.bfloat16
+    assert parts.model.transformer.wte.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for _, p in parts.method.trainable_parameters(parts.model))
+    done = subprocess.run([sys.executable, "-m", "peftsum.cli", "export", str(run), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert {p.dtype for p in exported.parameters()} == {torch.float32}
+    full = load_components(cfg, "cpu", full_precision=True)
+    assert full.model.transformer.h[0].attn.c_attn.base.weight.dtype == torch.float32
+    full.method.load(full.model, run)
+    merged = full.method.merge_and_unload(full.model)
+    for (name, a), (_, b) in zip(exported.state_dict().items(), merged.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

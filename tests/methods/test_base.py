@@ -5,6 +5,8 @@ import copy
 
 import pytest
 import torch
+import torch.utils._python_dispatch
+from transformers.pytorch_utils import Conv1D
 
 from peftsum.methods import build_method
 from peftsum.model.loading import load_model
@@ -172,3 +174,62 @@ def test_gradient_checkpointing_refuses_prefix_tuning(tiny_model_dir, tmp_path):
                                    ("method.peft.config", str(prefix)), ("train.gradient_checkpointing", True)])
     with pytest.raises(UserError, match="gradient_checkpointing does not work with .*prefix"):
         load_components(cfg)
+
+
+class WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the casts to bfloat16 of the given tensors (by storage): what autocast does to a float32 weight."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self.pointers, self.casts = {t.data_ptr() for t in tensors}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16 \
+                and args[0].data_ptr() in self.pointers:
+            self.casts += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt-tuning", "zero-shot"])
+def test_frozen_weights_in_the_compute_dtype_change_nothing_but_the_casts(tiny_model_dir, tokenizer, method):
+    """Under bf16 autocast (on the CPU here, as on a GPU) the frozen linear weights stored in bf16: autocast casts
+    none of them again (stored in fp32: each at every forward), and the logits, the loss, every trained gradient and
+    a greedy decode are exactly those with fp32 storage.  The trained tensors and the embeddings stay fp32."""
+    from peftsum.evaluate.generate import decode_ids
+    from peftsum.methods.base import Untrained
+
+    ids, mask = text_batch(tokenizer, ["Floods hit homes.\nTL;DR: Floods.", "A rail line opens in May.\nTL;DR: Rail."])
+    labels = ids.masked_fill(mask == 0, -100)
+    prompts = [torch.tensor(tokenizer("Officials said the bridge opens.\nTL;DR:")["input_ids"])]
+    got = {}
+    for on in (False, True):
+        model = load_model(str(tiny_model_dir))
+        m = build_method(method_cfg(method, str(tiny_model_dir), **{"train.frozen_weights_in_compute_dtype": on,
+                                                                     "method.lora.dropout": 0.0}),
+                         tokenizer, torch.bfloat16)
+        torch.manual_seed(0)  # LoRA's A
+        m.prepare_model(model)
+        model.eval()
+        frozen = [mod.weight for mod in model.modules() if isinstance(mod, (torch.nn.Linear, Conv1D))
+                  and mod.weight is not model.get_input_embeddings().weight and not mod.weight.requires_grad]
+        assert frozen and all(w.dtype == (torch.bfloat16 if on else torch.float32) for w in frozen)
+        assert all(p.dtype == torch.float32 for _, p in m.trainable_parameters(model))
+        assert model.get_input_embeddings().weight.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16), WeightCasts(frozen) as casts:
+            emb, emask = m.embed(model, ids, mask)
+            out = model(inputs_embeds=emb, attention_mask=emask)
+        assert casts.casts == (0 if on else len(frozen))
+        grads = None
+        if not isinstance(m, Untrained):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                nll, n = SummaryLM(model, m)(input_ids=ids, attention_mask=mask, labels=labels)
+            (nll / n).backward()
+            grads = [p.grad for _, p in m.trainable_parameters(model)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            decoded = decode_ids(model, m, prompts, m.cfg.eval.decoding, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        got[on] = (out.logits, grads, decoded)
+    assert torch.equal(got[True][0], got[False][0])
+    if got[True][1] is not None:
+        assert all(torch.equal(a, b) for a, b in zip(got[True][1], got[False][1], strict=True))
+    assert got[True][2] == got[False][2]

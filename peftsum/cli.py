@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed passes per method (default: up to 3, fewer where a pass takes over 10 s)")
     p.add_argument("--shape", choices=("real", "gpt2-small"), default="real",
                    help="gpt2-small: random weights of GPT-2 small's shape (no download)")
+    p.add_argument("--levers", action="store_true",
+                   help="also probe each method with activation checkpointing switched (add qlora to --methods for "
+                        "a 4-bit base)")
+    p.add_argument("--device-memory", metavar="SIZE",
+                   help="e.g. 24GB: say which methods and levers fit a device of this memory")
     return ap
 
 
@@ -316,8 +321,16 @@ def cmd_plan(args, overrides) -> int:
 
     if args.steps is not None and args.steps < 1:  # 0 used to time one pass anyway and exit 0
         raise UserError(f"--steps must be at least 1 (timed passes per method), got {args.steps}")
+    memory = None
+    if args.device_memory is not None:
+        from .evaluate.cost import parse_bytes
+
+        try:
+            memory = parse_bytes(args.device_memory)
+        except ValueError as e:
+            raise UserError(f"--device-memory: {e}") from None
     cfg = config_from_args(args, overrides)
-    print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape))
+    print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape, args.levers, memory))
     return 0
 
 

@@ -195,6 +195,38 @@ def training_state_bytes(model, trainable: list, optimizer) -> dict[str, int]:
             "optimizer": tensor_bytes(t for s in state.values() for t in s.values())}
 
 
+def activation_bytes(fn, model) -> tuple[object, int]:
+    """Run ``fn`` (a training pass of ``model``) and return its result and the bytes autograd saved for the backward
+    that are not the model's own parameters, every storage once: the activation memory of the pass, the same figure
+    on any device (activation checkpointing keeps only each block's input)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def parse_bytes(text: str) -> int:
+    """``24GB``, ``80 GiB``, ``16g``, ``512MB`` -> bytes (GB and GiB both as 2**30: how GPU memory is quoted)."""
+    units = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    s = text.strip().lower().replace(" ", "").removesuffix("b").removesuffix("i")
+    number, unit = (s[:-1], s[-1]) if s and s[-1] in units and s[-1] != "" else (s, "")
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"not a memory size: {text!r} (e.g. 24GB, 80GiB, 512MB)")
+    return int(value * units[unit])
+
+
 def peak_reserved(device: torch.device) -> int | None:
     """The CUDA caching allocator's peak reservation (what the GPU had to hold); None off CUDA."""
     return int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None

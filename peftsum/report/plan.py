@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from ..evaluate import cost as costs
 from ..evaluate.generate import decode_ids, generate_summaries
 from ..experiment import accelerator_for
 from ..experiment.compare import method_config, run_name
-from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method
+from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method, method_class
 from ..model.loading import (
     load_model,
     load_tokenizer,
@@ -125,9 +126,25 @@ class _Bases:
         return model
 
 
-def plan(cfg: Config, methods: list[str], device: str | None, steps: int | None, shape: str) -> str:
-    result = measure(cfg, methods, device, steps, shape, progress=True)
-    return render(result)
+def plan(cfg: Config, methods: list[str], device: str | None, steps: int | None, shape: str, levers: bool = False,
+         device_memory: int | None = None) -> str:
+    result = measure(cfg, methods, device, steps, shape, progress=True, levers=levers)
+    return render(result, device_memory)
+
+
+def _variants(cfg: Config, methods: list[str], levers: bool) -> list[tuple[str, Config]]:
+    """(label, config) of each probe: every method as configured and, with ``levers``, also with activation
+    checkpointing switched (where it changes anything: not for a cached or own trunk, nor untrained methods).
+    QLoRA is a lever too: ask for it as a method (``--methods lora,qlora``)."""
+    out = []
+    for entry in methods:
+        m, mcfg = run_name(entry), method_config(cfg, entry)  # a built-in method or peft:FILE
+        out.append((m, mcfg))
+        if levers and not issubclass(method_class(mcfg), (Untrained, CachedTrunk, OwnTrunk)):
+            flipped = copy.deepcopy(mcfg)
+            flipped.train.gradient_checkpointing = not mcfg.train.gradient_checkpointing
+            out.append((f"{m} {'+' if flipped.train.gradient_checkpointing else '-'}ckpt", flipped))
+    return out
 
 
 def _timed(dev, fn, *args) -> float:
@@ -139,7 +156,7 @@ def _timed(dev, fn, *args) -> float:
 
 
 def measure(cfg: Config, methods: list[str], device: str | None, steps: int | None = None, shape: str = "real",
-            progress: bool = False) -> dict:
+            progress: bool = False, levers: bool = False) -> dict:
     """Time the loop's own optimizer step (one forward/backward pass per probe step, scaled by the passes
     a real step makes), the validation the loop runs (cached features for a frozen trunk), and generation
     (prefill + per-token decode); project the whole protocol."""
@@ -160,8 +177,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     bs = train_cfg.batch_size
     rows, source, sizes = [], "", {}
     t_plan = time.perf_counter()
-    for entry in methods:
-        m, mcfg = run_name(entry), method_config(cfg, entry)  # a built-in method or peft:FILE
+    for m, mcfg in _variants(cfg, methods, levers):
         method = build_method(mcfg, tokenizer, dtype)
         if isinstance(method, Untrained):
             continue
@@ -191,8 +207,10 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             trainer = Trainer(probe_cfg, Path(tmp), summary_lm=summary_lm, method=method, train_ds=ds,
                               val_ds=ds.select(range(n_val)), accelerator=accelerator,
                               tokenizer=tokenizer, metrics_file=MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
-            # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU)
-            trainer.train_step([[i % len(ds) for i in range(pass_size)]])
+            # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU), which also
+            # measures the activations the pass keeps for its backward
+            warm_up = functools.partial(trainer.train_step, [[i % len(ds) for i in range(pass_size)]])
+            _, activations = costs.activation_bytes(warm_up, model)
             timings = []  # --steps passes, or (by default) up to 3 and until 10 s of timing
             while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
                 k = len(timings) + 1
@@ -209,6 +227,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         # a batch's generation = its prefill + one decode step per further token (both timed in one call)
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
         decoding = method.decoding()
+        model.eval()  # as the evaluation generates: no dropout, and a cache even where activations are checkpointed
         prefill_s, per_token = _generation_seconds(model, method, tokenizer, prompts, decoding, eval_cfg.batch_size,
                                                    accelerator, min(8, decoding.max_new_tokens), few=cpu)
         gen_per_batch = prefill_s + per_token * (decoding.max_new_tokens - 1)
@@ -242,6 +261,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                      "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
                      "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
                      "state_bytes": sum(state.values()), "weights_bytes": state["weights"],
+                     "activation_bytes": activations, "pass_size": pass_size,
                      "train_flops": flops, "trainable": counts["trainable"],
                      "tokens_per_second": bs * train_cfg.grad_accum * seq_len / step_s,
                      "mfu": flops / train_s / peak_flops if train_s else None})
@@ -268,7 +288,9 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                 "a step = its forward/backward passes x the mean time of one pass of the training loop ("
                 + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
                 + " after one warm-up; --steps N for more); state: the weights (quantized ones as stored), gradients "
-                "and optimizer state, exactly; peak memory is the process's (CPU: RSS)",
+                "and optimizer state, exactly; activ.: what one pass of the run's size keeps for its backward "
+                "(measured in the warm-up, every storage once, on any device); peak memory is the process's (CPU: "
+                "RSS)",
                 f"MFU against the {peak_source} peak of {peak_flops / 1e12:.3g} TFLOP/s",
             ]}
 
@@ -325,20 +347,35 @@ def _hms(s: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
 
 
-def render(r: dict) -> str:
+def training_memory(row: dict) -> int:
+    """What training needs on the device, as ``plan`` estimates it: the training state (exact) plus the activations
+    one pass keeps for its backward (measured on a pass of the run's size)."""
+    return row["state_bytes"] + row["activation_bytes"]
+
+
+def render(r: dict, device_memory: int | None = None) -> str:
+    fits = f"fits {device_memory / 2**30:.0f}G" if device_memory else ""
     lines = [f"plan on {r['device']} for {r['model']}", "",
-             f"{'method':<15}{'s/step':>9}{'steps':>8}{'train':>10}{'val':>9}{'final eval':>12}{'total':>10}"
-             f"{'state':>9}{'peak mem':>11}{'train FLOPs':>13}{'tokens/s':>10}{'MFU':>7}"]
+             f"{'method':<17}{'s/step':>9}{'steps':>8}{'train':>10}{'val':>9}{'final eval':>12}{'total':>10}"
+             f"{'state':>9}{'activ.':>9}{'peak mem':>11}{'train FLOPs':>13}{'tokens/s':>10}{'MFU':>7}"
+             + (f"{fits:>10}" if fits else "")]
     total = 0.0
     for x in r["rows"]:
         total += x["total_seconds"]
-        lines.append(f"{x['method']:<15}{x['step_seconds']:>9.3f}{x['steps']:>8}{_hms(x['train_seconds']):>10}"
-                     f"{_hms(x['validation_seconds']):>9}{_hms(x['final_eval_seconds']):>12}"
-                     f"{_hms(x['total_seconds']):>10}{x['state_bytes'] / 2**30:>8.2f}G"
-                     f"{x['peak_memory_bytes'] / 2**30:>10.2f}G"
-                     f"{x['train_flops']:>13.3g}{x['tokens_per_second']:>10.0f}"
-                     + (f"{x['mfu'] * 100:>6.1f}%" if x.get("mfu") is not None else f"{'–':>7}"))
+        line = (f"{x['method']:<17}{x['step_seconds']:>9.3f}{x['steps']:>8}{_hms(x['train_seconds']):>10}"
+                f"{_hms(x['validation_seconds']):>9}{_hms(x['final_eval_seconds']):>12}"
+                f"{_hms(x['total_seconds']):>10}{x['state_bytes'] / 2**30:>8.2f}G{x['activation_bytes'] / 2**30:>8.2f}G"
+                f"{x['peak_memory_bytes'] / 2**30:>10.2f}G"
+                f"{x['train_flops']:>13.3g}{x['tokens_per_second']:>10.0f}"
+                + (f"{x['mfu'] * 100:>6.1f}%" if x.get("mfu") is not None else f"{'–':>7}"))
+        if device_memory:
+            line += f"{'yes' if training_memory(x) <= device_memory else 'no':>10}"
+        lines.append(line)
     lines += ["", f"whole protocol: {_hms(total)} ({total / 3600:.2f} device-hours); measured in {r['seconds']:.0f}s",
               "", "assumptions:"]
     lines += [f"  - {a}" for a in r["assumptions"]]
+    if device_memory:
+        lines.append(f"  - fits {device_memory / 2**30:.0f}G: the training state plus one pass's activations "
+                     "within the device's memory; the allocator's slack, the generation cache and the batch itself "
+                     "are not counted, so leave some room")
     return "\n".join(lines)

@@ -4,8 +4,9 @@ methods, 0.98-1.09 for LoRA, in two rounds)."""
 
 import pytest
 
+from peftsum.evaluate.cost import parse_bytes
 from peftsum.experiment import run_experiment
-from peftsum.report.plan import measure, render
+from peftsum.report.plan import measure, render, training_memory
 
 
 def test_plan_projects_the_run_within_25_percent(tiny_cfg, tmp_path):
@@ -31,17 +32,18 @@ def test_plan_works_on_data_smaller_than_its_batches(tiny_model_dir, tmp_path, c
 
     data = write_demo_corpus(tmp_path / "small", {"train": 40, "validation": 4, "test": 4})
     assert main(["plan", "--preset", "demo", "--model", str(tiny_model_dir), "--data", str(data),
-                 "--methods", "lora,qlora,last-layer", "--train.batch_size", "64",
+                 "--methods", "lora,qlora,last-layer", "--train.batch_size", "64", "--device-memory", "24GB",
                  "--data.max_source_tokens", "96", "--data.max_target_tokens", "48", "--eval.decoding.max_new_tokens", "8",
                  "--eval.batch_size", "16"]) == 0
     out, err = capsys.readouterr()
     assert "training examples reused" in out and "whole protocol" in out
     assert "[plan] lora:" in err and "[plan] qlora:" in err and "[plan] last-layer:" in err
+    assert "fits 24G" in out
     assert "MFU against the measured float32 matmul peak" in out
     assert "up to 3 timed, fewer where one pass takes over 10 s" in out  # the default timing
     assert "examples: 40 train / 4 validation / 4 test" in out  # projected on what the data has
     rows = [line for line in out.splitlines() if line.startswith(("lora ", "qlora ", "last-layer "))]
-    assert len(rows) == 3 and all(not line.rstrip().endswith("–") for line in rows)  # MFU shown on a CPU
+    assert len(rows) == 3 and all(line.rstrip().endswith("yes") for line in rows)  # a tiny model fits 24 GB
 
 
 def test_cpu_generation_probe_recovers_the_whole_batch_from_few_prompts(monkeypatch):
@@ -66,3 +68,28 @@ def test_cpu_generation_probe_recovers_the_whole_batch_from_few_prompts(monkeypa
     assert len(calls) == 3 and long_probes == [[720] * plan_mod.CPU_PROBE_EXAMPLES]  # one whole prompt probed: few
     assert few == pytest.approx(whole, rel=1e-9)
     assert plan_mod._generation_seconds(None, None, None, prompts, None, 8, None, 8, few=False) == whole
+
+
+def test_plan_measures_activations_with_and_without_checkpointing_and_what_fits(tiny_cfg, capsys):
+    """--levers: each method also with activation checkpointing switched; the activations one pass keeps for its
+    backward fall with it (the training state does not move), and --device-memory says which fits: a size between
+    the two needs fits the checkpointed probe only."""
+    from peftsum.cli import main
+
+    cfg = tiny_cfg("lora", **{"train.batch_size": 8, "model.dropout": 0.0})
+    result = measure(cfg, ["lora", "last-layer", "zero-shot"], "cpu", steps=1, levers=True)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["lora", "lora +ckpt", "last-layer"]  # a cached trunk: checkpointing changes nothing
+    off, on = rows["lora"], rows["lora +ckpt"]
+    # the tiny model's activations are mostly the head's logits over 50,257 tokens, which checkpointing keeps
+    assert on["state_bytes"] == off["state_bytes"] and 0 < on["activation_bytes"] < 0.95 * off["activation_bytes"]
+    assert training_memory(off) == off["state_bytes"] + off["activation_bytes"]
+    between = (training_memory(off) + training_memory(on)) // 2
+    text = render(result, between)
+    lines = {line.split()[0] + (" +ckpt" if "+ckpt" in line else ""): line.split() for line in text.splitlines()
+             if line.startswith(("lora", "last-layer"))}
+    assert lines["lora"][-1] == "no" and lines["lora +ckpt"][-1] == "yes"
+    assert "the training state plus one pass's activations" in text
+    assert parse_bytes("24GB") == 24 * 2**30 and parse_bytes("512 MiB") == 512 * 2**20
+    assert main(["plan", "--preset", "demo", "--device-memory", "lots"]) == 2
+    assert "--device-memory: not a memory size: 'lots'" in capsys.readouterr().err

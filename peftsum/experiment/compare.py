@@ -33,14 +33,15 @@ def _say(text: str) -> None:
 
 
 def method_config(cfg: Config, method: str) -> Config:
-    """The config of one entry of ``--methods``: a built-in method, or ``peft:FILE`` (any PEFT tuner)."""
+    """The config of one entry of ``--methods``: a built-in method, or ``peft:FILE`` (any PEFT tuner), validated as
+    that method's (``model.quantize`` with full fine-tuning is refused before anything runs)."""
     mcfg = copy.deepcopy(cfg)
     if method.startswith(f"{PEFT_METHOD}:"):
         file = method.split(":", 1)[1]
         mcfg.method.name, mcfg.method.peft.config, mcfg.method.peft.name = PEFT_METHOD, file, peft_method_name(file)
-        return resolve(mcfg)
-    mcfg.method.name = method
-    return mcfg
+    else:
+        mcfg.method.name = method
+    return resolve(mcfg)
 
 
 def run_name(method: str) -> str:

@@ -51,6 +51,7 @@ from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..train.tracking import Tracking
 from ..utils import is_main_process, release_memory
+from .compare import method_config
 from .run import accelerator_for, run_dtype
 
 JOURNAL = "optuna.journal"
@@ -271,6 +272,8 @@ def sweep(cfg: Config, methods: list[str], out: Path, storage_url: str | None = 
     bad = [m for m in methods if m not in TRAINED_METHODS]
     if bad:
         raise UserError(f"sweep tunes trained methods only ({', '.join(TRAINED_METHODS)}), not {', '.join(bad)}")
+    for m in methods:  # each method's settings valid for it (model.quantize with full: refused before any trial)
+        method_config(cfg, m)
     storage = open_storage(out, storage_url)
     res = SweepResources.load(cfg, out)
 

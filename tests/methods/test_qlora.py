@@ -138,10 +138,20 @@ def test_missing_bitsandbytes_is_one_clear_error(tiny_model_dir, demo_dir, tmp_p
 
 
 def test_quantize_is_refused_for_methods_that_train_base_weights(tiny_model_dir, demo_dir, tmp_path, capsys):
+    """By train, and by compare and sweep for the methods of a list, before anything runs or is written."""
+    from tests.conftest import compare_args, set_args
+
     for method in ("full", "last-layer"):
         assert main(train_args(tiny_model_dir, demo_dir, method, tmp_path / method, **{"model.quantize": "nf4"})) == 2
         assert "trains the base model's own weights" in capsys.readouterr().err
         assert not (tmp_path / method).exists()
+    assert main(compare_args(tiny_model_dir, demo_dir, tmp_path / "cmp", "lora,full", **{"model.quantize": "nf4"})) == 2
+    assert "method full trains the base model's own weights" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
+    assert main(["sweep", "--preset", "demo", "--methods", "lora,last-layer", "--out", str(tmp_path / "sw"),
+                 *set_args(tiny_model_dir, demo_dir, **{"model.quantize": "int8"})]) == 2
+    assert "method last-layer trains the base model's own weights" in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()
     cfg = load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{"method.name": "qlora"}))
     assert cfg.quantization() == "nf4" and cfg.method_section() is cfg.method.lora
     cfg.model.quantize = "int8"

@@ -193,8 +193,8 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
     steps_per_epoch = math.ceil(math.ceil(len(data["train"]) / (res.cfg.train.batch_size * world))
                                 / res.cfg.train.grad_accum)
     tcfg = trial_config(res.cfg, method, params, steps_per_epoch)
-    method_obj = build_method(tcfg, res.tokenizer, run_dtype(tcfg, accelerator_for(tcfg).device))
     accelerator = accelerator_for(tcfg)
+    method_obj = build_method(tcfg, res.tokenizer, run_dtype(tcfg, accelerator.device))
     torch.manual_seed(tcfg.train.seed)  # the adapter's initialisation, as a run does it
     if tcfg.quantization() != "none":  # QLoRA: a base quantized as it loads (bitsandbytes' layers are not copied)
         model = load_base(tcfg, accelerator.device, run_dtype(tcfg, accelerator.device))

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from peftsum.cli import main
 from peftsum.config import load_config
+from peftsum.data.collate import collate
 from peftsum.evaluate.metrics import evaluate_loss
 from peftsum.experiment import load_trained
 from peftsum.experiment.export import MERGE_CHECK_EXAMPLES
@@ -41,8 +42,6 @@ def trained_lora_grads(parts, batch) -> dict[str, torch.Tensor]:
 
 def a_batch(parts):
     data, _ = parts.load_data()
-    from peftsum.data.collate import collate
-
     padded = collate([data["train"][i] for i in range(4)], parts.tokenizer.pad_token_id)
     return {k: padded[k] for k in ("input_ids", "attention_mask", "labels")}
 
@@ -70,7 +69,7 @@ def test_a_quantized_base_trains_after_a_validation_as_before_it(tiny_cfg, quant
     assert lowest and all(g.abs().sum() > 0 for g in lowest)
 
 
-def test_quantized_layers_hold_about_a_quarter_of_half_precision(tiny_cfg, gpt2_small_shape, tmp_path):
+def test_quantized_layers_hold_about_a_quarter_of_half_precision(gpt2_small_shape, tmp_path):
     """GPT-2 small's blocks in NF4: 4.13 bits a weight (the packed values, an absmax per 64, the double quantization's
     constants), 0.26 of their fp16 bytes; the counts of parameters are those of the unquantized model."""
     gpt2_small_shape.save_pretrained(tmp_path / "gpt2-small")
@@ -114,7 +113,7 @@ def test_export_merges_qlora_into_full_precision_and_reports_the_loss_change(com
     assert main(["export", str(run), str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # plain transformers
-    assert not any(is_quantized(m) for m in [exported])
+    assert not is_quantized(exported)
     parts = load_trained(run)
     data, _ = parts.load_data()
     val = validation_subset(data["validation"], MERGE_CHECK_EXAMPLES, parts.cfg.train.seed)

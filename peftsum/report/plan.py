@@ -207,15 +207,17 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             trainer = Trainer(probe_cfg, Path(tmp), summary_lm=summary_lm, method=method, train_ds=ds,
                               val_ds=ds.select(range(n_val)), accelerator=accelerator,
                               tokenizer=tokenizer, metrics_file=MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
-            # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU), which also
-            # measures the activations the pass keeps for its backward
-            warm_up = functools.partial(trainer.train_step, [[i % len(ds) for i in range(pass_size)]])
-            _, activations = costs.activation_bytes(warm_up, model)
+            # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU)
+            trainer.train_step([[i % len(ds) for i in range(pass_size)]])
             timings = []  # --steps passes, or (by default) up to 3 and until 10 s of timing
             while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
                 k = len(timings) + 1
                 timings.append(_timed(dev, trainer.train_step, [[(k * pass_size + i) % len(ds) for i in range(pass_size)]]))
             step_s = float(np.mean(timings)) * passes_per_step
+            # the activations a pass keeps for its backward, on one more untimed pass (measured in the warm-up instead,
+            # plan's projection fell to 0.73-0.74x of the run in two of four checks; 0.94-1.22x before)
+            one_more = functools.partial(trainer.train_step, [[i % len(ds) for i in range(pass_size)]])
+            _, activations = costs.activation_bytes(one_more, model)
             # validation as the loop runs it: on cached features for a frozen trunk, else the trunk's forward
             val_per_ex = _timed(dev, trainer.validation_loss) / n_val
             # the final evaluation's loss runs the trunk; with a frozen trunk that is what building its feature

@@ -213,7 +213,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
                 k = len(timings) + 1
                 timings.append(_timed(dev, trainer.train_step, [[(k * pass_size + i) % len(ds) for i in range(pass_size)]]))
-            step_s = float(np.mean(timings)) * passes_per_step
+            # the median: one pass slowed by the machine (seen here: a projection at 2.25x of the run) moves it little
+            step_s = float(np.median(timings)) * passes_per_step
             # the activations a pass keeps for its backward, on one more untimed pass (measured in the warm-up instead,
             # plan's projection fell to 0.73-0.74x of the run in two of four checks; 0.94-1.22x before)
             one_more = functools.partial(trainer.train_step, [[i % len(ds) for i in range(pass_size)]])
@@ -287,11 +288,11 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                 + (f"; on the CPU, the prefill timed on {CPU_PROBE_EXAMPLES} articles and scaled by prompt tokens, a "
                    "decode step from three probes (few or all rows, whole or short prompts), and validation on "
                    f"{CPU_PROBE_EXAMPLES} examples" if cpu else ""),
-                "a step = its forward/backward passes x the mean time of one pass of the training loop ("
+                "a step = its forward/backward passes x the median time of one pass of the training loop ("
                 + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
                 + " after one warm-up; --steps N for more); state: the weights (quantized ones as stored), gradients "
                 "and optimizer state, exactly; activ.: what one pass of the run's size keeps for its backward "
-                "(measured in the warm-up, every storage once, on any device); peak memory is the process's (CPU: "
+                "(measured on one more untimed pass, every storage once, on any device); peak memory is the process's (CPU: "
                 "RSS)",
                 f"MFU against the {peak_source} peak of {peak_flops / 1e12:.3g} TFLOP/s",
             ]}

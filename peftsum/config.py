@@ -28,6 +28,8 @@ DEFAULT_TRAINED = tuple(m for m in TRAINED_METHODS if m != "qlora")
 QLORA = "qlora"  # LoRA (method.lora's settings) on the base quantized to model.quantize (nf4 where that says none)
 # the methods that train base weights: a quantized base (model.quantize) has none to train
 UNQUANTIZABLE = ("last-layer", "full")
+FSDP_METHODS = ("full", "lora")  # the methods train.fsdp shards (tested against data parallel)
+UNTRAINED_METHODS = ("zero-shot", "lead-3")
 PRESETS = ("demo", "assignment")
 
 
@@ -208,6 +210,11 @@ class TrainConfig:
     # forward again in the backward: less activation memory for one more forward of the blocks the backward
     # passes through (counted in train FLOPs).  Not with prefix tuning (PEFT feeds its prefix as a cache).
     gradient_checkpointing: bool = False
+    # Several processes: shard the weights, gradients and optimizer state over them (FSDP2, through Accelerate's
+    # FSDP plugin; each decoder block its own unit), for a model whose training state does not fit one device.
+    # Full fine-tuning and LoRA; the same losses and saved weights as data parallel.  One process: no effect.
+    # ``accelerate launch`` with an FSDP (version 2) config does the same.
+    fsdp: bool = False
     # Several processes: how long a rank waits at a barrier or collective before the job fails.  torch's NCCL
     # default (10 min) is shorter than rank 0 downloading and tokenizing CNN/DailyMail while the others wait.
     process_group_timeout_minutes: float = positive(120.0)
@@ -428,6 +435,12 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"model.quantize {cfg.model.quantize}: method {cfg.method.name} trains the base model's own "
                         "weights, which a quantized base freezes; quantize for lora, qlora, prompt-tuning or peft, or set "
                         "model.quantize none")
+    if cfg.train.fsdp and cfg.method.name not in (*FSDP_METHODS, *UNTRAINED_METHODS):
+        raise UserError(f"train.fsdp shards full fine-tuning and lora; method {cfg.method.name} is not offered with it "
+                        "(use data parallel: set train.fsdp false)")
+    if cfg.train.fsdp and cfg.train.select_by != "loss":
+        raise UserError("train.fsdp: selecting by validation ROUGE (train.select_by) generates from the sharded model "
+                        "while it trains, which is not offered; select by loss")
     if cfg.method.name == PEFT_METHOD and not cfg.method.peft.config:
         raise UserError("method peft needs a PEFT config file: --set method.peft.config=FILE (as adapter_config.json "
                         "holds it, e.g. {\"peft_type\": \"IA3\", ...})")

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from ..model.arch import decoder_blocks, hidden_size, trunk
 from ..model.loading import logical_numel, stored_tensors
@@ -173,11 +174,14 @@ def train_flops(shape: FlopShape, tokens: int, target_tokens: int, mean_len: flo
 
 def tensor_bytes(tensors) -> int:
     """Bytes of the distinct tensors given (a tensor shared by two names, GPT-2's tied head, counts once; a quantized
-    parameter with its quantization constants)."""
-    seen, total = set(), 0
+    parameter with its quantization constants; of a sharded one, this process's part)."""
+    seen, total, held = set(), 0, []
     for t in tensors:
         if not torch.is_tensor(t):
             continue
+        if isinstance(t, DTensor):  # sharded (train.fsdp): the part this process holds (kept: ids stay unique)
+            t = t.to_local()
+            held.append(t)
         for part in stored_tensors(t):
             if id(part) not in seen:
                 seen.add(id(part))

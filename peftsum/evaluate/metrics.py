@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from accelerate.utils import reduce
 from rouge_score import rouge_scorer
+from torch.distributed.fsdp import FSDPModule
 
 from ..data.collate import collate, seq_lengths, sorted_batches
 from ..data.text import SPLITTER, split_sentences
@@ -33,6 +34,11 @@ ROUGE_PROTOCOL = ("Scores by Google's rouge-score (Porter stemmer on). ROUGE-L i
 
 
 @torch.no_grad()
+def _batch(dataset, idx: list[int], pad_id: int, device) -> dict:
+    padded = collate([dataset[i] for i in idx], pad_id)
+    return {k: padded[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+
+
 def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, autocast=None, features=None) -> dict:
     """Token-weighted NLL of the summary tokens over ``dataset`` (or over cached ``features``).
 
@@ -46,13 +52,19 @@ def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, aut
     if features is not None:  # every process holds its own shard of the split: it takes all of it
         batches = [[features.indices[k] for k in pos] for pos in sorted_batches(features.lengths, batch_size)]
     else:
-        batches = sorted_batches(seq_lengths(dataset), batch_size)[dist.process_index::dist.num_processes]
+        every = sorted_batches(seq_lengths(dataset), batch_size)
+        batches = every[dist.process_index::dist.num_processes]
+        if isinstance(summary_lm, FSDPModule):  # sharded: a forward is a collective, so every process runs as many
+            batches += [None] * (math.ceil(len(every) / dist.num_processes) - len(batches))
     for idx in batches:
+        if idx is None:  # a forward only to keep in step with the other processes; its loss is not counted
+            with ctx():
+                summary_lm(**_batch(dataset, every[0], pad_id, device))
+            continue
         if features is not None:
             batch = features.batch(idx, device)
         else:
-            padded = collate([dataset[i] for i in idx], pad_id)
-            batch = {k: padded[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+            batch = _batch(dataset, idx, pad_id, device)
         with ctx():
             nll, k = summary_lm(**batch)
         total += nll.double().cpu()

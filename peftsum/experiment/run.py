@@ -37,6 +37,7 @@ from ..train.loop import BEST, Trainer, train
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..train.precision import compute_dtype, resolve_mixed_precision, set_tf32
+from ..train.sharding import enable_fsdp, fsdp_plugin
 from ..train.tracking import Tracking, final_values, resolve_trackers
 from ..utils import distributed_state, release_memory, safe_load_file, write_json, write_jsonl, write_text
 from .card import model_card
@@ -56,12 +57,17 @@ def accelerator_for(cfg: Config, cpu: bool = False) -> Accelerator:
     set_tf32(cfg.train.tf32, on_gpu=not cpu)
     mp = resolve_mixed_precision(cfg.train.mixed_precision, cpu)
     trackers = tuple(resolve_trackers(cfg.train.report_to))
-    key = (mp, cpu, trackers)
+    key = (mp, cpu, trackers, cfg.train.fsdp)
     if key not in _ACCELERATORS:
         # cpu=True without CUDA: Accelerate then runs several CPU processes (torchrun) over gloo.  Trackers log
         # under a directory set per run (train.tracking.Tracking); "." only satisfies Accelerate's check here.
-        _ACCELERATORS[key] = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, cpu=cpu,
-                                         log_with=list(trackers) or None, project_dir="." if trackers else None)
+        plugin = fsdp_plugin() if cfg.train.fsdp else None
+        accelerator = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, cpu=cpu,
+                                  log_with=list(trackers) or None, project_dir="." if trackers else None,
+                                  fsdp_plugin=plugin)
+        if plugin is not None:
+            enable_fsdp(accelerator, plugin)
+        _ACCELERATORS[key] = accelerator
     return _ACCELERATORS[key]
 
 
@@ -171,6 +177,11 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
         # rank 0 wrote the best weights (and a checkpoint) after the last validation: every rank waits for them,
         # or the others would evaluate their share of the test split with the previous best
         accelerator.wait_for_everyone()
+        if trainer.fsdp:  # the final evaluation runs on whole weights: the base unsharded again, as it was loaded
+            final = trainer.trained_state()
+            parts = load_components(cfg, device=accelerator.device)
+            method, model = parts.method, parts.model
+            method.load_state_dict(model, final)  # replaced by the best weights next, if there are any
         if (run_dir / BEST).is_file():
             method.load_state_dict(model, safe_load_file(run_dir / BEST))
     elif main:
@@ -221,8 +232,8 @@ def _adapter_bytes(run_dir: Path) -> int:
 
 
 def _memory_figures(memory: costs.PeakMemory | None, accelerator, model, trainer: Trainer | None) -> dict:
-    """The cost record's memory fields: the training state by its parts (exact) and each phase's measured peak,
-    the largest over the processes."""
+    """The cost record's memory fields: the training state by its parts (exact; what one process holds, so under
+    train.fsdp its shards) and each phase's measured peak, the largest over the processes."""
     state = costs.training_state_bytes(model, trainer.params if trainer else [], trainer.optimizer if trainer else None)
     phases = memory.phases if memory is not None else {}
     peaks = [phases.get("train", -1), phases.get("eval", -1), memory.overall() if memory else -1,
@@ -244,7 +255,7 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
     params.adapter_bytes = _adapter_bytes(Path(run_dir))
     cost = Cost(eval_seconds=eval_seconds, processes=processes, memory_measure=costs.memory_measure(device),
                 device=costs.device_name(device), mixed_precision=accelerator.mixed_precision,
-                **_memory_figures(memory, accelerator, model, trainer))
+                **_memory_figures(memory, accelerator, trainer.model if trainer is not None else model, trainer))
     training = Training()
     if trainer is not None:
         state = trainer.state

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -44,6 +45,7 @@ from .interrupt import DeferredInterrupt
 from .loss import SummaryLM
 from .metrics_file import MetricsFile
 from .precision import compute_dtype
+from .sharding import distribute_like, gather, is_fsdp, load_optimizer_state, optimizer_state, reshard
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,9 @@ class Trainer:
         self._setup_optimizer()
         self._setup_schedule()
         self.ddp_lm, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
+        # sharded (train.fsdp): the module is sharded in place; its parameters are now DTensor shards
+        self.fsdp = is_fsdp(accelerator)
+        self.params = [p for _, p in self.method.trainable_parameters(self.model)]
         self._setup_selection(val_ds)
         self._setup_feature_cache()
 
@@ -205,14 +210,20 @@ class Trainer:
         ckpt = load_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        self.method.load_state_dict(self.model, ckpt["weights"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.fsdp:  # every process takes its shard of the whole tensors the checkpoint holds
+            params = dict(self.model.named_parameters(remove_duplicate=False))
+            self.method.load_state_dict(self.model, distribute_like(ckpt["weights"], params))
+            load_optimizer_state(self.ddp_lm, self.optimizer.optimizer, ckpt["optimizer"])
+        else:
+            self.method.load_state_dict(self.model, ckpt["weights"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler") and self.accelerator.scaler is not None:  # fp16's loss scale and its growth tracker
             self.accelerator.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["state"])
         self.stopping.load_state_dict(self.state.early_stopping)
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks") or []  # each process its own streams (another number of processes: rank 0's)
+        set_rng_state(ranks[self.rank] if len(ranks) == self.world else ckpt["rng"])
         self.metrics_file.truncate_to(self.state.metrics_lines)
         self.resumed = True
         log.info("resumed at epoch %d, step %d", self.state.epoch + 1, self.state.step)
@@ -325,21 +336,37 @@ class Trainer:
             s.score_history.append(value)
             row.update(val_rougeLsum=value, selection_seconds=dt)
         self.metrics_file.write(row)
-        if self.stopping.update(value, s.step, s.epoch + 1) and self.accelerator.is_main_process:
-            save_file_atomic(self.method.state_dict(self.model), self.run_dir / BEST)
+        if self.stopping.update(value, s.step, s.epoch + 1):
+            if self.fsdp or self.accelerator.is_main_process:  # sharded: every process takes part in gathering
+                state = self.trained_state()
+            if self.accelerator.is_main_process:
+                save_file_atomic(state, self.run_dir / BEST)
         s.early_stopping = self.stopping.state_dict()
         for hook in self.validation_hooks:
             hook(s.step, value)
 
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The method's trained tensors, whole (sharded: gathered, a collective every process calls)."""
+        if not self.fsdp:
+            return self.method.state_dict(self.model)
+        reshard(self.ddp_lm)
+        return gather(self.method.state_dict(self.model))
+
     def checkpoint(self) -> None:
+        if self.fsdp:  # whole weights and optimizer state, gathered by every process; process 0 writes them
+            weights, optimizer = self.trained_state(), optimizer_state(self.ddp_lm, self.optimizer.optimizer)
+        elif self.accelerator.is_main_process:
+            weights, optimizer = self.trained_state(), self.optimizer.state_dict()
+        # every process's random streams: each draws its dropout for its own examples, so they differ
+        rngs = gather_object([rng_state()]) if self.world > 1 else [rng_state()]
         if self.accelerator.is_main_process:
             self.state.metrics_lines = self.metrics_file.lines
             self.state.early_stopping = self.stopping.state_dict()
             save_checkpoint(self.run_dir, {
-                "weights": {k: v.cpu() for k, v in self.method.state_dict(self.model).items()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "weights": {k: v.cpu() for k, v in weights.items()},
+                "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else {},
-                "state": self.state.to_dict(), "rng": rng_state()})
+                "state": self.state.to_dict(), "rng": rngs[0], "rng_ranks": rngs})
 
     # --- the run -----------------------------------------------------------------------------
     def interrupted(self, interrupt: DeferredInterrupt) -> bool:

@@ -31,6 +31,11 @@ class SummaryLM(nn.Module):
         self.model = model
         self.method = method
 
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The model's decoder block classes: the units FSDP shards separately (Accelerate's auto-wrap reads it)."""
+        return getattr(self.model, "_no_split_modules", None)
+
     def hidden_states(self, input_ids, attention_mask) -> torch.Tensor:
         if isinstance(self.method, OwnTrunk):  # prefix tuning: its own trunk call
             return self.method.hidden_states(self.model, input_ids, attention_mask)

@@ -72,6 +72,17 @@ def compare_methods(cfg: Config, methods: list[str], out: Path, rerun: list[str]
                     seeds: int = 1) -> float:
     """Run ``methods`` (in the canonical order, each over ``seeds`` seeds) into ``out``; returns the seconds."""
     distributed_state(cfg.train.process_group_timeout_minutes)  # before any barrier: the configured timeout
+    runs = checked_runs(cfg, methods, out, rerun, seeds)
+    t0 = time.perf_counter()
+    with RunLock(out, enabled=is_main_process()):
+        run_comparison(runs, out, rerun)
+    return time.perf_counter() - t0
+
+
+def checked_runs(cfg: Config, methods: list[str], out: Path, rerun: list[str] | None = None,
+                 seeds: int = 1) -> list[tuple[str, Path, Config]]:
+    """The runs of a comparison into ``out``, once every rule holds: no run folder twice, ``--rerun`` within
+    ``--methods``, the seeds a folder was made with, and every kept run made with these settings."""
     rerun = set(rerun or [])
     names = [run_name(m) for m in methods]
     if len(set(names)) < len(names):
@@ -102,22 +113,26 @@ def compare_methods(cfg: Config, methods: list[str], out: Path, rerun: list[str]
         names = sorted({c.split(" ", 1)[0].split("/", 1)[0] for c in conflicts})
         raise UserError(f"{out} holds runs made with other settings: {'; '.join(conflicts)}. Use a new --out, or "
                         f"--rerun {','.join(names)} to redo those methods")
-    t0 = time.perf_counter()
-    with RunLock(out, enabled=is_main_process()):
-        cleared = set()
-        for m, run, rcfg in runs:
-            if m in rerun and m not in cleared:
-                if is_main_process():
-                    clear_run(out / m)
-                distributed_state().wait_for_everyone()
-                cleared.add(m)
-            label = m if run.parent == out else f"{m} {run.name}"
-            if is_finished(run):
-                _say(f"[{label}] finished earlier: {run / 'results.json'} (skipped)")
-                continue
-            resume = (run / "checkpoint.pt").is_file()
-            _say(f"[{label}] {'resuming' if resume else 'running'} -> {run}")
-            r = run_experiment(rcfg, run, resume=resume, tracking_root=out, run_name=str(run.relative_to(out)))
-            loss = f"val_loss {r.eval.val_loss:.4f}, " if r.eval.val_loss is not None else ""
-            _say(f"[{label}] {loss}ROUGE-L {r.eval.rougeLsum:.2f}, train {r.cost.train_seconds:.1f}s")
-    return time.perf_counter() - t0
+    return runs
+
+
+def run_comparison(runs: list[tuple[str, Path, Config]], out: Path, rerun: list[str] | None = None,
+                   tag: str = "") -> None:
+    """Run each of :func:`checked_runs`' runs that has not finished (resuming one with a checkpoint), ``--rerun``'s
+    from the start; the caller holds ``out``'s lock.  ``tag`` names the grid's cell in the progress lines."""
+    rerun, cleared = set(rerun or []), set()
+    for m, run, rcfg in runs:
+        if m in rerun and m not in cleared:
+            if is_main_process():
+                clear_run(out / m)
+            distributed_state().wait_for_everyone()
+            cleared.add(m)
+        label = tag + (m if run.parent == out else f"{m} {run.name}")
+        if is_finished(run):
+            _say(f"[{label}] finished earlier: {run / 'results.json'} (skipped)")
+            continue
+        resume = (run / "checkpoint.pt").is_file()
+        _say(f"[{label}] {'resuming' if resume else 'running'} -> {run}")
+        r = run_experiment(rcfg, run, resume=resume, tracking_root=out, run_name=str(run.relative_to(out)))
+        loss = f"val_loss {r.eval.val_loss:.4f}, " if r.eval.val_loss is not None else ""
+        _say(f"[{label}] {loss}ROUGE-L {r.eval.rougeLsum:.2f}, train {r.cost.train_seconds:.1f}s")

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import yaml
@@ -126,8 +127,18 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        holder = self.acquire()
+        if holder is not None:
+            raise UserError(f"{self.path.parent} is being written by another peftsum process (pid {holder}); "
+                            "wait for it to finish, or use another --out")
+        return self
+
+    def acquire(self) -> str | None:
+        """Take the lock if no other process holds it: None when taken (or disabled), else the holder's pid.
+        ``flock`` on the lock file: released by the kernel when the holder dies, and shared between the machines
+        of a cluster's shared filesystem where it supports ``flock`` (NFSv4, Lustre mounted with ``flock``)."""
         if not self.enabled:
-            return self
+            return None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -135,13 +146,15 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(f"{self.path.parent} is being written by another peftsum process (pid {holder}); "
-                            "wait for it to finish, or use another --out") from None
+            return holder
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()}@{socket.gethostname()}".encode())
         os.fsync(fd)
         self._fd = fd
-        return self
+        return None
+
+    def release(self) -> None:
+        self.__exit__()
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1,
                    help="train each method with K seeds (train.seed, +1, ...); the report gives mean ± sd and "
                         "intervals over articles and seeds")
+    p.add_argument("--models", metavar="M1,M2",
+                   help="a grid: every method on each of these models (grid.models), one comparison per cell "
+                        "OUT/<model>-n<size>, and a scale report in OUT; several workers may share OUT")
+    p.add_argument("--train-sizes", metavar="N1,N2",
+                   help="a grid over training-set sizes (grid.train_sizes): each a seeded subset of the same "
+                        "training split, validation and test unchanged")
 
     p = sub.add_parser("sweep", help="tune each method on the validation split (one Optuna study per method)")
     _common(p)
@@ -133,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a 4-bit base)")
     p.add_argument("--device-memory", metavar="SIZE",
                    help="e.g. 24GB: say which methods and levers fit a device of this memory")
+    p.add_argument("--models", metavar="M1,M2", help="project compare's grid over these models (grid.models)")
+    p.add_argument("--train-sizes", metavar="N1,N2", help="... and training-set sizes (grid.train_sizes)")
     return ap
 
 
@@ -278,15 +286,32 @@ def cmd_compare(args, overrides) -> int:
     from .train.tracking import resolve_trackers
     from .utils import is_main_process
 
-    cfg = config_from_args(args, overrides, max_steps=args.max_steps)
+    cfg = config_from_args(args, [*overrides, *_grid_overrides(args)], max_steps=args.max_steps)
     resolve_trackers(cfg.train.report_to)
     methods, rerun = _method_list(args.methods), _method_list(args.rerun)
     out = Path(args.out)
+    if cfg.grid.models or cfg.grid.train_sizes:
+        return _compare_grid(args, cfg, methods, rerun, out)
     seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun, args.seeds), out)
     if is_main_process():
         adopt_sweep(args.config, out)
         build_report(out)
         print(f"compare finished in {seconds:.0f}s; report: {out / 'report.html'} (also .md, .pdf)", flush=True)
+    return 0
+
+
+def _compare_grid(args, cfg, methods, rerun, out: Path) -> int:
+    from .experiment.grid import compare_grid
+    from .report.render import build_report
+    from .report.scale import build_grid_report
+    from .utils import is_main_process
+
+    models, sizes = cfg.grid.models or [cfg.model.name], cfg.grid.train_sizes or [cfg.data.train_size]
+    seconds, complete = _interruptible(lambda: compare_grid(cfg, methods, models, sizes, out, rerun, args.seeds,
+                                                            on_cell=build_report, on_grid=build_grid_report), out)
+    if is_main_process() and complete:
+        print(f"this worker's share of the grid took {seconds:.0f}s; scale report: {out / 'report.html'} (also .md), "
+              f"each cell's in its folder", flush=True)
     return 0
 
 
@@ -308,9 +333,12 @@ def cmd_sweep(args, overrides) -> int:
 
 
 def cmd_report(args, overrides) -> int:
+    from .experiment.grid import GRID
     from .report.render import build_report
+    from .report.scale import build_grid_report
 
-    paths = build_report(Path(args.dir), analysis_file=Path(args.analysis_file) if args.analysis else None)
+    build = build_grid_report if (Path(args.dir) / GRID).is_file() else build_report  # a grid: its scale report
+    paths = build(Path(args.dir), analysis_file=Path(args.analysis_file) if args.analysis else None)
     for p in paths:
         print(p)
     return 0
@@ -329,7 +357,7 @@ def cmd_plan(args, overrides) -> int:
             memory = parse_bytes(args.device_memory)
         except ValueError as e:
             raise UserError(f"--device-memory: {e}") from None
-    cfg = config_from_args(args, overrides)
+    cfg = config_from_args(args, [*overrides, *_grid_overrides(args)])
     print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape, args.levers, memory))
     return 0
 
@@ -343,6 +371,11 @@ COMMANDS = {"compare": cmd_compare, "sweep": cmd_sweep, "train": cmd_train, "eva
 
 def dispatch(args, overrides) -> int:
     return COMMANDS[args.command](args, overrides)
+
+
+def _grid_overrides(args) -> list[tuple[str, str]]:
+    """``--models`` / ``--train-sizes``: the config's grid (comma-separated, parsed as the config's lists)."""
+    return [(k, text) for k, text in (("grid.models", args.models), ("grid.train_sizes", args.train_sizes)) if text]
 
 
 def _method_list(text: str) -> list[str]:

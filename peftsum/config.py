@@ -30,7 +30,8 @@ QLORA = "qlora"  # LoRA (method.lora's settings) on the base quantized to model.
 UNQUANTIZABLE = ("last-layer", "full")
 FSDP_METHODS = ("full", "lora")  # the methods train.fsdp shards (tested against data parallel)
 UNTRAINED_METHODS = ("zero-shot", "lead-3")
-PRESETS = ("demo", "assignment")
+PRESETS = ("demo", "demo-scale", "assignment")
+DEMO_PRESETS = ("demo", "demo-scale")  # the synthetic corpus: reports say their numbers are not CNN/DailyMail's
 
 
 def section_key(method: str) -> str:
@@ -269,6 +270,15 @@ class SweepConfig:
 
 
 @dataclass
+class GridConfig:
+    """``peftsum compare`` over a grid (``--models``, ``--train-sizes``): every method on every model and training-set
+    size, one comparison per cell (empty: the one model and size of model.name and data.train_size)."""
+
+    models: list[str] = field(default_factory=list)
+    train_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     preset: Literal[PRESETS] | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -277,6 +287,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
 
     # --- derived values -------------------------------------------------------------------
     def method_section(self):
@@ -425,6 +436,8 @@ def validate(cfg: Config) -> Config:
         values = getattr(cfg.sweep, key)
         if not all(map(ok, values)):
             raise UserError(f"config key 'sweep.{key}' holds a value out of range: {values}")
+    if not all(n >= 1 for n in cfg.grid.train_sizes):
+        raise UserError(f"config key 'grid.train_sizes' must hold positive sizes, got {cfg.grid.train_sizes}")
     dec = cfg.eval.decoding
     if dec.min_new_tokens > dec.max_new_tokens:
         raise UserError(f"config key 'eval.decoding.min_new_tokens' ({dec.min_new_tokens}) exceeds max_new_tokens "

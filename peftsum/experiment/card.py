@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from ..config import DEMO_PRESETS
 from ..data.sources import is_hub_id
 from ..evaluate.metrics import LABELS
+from ..model.demo_base import is_demo_model
 from .results import RunResult
 
 DEMO_BANNER = ("> **Demo run.** The base model is peftsum's tiny demo model and the data its synthetic corpus: the "
@@ -48,7 +50,7 @@ def _f(x, fmt: str = ".4f") -> str:
 def base_model_name(results: RunResult) -> str | None:
     """The base model as a hub id (or the user's path); None for the demo base, which exists only here."""
     name = results.config.model.name
-    return None if name == "demo" else name
+    return None if is_demo_model(name) else name
 
 
 def card_data(results: RunResult, library: str) -> ModelCardData:
@@ -75,7 +77,7 @@ def model_card(results: RunResult, kind: str, path: str = ".", base: str | None 
     library = "peft" if kind == "adapter" or adapter_run else "transformers"
     lines = ["---", card_data(results, library).to_yaml(), "---", "",
              f"# {method} on {results.model} for summarization", ""]
-    if results.preset == "demo" or cfg.model.name == "demo":
+    if results.preset in DEMO_PRESETS or is_demo_model(cfg.model.name):
         lines += [DEMO_BANNER, ""]
     if note:
         lines += [note, ""]

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from ..errors import UserError
 from ..evaluate.metrics import evaluate_loss
+from ..model.demo_base import is_demo_model
 from ..model.loading import is_quantized
 from ..train.loop import validation_subset
 from ..train.loss import SummaryLM
@@ -78,7 +79,7 @@ def merge_loss_change(parts, folder: Path) -> dict:
 def _adapter_base(parts, folder: Path, out: Path) -> str:
     """The base an adapter loads onto: the configured hub id or path; the demo base is copied beside it."""
     name = parts.cfg.model.name
-    if name != "demo":
+    if not is_demo_model(name):
         return name
     shutil.copytree(parts.method.base_model_path(), folder / DEMO_BASE)
     config_file = folder / "adapter_config.json"

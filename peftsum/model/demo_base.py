@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 DEMO_CONFIG = dict(n_layer=4, n_embd=128, n_head=4, n_positions=1024, vocab_size=50257,
                    resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
 RECIPE = dict(steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup=30, seed=0, corpus="demo-v1", version=1)
+# model.name of the demo bases: the demo preset's, and a smaller and a larger one for the demo-scale grid (each
+# built once with the same recipe and cached)
+DEMO_MODELS = {"demo-small": dict(n_layer=2, n_embd=64, n_head=2), "demo": {},
+               "demo-large": dict(n_layer=4, n_embd=192, n_head=6)}
+
+
+def is_demo_model(name: str) -> bool:
+    return name in DEMO_MODELS
+
+
+def demo_model_dir(name: str) -> Path:
+    """The cached directory of the demo base ``name`` (built on first use)."""
+    return ensure_demo_base({**DEMO_CONFIG, **DEMO_MODELS[name]})
 
 
 def demo_base_key(config: dict | None = None, recipe: dict | None = None) -> str:

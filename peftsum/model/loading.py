@@ -14,7 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..errors import UserError
 from .arch import n_positions
-from .demo_base import ensure_demo_base
+from .demo_base import demo_model_dir, is_demo_model
 from .tokenizer import load_tokenizer, offline_gpt2_tokenizer
 
 __all__ = ["is_quantized", "load_base", "load_model", "load_tokenizer", "logical_numel", "n_positions", "offline_gpt2_tokenizer",
@@ -23,9 +23,10 @@ __all__ = ["is_quantized", "load_base", "load_model", "load_tokenizer", "logical
 log = logging.getLogger(__name__)
 
 def resolve_model_name(name: str) -> str:
-    """``demo`` -> the cached demo base directory (built on first use); anything else unchanged."""
-    if name == "demo":
-        return str(ensure_demo_base())
+    """``demo`` (``demo-small``, ``demo-large``) -> the cached demo base directory (built on first use); anything
+    else unchanged."""
+    if is_demo_model(name):
+        return str(demo_model_dir(name))
     return name
 
 

@@ -128,8 +128,38 @@ class _Bases:
 
 def plan(cfg: Config, methods: list[str], device: str | None, steps: int | None, shape: str, levers: bool = False,
          device_memory: int | None = None) -> str:
+    if cfg.grid.models or cfg.grid.train_sizes:
+        return render_grid(measure_grid(cfg, methods, device, steps, shape), device_memory)
     result = measure(cfg, methods, device, steps, shape, progress=True, levers=levers)
     return render(result, device_memory)
+
+
+def measure_grid(cfg: Config, methods: list[str], device: str | None, steps: int | None = None,
+                 shape: str = "real") -> list[dict]:
+    """``compare --models --train-sizes`` before it runs: each model probed once (at the largest training set),
+    its rows projected for every training-set size; one result per model, its rows tagged with the model."""
+    models, sizes = cfg.grid.models or [cfg.model.name], cfg.grid.train_sizes or [cfg.data.train_size]
+    results = []
+    for model in models:
+        mcfg = copy.deepcopy(cfg)
+        mcfg.model.name, mcfg.data.train_size = model, max(sizes)
+        mcfg.grid.models, mcfg.grid.train_sizes = [], []
+        r = measure(mcfg, methods, device, steps, shape, progress=True, train_sizes=sizes)
+        results.append({**r, "grid_model": model})
+    return results
+
+
+def render_grid(results: list[dict], device_memory: int | None = None) -> str:
+    """Each model's table (a row per method and training-set size), then the whole grid's device time."""
+    parts, total = [], 0.0
+    for r in results:
+        parts += [f"== {r['grid_model']}", render(r, device_memory), ""]
+        total += sum(x["total_seconds"] for x in r["rows"])
+    cells = sum(len({x["train_size"] for x in r["rows"]}) for r in results)
+    parts.append(f"whole grid: {len(results)} model(s) x {cells // max(len(results), 1)} training-set size(s) = "
+                 f"{cells} cells, {_hms(total)} ({total / 3600:.2f} device-hours) of the trained methods; with W workers "
+                 "on as many devices about that divided by W")
+    return "\n".join(parts)
 
 
 def _variants(cfg: Config, methods: list[str], levers: bool) -> list[tuple[str, Config]]:
@@ -156,10 +186,10 @@ def _timed(dev, fn, *args) -> float:
 
 
 def measure(cfg: Config, methods: list[str], device: str | None, steps: int | None = None, shape: str = "real",
-            progress: bool = False, levers: bool = False) -> dict:
+            progress: bool = False, levers: bool = False, train_sizes: list[int] | None = None) -> dict:
     """Time the loop's own optimizer step (one forward/backward pass per probe step, scaled by the passes
     a real step makes), the validation the loop runs (cached features for a frozen trunk), and generation
-    (prefill + per-token decode); project the whole protocol."""
+    (prefill + per-token decode); project the whole protocol (for each of ``train_sizes``: a grid's row per size)."""
     accelerator = accelerator_for(cfg, cpu=device is not None and torch.device(device).type == "cpu")
     dev = accelerator.device
     dtype = compute_dtype(accelerator.mixed_precision)
@@ -236,38 +266,40 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         gen_per_batch = prefill_s + per_token * (decoding.max_new_tokens - 1)
         peak = costs.peak_memory(dev)
 
-        n_train, n_val, n_test = sizes["train"], sizes["validation"], sizes["test"]  # what a run would use
+        n_val, n_test = sizes["validation"], sizes["test"]  # what a run would use
         if eval_cfg.limit:
             n_test = min(n_test, eval_cfg.limit)
-        steps_per_epoch = math.ceil(math.ceil(n_train / bs) / train_cfg.grad_accum)
-        total_steps = steps_per_epoch * train_cfg.epochs
-        if train_cfg.max_steps:
-            total_steps = min(total_steps, train_cfg.max_steps)
-        epochs = total_steps / steps_per_epoch
-        n_early = min(n_val, train_cfg.val_limit or n_val)  # validation examples early stopping reads
-        train_s = total_steps * step_s
-        if cached:  # the trunk runs once over the training and validation examples
-            train_s += (n_train + n_early) * cache_per_ex
-        evaluations = math.ceil(epochs) + 1 + (total_steps // train_cfg.eval_every_steps if train_cfg.eval_every_steps else 0)
-        val_s = evaluations * n_early * val_per_ex
-        select_s = 0.0  # ROUGE-based selection generates for its subset at every validation after the start
-        if train_cfg.select_by != "loss":
-            select_s = (evaluations - 1) * math.ceil(min(n_val, train_cfg.rouge_examples) / eval_cfg.batch_size) * gen_per_batch
-        gen_s = math.ceil(n_test / eval_cfg.batch_size) * gen_per_batch
-        test_loss_s = (n_val + n_test) * fwd_per_ex
-        counts = method.param_counts(model)
-        seqs = total_steps * bs * train_cfg.grad_accum
-        seq_len = mean_len + method.num_virtual_tokens
-        flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * seq_len), int(seqs * mean_target), seq_len,
-                                  int(n_train * mean_len) if cached else 0, recompute=mcfg.train.gradient_checkpointing)
-        rows.append({"method": m, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
-                     "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
-                     "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
-                     "state_bytes": sum(state.values()), "weights_bytes": state["weights"],
-                     "activation_bytes": activations, "pass_size": pass_size,
-                     "train_flops": flops, "trainable": counts["trainable"],
-                     "tokens_per_second": bs * train_cfg.grad_accum * seq_len / step_s,
-                     "mfu": flops / train_s / peak_flops if train_s else None})
+        # each training-set size of a grid (the examples the data has at most): the same probes, projected
+        for n_train in [min(n, sizes["train"]) for n in train_sizes] if train_sizes else [sizes["train"]]:
+            steps_per_epoch = math.ceil(math.ceil(n_train / bs) / train_cfg.grad_accum)
+            total_steps = steps_per_epoch * train_cfg.epochs
+            if train_cfg.max_steps:
+                total_steps = min(total_steps, train_cfg.max_steps)
+            epochs = total_steps / steps_per_epoch
+            n_early = min(n_val, train_cfg.val_limit or n_val)  # validation examples early stopping reads
+            train_s = total_steps * step_s
+            if cached:  # the trunk runs once over the training and validation examples
+                train_s += (n_train + n_early) * cache_per_ex
+            evaluations = math.ceil(epochs) + 1 + (total_steps // train_cfg.eval_every_steps if train_cfg.eval_every_steps else 0)
+            val_s = evaluations * n_early * val_per_ex
+            select_s = 0.0  # ROUGE-based selection generates for its subset at every validation after the start
+            if train_cfg.select_by != "loss":
+                select_s = (evaluations - 1) * math.ceil(min(n_val, train_cfg.rouge_examples) / eval_cfg.batch_size) * gen_per_batch
+            gen_s = math.ceil(n_test / eval_cfg.batch_size) * gen_per_batch
+            test_loss_s = (n_val + n_test) * fwd_per_ex
+            counts = method.param_counts(model)
+            seqs = total_steps * bs * train_cfg.grad_accum
+            seq_len = mean_len + method.num_virtual_tokens
+            flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * seq_len), int(seqs * mean_target), seq_len,
+                                      int(n_train * mean_len) if cached else 0, recompute=mcfg.train.gradient_checkpointing)
+            rows.append({"method": m, "train_size": n_train, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
+                         "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
+                         "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
+                         "state_bytes": sum(state.values()), "weights_bytes": state["weights"],
+                         "activation_bytes": activations, "pass_size": pass_size,
+                         "train_flops": flops, "trainable": counts["trainable"],
+                         "tokens_per_second": bs * train_cfg.grad_accum * seq_len / step_s,
+                         "mfu": flops / train_s / peak_flops if train_s else None})
         if progress:
             print(f"[plan] {m}: {step_s:.3f} s/step ({passes_per_step} passes of {pass_size}), measured in "
                   f"{time.perf_counter() - t_method:.0f}s", file=sys.stderr, flush=True)
@@ -359,13 +391,13 @@ def training_memory(row: dict) -> int:
 def render(r: dict, device_memory: int | None = None) -> str:
     fits = f"fits {device_memory / 2**30:.0f}G" if device_memory else ""
     lines = [f"plan on {r['device']} for {r['model']}", "",
-             f"{'method':<17}{'s/step':>9}{'steps':>8}{'train':>10}{'val':>9}{'final eval':>12}{'total':>10}"
+             f"{'method':<17}{'train n':>8}{'s/step':>9}{'steps':>8}{'train':>10}{'val':>9}{'final eval':>12}{'total':>10}"
              f"{'state':>9}{'activ.':>9}{'peak mem':>11}{'train FLOPs':>13}{'tokens/s':>10}{'MFU':>7}"
              + (f"{fits:>10}" if fits else "")]
     total = 0.0
     for x in r["rows"]:
         total += x["total_seconds"]
-        line = (f"{x['method']:<17}{x['step_seconds']:>9.3f}{x['steps']:>8}{_hms(x['train_seconds']):>10}"
+        line = (f"{x['method']:<17}{x['train_size']:>8}{x['step_seconds']:>9.3f}{x['steps']:>8}{_hms(x['train_seconds']):>10}"
                 f"{_hms(x['validation_seconds']):>9}{_hms(x['final_eval_seconds']):>12}"
                 f"{_hms(x['total_seconds']):>10}{x['state_bytes'] / 2**30:>8.2f}G{x['activation_bytes'] / 2**30:>8.2f}G"
                 f"{x['peak_memory_bytes'] / 2**30:>10.2f}G"

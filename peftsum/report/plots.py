@@ -162,3 +162,33 @@ def sweep_lr(trials: dict[str, list[dict]], out: Path, label: str = "validation 
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, out)
+
+
+def _axis(ax, x_label: str, log: bool) -> None:
+    ax.set_xlabel(x_label)
+    if log:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+
+
+def scale_lines(series: dict[str, list[tuple]], out: Path, panels: list[tuple[str, str, str, bool]],
+                title: str = "") -> Path:
+    """One panel per (key, y label, x label, log x) of ``panels``; in each, one line per method over the points
+    ``series[method]``: (panel key, x, y, low, high) with ``low``/``high`` None where there is no interval."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (key, y_label, x_label, log) in zip(axes[0], panels):
+        for method, points in series.items():
+            pts = sorted((x, y, lo, hi) for k, x, y, lo, hi in points if k == key and y is not None)
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            err = None
+            if all(p[2] is not None for p in pts):
+                err = [[y - p[2] for y, p in zip(ys, pts)], [p[3] - y for y, p in zip(ys, pts)]]
+            ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=color(method), label=method)
+        ax.set_ylabel(y_label)
+        _axis(ax, x_label, log)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out)

@@ -13,6 +13,7 @@ from pathlib import Path
 from fpdf import FPDF
 from markdown_it import MarkdownIt
 
+from ..config import DEMO_PRESETS
 from ..errors import UserError
 from ..evaluate.metrics import HEADLINE, LABELS, ROUGE_PROTOCOL
 from ..utils import atomic_path, write_text
@@ -109,7 +110,7 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
 def render_markdown(runs, boot, figs, out: Path) -> str:
     r0 = runs[0].result
     cfg = r0.config
-    demo = any(r.result.preset == "demo" for r in runs)
+    demo = any(r.result.preset in DEMO_PRESETS for r in runs)
     parts = ["# peftsum comparison report", ""]
     if demo:
         parts += [f"> **{BANNER}**", ""]
@@ -227,7 +228,7 @@ def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = Non
     pdf.set_font("Helvetica", "B", 16)
     pdf.cell(0, 10, "peftsum comparison report", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", size=9)
-    if any(r.result.preset == "demo" for r in runs):
+    if any(r.result.preset in DEMO_PRESETS for r in runs):
         pdf.set_fill_color(255, 243, 205)
         pdf.set_font("Helvetica", "B", 10)
         pdf.multi_cell(0, 6, _latin1(BANNER), fill=True, new_x="LMARGIN", new_y="NEXT")
@@ -296,7 +297,7 @@ def fill_analysis(path: Path, runs, boot) -> None:
     lines = [ANALYSIS_START, "",
              f"_Filled by `peftsum report DIR --analysis` from {len(runs)} runs "
              f"(preset `{runs[0].result.preset}`, model `{runs[0].result.model}`, device {runs[0].result.cost.device})._", ""]
-    if any(r.result.preset == "demo" for r in runs):
+    if any(r.result.preset in DEMO_PRESETS for r in runs):
         lines += [f"> **{BANNER}**", ""]
     lines += [protocol_text(runs), "", md_table(results_table(runs)), ""]
     if boot["pairs"]:

@@ -93,3 +93,27 @@ def test_plan_measures_activations_with_and_without_checkpointing_and_what_fits(
     assert parse_bytes("24GB") == 24 * 2**30 and parse_bytes("512 MiB") == 512 * 2**20
     assert main(["plan", "--preset", "demo", "--device-memory", "lots"]) == 2
     assert "--device-memory: not a memory size: 'lots'" in capsys.readouterr().err
+
+
+def test_plan_projects_a_grid_from_one_probe_per_model(tiny_cfg):
+    """plan --train-sizes: each model probed once; a size's row differs from another's only by what scales with
+    the training set (steps, training time, FLOPs), by formula."""
+    from peftsum.report.plan import measure_grid, render_grid
+
+    cfg = tiny_cfg("lora", **{"grid.train_sizes": [16, 48], "train.epochs": 2})
+    results = measure_grid(cfg, ["lora", "last-layer"], "cpu", steps=1)
+    assert [r["grid_model"] for r in results] == [cfg.model.name]
+    rows = {(x["method"], x["train_size"]): x for x in results[0]["rows"]}
+    assert set(rows) == {("lora", 16), ("lora", 48), ("last-layer", 16), ("last-layer", 48)}
+    bs = cfg.train.batch_size
+    for m in ("lora", "last-layer"):
+        small, large = rows[(m, 16)], rows[(m, 48)]
+        assert small["steps"] == 2 * -(-16 // bs) and large["steps"] == 2 * -(-48 // bs)
+        assert small["step_seconds"] == large["step_seconds"] and small["final_eval_seconds"] == large["final_eval_seconds"]
+        assert large["train_flops"] > small["train_flops"] and large["state_bytes"] == small["state_bytes"]
+    lora_s, lora_l = rows[("lora", 16)], rows[("lora", 48)]
+    assert lora_l["train_seconds"] == pytest.approx(lora_s["train_seconds"] * 3)  # steps x the same step time
+    assert lora_l["train_flops"] == pytest.approx(lora_s["train_flops"] * 3, rel=1e-6)
+    text = render_grid(results)
+    total = sum(x["total_seconds"] for x in results[0]["rows"])
+    assert "whole grid: 1 model(s) x 2 training-set size(s) = 2 cells" in text and f"{total / 3600:.2f} device-hours" in text

@@ -1,0 +1,239 @@
+"""The grid's report (``compare --models --train-sizes``): each method's quality, its gap to full fine-tuning and
+its cost against model size and training-set size.
+
+Every cell is an ordinary comparison (its own report, intervals and paired differences on the cell's test
+articles, which are the same in every cell); this report puts the cells side by side: ``results.csv`` with one
+tidy row per cell and method, ``scale_quality.png``, ``scale_gap.png``, ``scale_cost.png``, ``report.md`` and
+``report.html``.  Against model size the lines are at the largest training set; against training-set size, on
+the largest model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DEMO_PRESETS
+from ..errors import UserError
+from ..evaluate.metrics import HEADLINE, LABELS
+from ..experiment.grid import read_grid
+from ..utils import write_text
+from . import plots
+from .collect import MethodRuns, collect, with_intervals
+from .render import BANNER, render_html, write_csv
+from .tables import fmt, human, md_table
+
+REFERENCE = "full"  # the gap of each PEFT method is to full fine-tuning
+SCALE_START, SCALE_END = "<!-- scale:start -->", "<!-- scale:end -->"
+
+
+@dataclass
+class GridCell:
+    name: str
+    model: str
+    train_size: int
+    params: int | None  # the base model's parameters
+    runs: list[MethodRuns]
+    boot: dict
+
+
+def base_params(runs: list[MethodRuns]) -> int | None:
+    """The base model's parameters: a run's total less what its method added (None where no run loads a model)."""
+    sizes = [r.result.params.total - r.result.params.added for r in runs if r.result.params.total]
+    return max(sizes) if sizes else None
+
+
+def collect_grid(out: Path) -> tuple[dict, list[GridCell]]:
+    """The grid's cells that have finished runs, each with its intervals (the cell's own bootstrap)."""
+    grid = read_grid(out)
+    cells = []
+    for c in grid["cells"]:
+        folder = Path(out) / c["name"]
+        if not folder.is_dir():
+            continue
+        runs = collect(folder)
+        runs, boot = with_intervals(runs, runs[0].result.config.eval.bootstrap)
+        cells.append(GridCell(c["name"], c["model"], c["train_size"], base_params(runs), runs, boot))
+    if not cells:
+        raise UserError(f"no finished cells under {out}")
+    return grid, cells
+
+
+def gap(cell: GridCell, method: str, key: str = HEADLINE) -> dict | None:
+    """``method`` minus full fine-tuning in ``cell``: the paired difference on the same test articles, its 95 %
+    interval and Holm-adjusted p (the cell's own pairs); None without full fine-tuning."""
+    pairs = cell.boot["pairs"]
+    if (method, REFERENCE) in pairs:
+        d = pairs[(method, REFERENCE)][key]
+        return {"diff": d["diff"], "low": d["low"], "high": d["high"], "p_holm": d["p_holm"]}
+    if (REFERENCE, method) in pairs:
+        d = pairs[(REFERENCE, method)][key]
+        return {"diff": -d["diff"], "low": -d["high"], "high": -d["low"], "p_holm": d["p_holm"]}
+    return None
+
+
+def tidy_rows(cells: list[GridCell]) -> list[dict]:
+    """``results.csv``: one row per cell and method."""
+    rows = []
+    for c in cells:
+        for r in c.runs:
+            res, ci, g = r.result, r.ci, gap(c, r.method)
+            cost = res.cost
+            rows.append({
+                "model": c.model, "model_params": c.params, "train_size": c.train_size, "method": r.method,
+                "seeds": len(r.seeds), HEADLINE: ci[HEADLINE][0], f"{HEADLINE}_lo": ci[HEADLINE][1],
+                f"{HEADLINE}_hi": ci[HEADLINE][2], "rouge1": ci["rouge1"][0], "rouge2": ci["rouge2"][0],
+                "rougeL": ci["rougeL"][0], "val_loss": res.eval.val_loss, "test_loss": res.eval.test_loss,
+                f"gap_to_{REFERENCE}": g["diff"] if g else None, f"gap_to_{REFERENCE}_lo": g["low"] if g else None,
+                f"gap_to_{REFERENCE}_hi": g["high"] if g else None, f"gap_to_{REFERENCE}_p_holm": g["p_holm"] if g else None,
+                "trainable": res.params.trainable, "train_seconds": cost.train_seconds,
+                "train_flops": cost.train_flops,
+                "training_state_bytes": (cost.weights_bytes or 0) + (cost.gradient_bytes or 0) + (cost.optimizer_bytes or 0),
+                "peak_memory_bytes": cost.peak_memory_bytes, "cell": c.name})
+    return rows
+
+
+def _slices(cells: list[GridCell]) -> tuple[list[GridCell], list[GridCell]]:
+    """The cells along model size (at the largest training set) and along training-set size (on the largest
+    model, by parameters)."""
+    largest_n = max(c.train_size for c in cells)
+    largest_model = max(cells, key=lambda c: c.params or 0).model
+    by_model = [c for c in cells if c.train_size == largest_n and c.params]
+    by_data = [c for c in cells if c.model == largest_model]
+    return by_model, by_data
+
+
+def figures(out: Path, cells: list[GridCell]) -> dict[str, Path]:
+    by_model, by_data = _slices(cells)
+    quality, gaps, cost = {}, {}, {}
+    for axis, slice_ in (("params", by_model), ("examples", by_data)):
+        for c in slice_:
+            x = c.params if axis == "params" else c.train_size
+            for r in c.runs:
+                ci = r.ci[HEADLINE]
+                quality.setdefault(r.method, []).append((f"rouge-{axis}", x, ci[0], ci[1], ci[2]))
+                quality[r.method].append((f"loss-{axis}", x, r.result.eval.val_loss, None, None))
+                g = gap(c, r.method) if r.result.trained and r.method != REFERENCE else None
+                if g:
+                    gaps.setdefault(r.method, []).append((axis, x, g["diff"], g["low"], g["high"]))
+                if axis == "params" and r.result.trained:
+                    k = r.result.cost
+                    state = (k.weights_bytes or 0) + (k.gradient_bytes or 0) + (k.optimizer_bytes or 0)
+                    cost.setdefault(r.method, []).extend([
+                        ("time", x, k.train_seconds, None, None), ("state", x, state / 2**20, None, None),
+                        ("flops", x, k.train_flops, None, None)])
+    label = LABELS[HEADLINE]
+    figs = {"quality": plots.scale_lines(quality, out / "scale_quality.png", [
+        ("rouge-params", f"{label} (95 % CI)", "model parameters", True),
+        ("rouge-examples", f"{label} (95 % CI)", "training examples", True),
+        ("loss-params", "validation loss", "model parameters", True),
+        ("loss-examples", "validation loss", "training examples", True)],
+        "quality against model size (largest training set) and training-set size (largest model)")}
+    if gaps:
+        figs["gap"] = plots.scale_lines(gaps, out / "scale_gap.png", [
+            ("params", f"{label}: method − full (95 % CI)", "model parameters", True),
+            ("examples", f"{label}: method − full (95 % CI)", "training examples", True)],
+            "each method's gap to full fine-tuning (paired, on the same test articles)")
+    if cost:
+        figs["cost"] = plots.scale_lines(cost, out / "scale_cost.png", [
+            ("time", "training seconds", "model parameters", True), ("state", "training state (MiB)",
+                                                                     "model parameters", True),
+            ("flops", "training FLOPs", "model parameters", True)], "cost against model size (largest training set)")
+    return figs
+
+
+TITLES = {"quality": "Quality against scale", "gap": "Gap to full fine-tuning against scale",
+          "cost": "Cost against model size"}
+
+
+def render_markdown(grid: dict, cells: list[GridCell], figs: dict[str, Path]) -> str:
+    r0 = cells[0].runs[0].result
+    demo = any(r.result.preset in DEMO_PRESETS for c in cells for r in c.runs)
+    parts = ["# peftsum scale report", ""]
+    if demo:
+        parts += [f"> **{BANNER}**", ""]
+    missing = [c["name"] for c in grid["cells"] if c["name"] not in {x.name for x in cells}]
+    parts += [f"Every method on {len(grid['models'])} model(s) x {len(grid['train_sizes'])} training-set size(s), "
+              f"the same protocol and seeds ({grid['seeds']} per trained method) in every cell; a smaller training "
+              "set is the first examples of the same seeded shuffle (inside the larger ones), and validation "
+              f"({r0.data.validation}) and test ({r0.data.test}) are the same articles everywhere. Intervals: each "
+              "cell's paired bootstrap on its test articles; the gap to full fine-tuning is the paired difference "
+              "(method − full) with its 95 % interval and Holm-adjusted p over the cell's pairs.", ""]
+    if missing:
+        parts += [f"Not finished yet: {', '.join(missing)}.", ""]
+    head = ["model", "params", "train", "method", f"{LABELS[HEADLINE]} [95% CI]", "val loss",
+            "− full [95% CI]", "train time", "training state", "train FLOPs"]
+    body = []
+    for row, (c, r) in zip(tidy_rows(cells), [(cell, run) for cell in cells for run in cell.runs]):
+        g = f"{row['gap_to_full']:+.2f} [{row['gap_to_full_lo']:+.2f}, {row['gap_to_full_hi']:+.2f}]" \
+            if row["gap_to_full"] is not None else "–"
+        body.append([c.model, human(c.params) if c.params else "–", str(c.train_size), r.method,
+                     f"{row[HEADLINE]:.2f} [{fmt(row[HEADLINE + '_lo'], '.2f')}, {fmt(row[HEADLINE + '_hi'], '.2f')}]",
+                     fmt(row["val_loss"], ".4f"), g,
+                     f"{row['train_seconds']:.1f} s" if r.result.trained else "–",
+                     f"{human(row['training_state_bytes'])}B" if r.result.trained else "–",
+                     human(row["train_flops"]) if row["train_flops"] else "–"])
+    parts += ["## Every cell", "", md_table([head, *body]), ""]
+    for k, p in figs.items():
+        parts += [f"## {TITLES[k]}", "", f"![{TITLES[k]}]({p.name})", ""]
+    parts += ["## Each cell's own report", "",
+              *[f"- [{c.name}]({c.name}/report.html): {c.model}, {c.train_size} training examples" for c in cells], ""]
+    return "\n".join(parts)
+
+
+def build_grid_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
+    out = Path(out)
+    grid, cells = collect_grid(out)
+    write_csv(out / "results.csv", tidy_rows(cells))
+    figs = figures(out, cells)
+    md = render_markdown(grid, cells, figs)
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", render_html(md, figs))
+    paths = [out / "results.csv", out / "report.md", out / "report.html", *figs.values()]
+    if analysis_file is not None:
+        fill_scale_analysis(analysis_file, cells, figs, out)
+        paths.append(analysis_file)
+    return paths
+
+
+def fill_scale_analysis(path: Path, cells: list[GridCell], figs: dict[str, Path], out: Path) -> None:
+    """docs/analysis.md section 2: the measured gap of prompt tuning (and every PEFT method) to full fine-tuning
+    against model size, beside the literature's figure."""
+    if not path.is_file():
+        raise UserError(f"analysis file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if SCALE_START not in text or SCALE_END not in text:
+        raise UserError(f"{path} has no '{SCALE_START}' ... '{SCALE_END}' section to fill")
+    by_model, by_data = _slices(cells)
+    demo = any(r.result.preset in DEMO_PRESETS for c in cells for r in c.runs)
+    lines = [SCALE_START, "", f"_Filled by `peftsum report {out.name} --analysis` from a grid of {len(cells)} cells "
+             f"(device {cells[0].runs[0].result.cost.device})._", ""]
+    if demo:
+        lines += [f"> **Measured on the {BANNER}.** The shape of the curves, not their values, is what compares "
+                  "with the literature.", ""]
+    head = ["model", "params", "train", *[f"{m} − full" for m in _peft_methods(cells)]]
+    body = []
+    shown = {c.name: c for c in [*by_model, *by_data]}.values()  # the cells the figures show
+    for c in sorted(shown, key=lambda c: (c.params or 0, c.train_size)):
+        row = [c.model, human(c.params) if c.params else "–", str(c.train_size)]
+        for m in _peft_methods(cells):
+            g = gap(c, m)
+            row.append(f"{g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}]" if g else "–")
+        body.append(row)
+    lines += [f"{LABELS[HEADLINE]} of each method minus full fine-tuning's on the same test articles (95 % paired "
+              "bootstrap interval):", "", md_table([head, *body]), ""]
+    if "gap" in figs:  # a copy beside the analysis file, linked relatively
+        copy = path.parent / "figures" / f"{out.name}_{figs['gap'].name}"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figs["gap"], copy)
+        lines += [f"![each method's gap to full fine-tuning against scale]({copy.relative_to(path.parent).as_posix()})",
+                  ""]
+    lines += [SCALE_END]
+    before, rest = text.split(SCALE_START, 1)
+    after = rest.split(SCALE_END, 1)[1]
+    write_text(path, before + "\n".join(lines) + after)
+
+
+def _peft_methods(cells: list[GridCell]) -> list[str]:
+    return list(dict.fromkeys(r.method for c in cells for r in c.runs if r.result.trained and r.method != REFERENCE))

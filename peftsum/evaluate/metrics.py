@@ -20,7 +20,7 @@ from accelerate.utils import reduce
 from rouge_score import rouge_scorer
 from torch.distributed.fsdp import FSDPModule
 
-from ..data.collate import collate, seq_lengths, sorted_batches
+from ..data.collate import collate, seq_lengths, sorted_batches, to_device
 from ..data.text import SPLITTER, split_sentences
 from ..utils import distributed_state
 
@@ -36,7 +36,7 @@ ROUGE_PROTOCOL = ("Scores by Google's rouge-score (Porter stemmer on). ROUGE-L i
 @torch.no_grad()
 def _batch(dataset, idx: list[int], pad_id: int, device) -> dict:
     padded = collate([dataset[i] for i in idx], pad_id)
-    return {k: padded[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+    return {k: to_device(padded[k], device) for k in ("input_ids", "attention_mask", "labels")}
 
 
 def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, autocast=None, features=None) -> dict:

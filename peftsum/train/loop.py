@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import Config
-from ..data.collate import collate, epoch_batches, seq_lengths
+from ..data.collate import collate, epoch_batches, seq_lengths, to_device
 from ..errors import TrainingDiverged
 from ..evaluate.cost import synchronize
 from ..evaluate.evaluation import prompts_of
@@ -247,7 +247,7 @@ class Trainer:
         if self.features is not None:
             return self.features.batch(idx, self.device)
         padded = collate([self.train_ds[i] for i in idx], self.pad_id)
-        return {k: padded[k].to(self.device) for k in ("input_ids", "attention_mask", "labels")}
+        return {k: to_device(padded[k], self.device) for k in ("input_ids", "attention_mask", "labels")}
 
     def train_step(self, group: list[list[int]]) -> dict:
         """One optimizer step over an accumulation group of global batches (lists of example indices):
@@ -256,7 +256,9 @@ class Trainer:
         self.method.train_mode(self.model)
         t0 = time.perf_counter()
         n_target = sum(self.target_lengths[i] for mb in group for i in mb)  # global, known to every rank
-        loss_sum = 0.0
+        # the summed NLL stays on the device (float64, as a host sum of the passes' values would be): the host
+        # reads it once, for the log, and goes on preparing the next pass's batch while the device computes
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         passes = [part for mb in group for part in self.forward_passes(self.share(mb))]
         for j, idx in enumerate(passes):
             sync = contextlib.nullcontext() if j == len(passes) - 1 else self.accelerator.no_sync(self.ddp_lm)
@@ -266,8 +268,8 @@ class Trainer:
                 # DDP averages gradients over ranks, hence * world: the step's gradient is the gradient
                 # of (sum of NLL over the whole group) / (its number of summary tokens)
                 self.accelerator.backward(nll * self.world / n_target)
-            loss_sum += nll.item()
-        loss = self.accelerator.reduce(torch.tensor(loss_sum, device=self.device), "sum").item() / n_target
+            loss_sum += nll.detach().double()
+        loss = self.accelerator.reduce(loss_sum.float(), "sum").item() / n_target  # float32 across ranks, as before
         if not math.isfinite(loss):
             self._diverged(f"the training loss is {loss} at step {self.state.step + 1}")
         grad_norm = self.accelerator.clip_grad_norm_(self.params, self.train_cfg.max_grad_norm)

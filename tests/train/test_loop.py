@@ -318,6 +318,35 @@ def test_the_step_clock_reads_after_the_device_work(tiny_cfg, tmp_path, monkeypa
     assert events == ["clock", "sync", "clock"]  # start; the step's work done; end
 
 
+def test_a_step_reads_the_device_once_however_many_passes_and_cuda_batches_come_pinned(tiny_cfg, tmp_path,
+                                                                                         monkeypatch):
+    """No host synchronisation per forward/backward pass: a step of 8 passes (micro-batches of 1) reads a value
+    from the device as often as a step of 1 pass (the loss once, for the log), and logs the same loss as the sum
+    of the passes' values would be.  On CUDA a batch is copied from pinned memory without blocking."""
+    from peftsum.data.collate import to_device
+
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    counts, losses = {}, {}
+    for mbs in (8, 1):
+        trainer = _trainer(tiny_cfg("lora", **{**SHORT, "train.micro_batch_size": mbs, "model.dropout": 0.0,
+                                               "method.lora.dropout": 0.0}), tmp_path / str(mbs))
+        group = trainer.epoch_groups(0)[0]
+        reads.clear()
+        losses[mbs] = trainer.train_step(group)["loss"]
+        counts[mbs] = len(reads)
+    # the same reads for 8 passes as for 1 (the loss for the log; AdamW's per-tensor step counts live on the host)
+    assert len(trainer.forward_passes(group[0])) == 8 and counts[1] == counts[8]
+    assert losses[1] == pytest.approx(losses[8], rel=1e-6)
+    copies = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: copies.append("pin") or t)
+    monkeypatch.setattr(torch.Tensor, "to", lambda t, *a, **k: copies.append((str(a[0]), k)) or t)
+    to_device(torch.zeros(2), torch.device("cuda"))
+    to_device(torch.zeros(2), "cpu")
+    assert copies == ["pin", ("cuda", {"non_blocking": True}), ("cpu", {})]
+
+
 def test_a_step_the_loss_scaler_skips_leaves_the_schedule_and_the_log_clean(tiny_cfg, tmp_path, monkeypatch):
     """fp16: when the scaler skips a step (its gradients overflowed), the learning-rate schedule does not advance
     and the infinite gradient norm is not logged as a training figure."""

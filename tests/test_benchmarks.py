@@ -23,5 +23,9 @@ def test_the_gpu_script_runs_on_the_cpu(tiny_model_dir):
     for method in ("prompt-tuning", "lora", "last-layer"):
         assert method in out
     assert "aim: the whole protocol under 20 device-minutes" in out and ("met" in out)
+    assert "memory by part" in out and "aim: LoRA's step at least 30 % MFU" in out
+    for lever in ("train.tf32", "model.attn_implementation", "train.fused_optimizer", "train.gradient_checkpointing"):
+        assert f"  {lever} = " in out, lever
+    assert "aim: train.fused_optimizer's default no slower than its alternative" in out
     assert "frozen weights in the compute dtype: casts of the 4 frozen weights in one forward: 4 off, 0 on" in out
     assert "decoded tokens equal" in out

@@ -296,6 +296,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                          "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
                          "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
                          "state_bytes": sum(state.values()), "weights_bytes": state["weights"],
+                         "gradient_bytes": state["gradients"], "optimizer_bytes": state["optimizer"],
                          "activation_bytes": activations, "pass_size": pass_size,
                          "train_flops": flops, "trainable": counts["trainable"],
                          "tokens_per_second": bs * train_cfg.grad_accum * seq_len / step_s,

@@ -16,6 +16,7 @@ small's shape; the test suite runs it so, so that the script keeps working until
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -64,6 +65,13 @@ def main():
     for line in describe_frozen(lever):
         print("frozen weights in the compute dtype: " + line, flush=True)
 
+    # the prefill of mixed-length prompts: one right-padded forward (a GPU's default) against equal-length groups
+    # (the CPU's), GPT-2 small's shape, the evaluation's batch of CNN/DailyMail-length prompts, 8 greedy tokens
+    prefill = measure_prefill(device, dtype, prompts=4 if smoke else 16, n_layer=1 if smoke else 12)
+    print(f"prefill of {prefill['prompts']} mixed-length prompts, one padded forward against equal-length groups: "
+          f"{prefill['mixed']:.3f} s against {prefill['grouped']:.3f} s ({prefill['grouped'] / prefill['mixed']:.2f}x), "
+          f"the same tokens: {prefill['same']}", flush=True)
+
     overrides = [("model.tokenizer", "gpt2-bpe")]
     if smoke:
         overrides = [("model.name", a.smoke_model), ("model.tokenizer", None)]
@@ -109,6 +117,31 @@ def main():
     for what, value, ok in aims:
         print(f"  aim: {what}: {value}, {'met' if ok else 'not met'}")
     print(f"(this script ran {time.perf_counter() - t_start:.0f} s)")
+
+
+def measure_prefill(device, dtype, prompts: int, n_layer: int) -> dict:
+    """Seconds of decode_ids (prefill + 8 greedy tokens) with mixed_prefill on and off, after a warm-up each."""
+    from _common import gpt2_small, synthetic_examples
+
+    from peftsum.config import DecodingConfig, load_config
+    from peftsum.evaluate.cost import synchronize
+    from peftsum.evaluate.generate import decode_ids
+    from peftsum.methods import build_method
+
+    model = gpt2_small(n_layer=n_layer).to(device)
+    method = build_method(load_config(None, None, [("method.name", "zero-shot")]))
+    ps = [torch.tensor(e["input_ids"][: e["prompt_len"]], device=device) for e in synthetic_examples(prompts)]
+    dec = DecodingConfig(max_new_tokens=8, no_repeat_ngram_size=0)
+    out, seconds = {}, {}
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    with autocast:
+        for mixed in (True, False, True, False):  # warm-up, then timed
+            synchronize(device)
+            t0 = time.perf_counter()
+            out[mixed] = decode_ids(model, method, ps, dec, 50256, 50256, mixed_prefill=mixed)
+            synchronize(device)
+            seconds[mixed] = time.perf_counter() - t0
+    return {"prompts": prompts, "mixed": seconds[True], "grouped": seconds[False], "same": out[True] == out[False]}
 
 
 MFU_AIM = 0.30  # of the datasheet peak of the precision in use (plan's MFU), GPT-2's dropout on

@@ -23,6 +23,8 @@ def test_the_gpu_script_runs_on_the_cpu(tiny_model_dir):
     for method in ("prompt-tuning", "lora", "last-layer"):
         assert method in out
     assert "aim: the whole protocol under 20 device-minutes" in out and ("met" in out)
+    assert "prefill of 4 mixed-length prompts, one padded forward against equal-length groups" in out
+    assert "the same tokens: True" in out
     assert "memory by part" in out and "aim: LoRA's step at least 30 % MFU" in out
     for lever in ("train.tf32", "model.attn_implementation", "train.fused_optimizer", "train.gradient_checkpointing"):
         assert f"  {lever} = " in out, lever

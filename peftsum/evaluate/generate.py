@@ -83,6 +83,19 @@ def _prefill_groups(lengths: list[int], max_tokens: int | None) -> list[list[int
     return groups
 
 
+def _mixed_groups(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
+    """Indices in length order, as many per group as fit ``max_tokens`` padded tokens (None: all in one)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g and (max_tokens is None or (len(g) + 1) * lengths[i] <= max_tokens):
+            g.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def prompt_seed(prompt: list[int], seed: int) -> int:
     """A sampling seed for one article: ``seed`` and the article's tokens (not its place in a batch)."""
     blob = f"{seed}|" + ",".join(map(str, prompt))
@@ -94,24 +107,34 @@ class _Decoder:
     first logits, and :meth:`forward` for one decode step of every row."""
 
     def __init__(self, model, method, prompts: list[torch.Tensor], max_new_tokens: int, beams: int,
-                 prefill_tokens: int | None):
+                 prefill_tokens: int | None, mixed_prefill: bool | None = None):
         device = prompts[0].device
         if prefill_tokens is None and device.type == "cpu":
             prefill_tokens = CPU_PREFILL_TOKENS
+        if mixed_prefill is None:  # a GPU prefills prompts of any lengths together; the CPU, equal lengths
+            mixed_prefill = device.type != "cpu"
         B = len(prompts)
         self.model, self.cache_kw = model, cache_kwarg(model)
         lens = [0] * B
         first = [None] * B
         kv: list = [None] * B  # per row: [(k, v) per layer], each [heads, len, head_dim]
-        for group in _prefill_groups([len(p) for p in prompts], prefill_tokens):
-            ids = torch.stack([prompts[i] for i in group])
+        groups = (_mixed_groups if mixed_prefill else _prefill_groups)([len(p) for p in prompts], prefill_tokens)
+        for group in groups:
+            # right-padded: causal attention keeps every real token from the padding after it, and positions
+            # count from 0 in every row, so each row's keys, values and last logits are its own prefill's
+            n = [len(prompts[i]) for i in group]
+            ids = prompts[group[0]].new_zeros((len(group), max(n)))
+            for j, i in enumerate(group):
+                ids[j, : n[j]] = prompts[i]
             emb, _ = method.embed(model, ids, torch.ones_like(ids))
-            out = model(inputs_embeds=emb, use_cache=True, logits_to_keep=1)
+            virtual = emb.shape[1] - ids.shape[1]  # soft-prompt rows in front
+            last = sorted({virtual + k - 1 for k in n})
+            out = model(inputs_embeds=emb, use_cache=True, logits_to_keep=torch.tensor(last, device=device))
             layers = _returned_cache(out).layers
             for j, i in enumerate(group):
-                lens[i] = emb.shape[1]
-                first[i] = out.logits[j, -1].float()
-                kv[i] = [(layer.keys[j], layer.values[j]) for layer in layers]
+                lens[i] = virtual + n[j]
+                first[i] = out.logits[j, last.index(lens[i] - 1)].float()
+                kv[i] = [(layer.keys[j][:, : lens[i]], layer.values[j][:, : lens[i]]) for layer in layers]
         self.width = width = max(lens)
         self.cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
         rows = B * beams
@@ -159,16 +182,17 @@ def _clock(device, timings: dict | None) -> float:
 @torch.no_grad()
 def decode_ids(model, method, prompts: list[torch.Tensor], decoding, eos_id: int, pad_id: int,
                seeds: list[int] | None = None, prefill_tokens: int | None = None,
-               timings: dict | None = None) -> list[list[int]]:
+               timings: dict | None = None, mixed_prefill: bool | None = None) -> list[list[int]]:
     """New tokens for ``prompts`` (1-D token tensors of any lengths) under ``decoding`` (``eval.decoding``),
     eos and what follows it removed.  ``seeds``: one per prompt, for sampling (:func:`prompt_seed`).
 
     ``timings``: a dict that receives the seconds of the prefill (steps 1-2), of the decode (step 3) and the
-    number of decode forwards (``peftsum plan`` times both phases in one call)."""
+    number of decode forwards (``peftsum plan`` times both phases in one call).  ``mixed_prefill``: prefill prompts
+    of different lengths in one right-padded forward (default: on a GPU; the CPU groups equal lengths only)."""
     device = prompts[0].device
     t0 = _clock(device, timings)
     beams = decoding.num_beams
-    dec = _Decoder(model, method, prompts, decoding.max_new_tokens, beams, prefill_tokens)
+    dec = _Decoder(model, method, prompts, decoding.max_new_tokens, beams, prefill_tokens, mixed_prefill)
     t1 = _clock(device, timings)
     if beams > 1:
         rows, steps = _beam_search(dec, len(prompts), decoding, eos_id, pad_id)

@@ -113,7 +113,8 @@ DECODINGS = {
 @pytest.mark.parametrize("decoding", list(DECODINGS))
 @pytest.mark.parametrize("method", ["zero-shot", "prompt-tuning", "lora", "last-layer", "full"])
 def test_decoding_loop_equals_generate(method, decoding):
-    """peftsum's batched loop (unpadded prefill, one left-padded static cache, batched decode; beam search with
+    """peftsum's batched loop (unpadded prefill, or right-padded prompts of every length in one forward as on a GPU;
+    one left-padded static cache, batched decode; beam search with
     only the generated part of the cache reordered) gives the tokens transformers' generate() gives one
     article at a time: greedy and beam search, with length penalty, min_new_tokens, no_repeat_ngram_size and
     both early-stopping rules, with rows of different lengths and rows that stop at eos while others go on."""
@@ -140,6 +141,8 @@ def test_decoding_loop_equals_generate(method, decoding):
     slow = [hf_generate_ids(model, m, p[None], torch.ones(1, len(p), dtype=torch.long), dec, eos, 0)[0]
             for p in prompts]
     assert fast == slow
+    # as a GPU prefills: the five lengths in one right-padded forward (each row's keys, values, first logits its own)
+    assert decode_ids(model, m, prompts, dec, eos, 0, mixed_prefill=True) == slow
     assert min(len(r) for r in fast) >= dec.min_new_tokens
     if dec.length_penalty < 1 or dec.num_beams == 1:  # (a length penalty of 2 favours running to the limit)
         assert len({len(r) for r in fast}) > 1  # some rows ended at eos before others

@@ -137,6 +137,7 @@ def test_decoding_loop_equals_generate_on_each_architecture(arch, method, beams)
     slow = [hf_generate_ids(model, m, p[None], torch.ones(1, len(p), dtype=torch.long), dec, 999, 0)[0]
             for p in prompts]
     assert fast == slow
+    assert decode_ids(model, m, prompts, dec, 999, 0, mixed_prefill=True) == slow  # a GPU's right-padded prefill
     assert len({tuple(r) for r in fast}) > 1
 
 

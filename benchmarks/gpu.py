@@ -147,7 +147,8 @@ def measure_prefill(device, dtype, prompts: int, n_layer: int) -> dict:
 MFU_AIM = 0.30  # of the datasheet peak of the precision in use (plan's MFU), GPT-2's dropout on
 # the speed levers measured against their alternative (the last is a memory lever, reported, not judged)
 LEVERS = (("train.tf32", False), ("model.attn_implementation", "eager"), ("train.fused_optimizer", "off"),
-          ("train.frozen_weights_in_compute_dtype", False), ("train.gradient_checkpointing", True))
+          ("train.frozen_weights_in_compute_dtype", False), ("train.compile", True),
+          ("train.gradient_checkpointing", True))
 
 
 if __name__ == "__main__":

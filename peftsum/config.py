@@ -216,6 +216,10 @@ class TrainConfig:
     # Full fine-tuning and LoRA; the same losses and saved weights as data parallel.  One process: no effect.
     # ``accelerate launch`` with an FSDP (version 2) config does the same.
     fsdp: bool = False
+    # torch.compile each decoder block while training (regional compilation: one block's graph serves them all,
+    # names and saved weights unchanged); the evaluation and generation run eager.  Costs a compilation per new
+    # batch shape at the start (tens of seconds on a CPU); pays off on a GPU's long runs.
+    compile: bool = False
     # Several processes: how long a rank waits at a barrier or collective before the job fails.  torch's NCCL
     # default (10 min) is shorter than rank 0 downloading and tokenizing CNN/DailyMail while the others wait.
     process_group_timeout_minutes: float = positive(120.0)
@@ -451,6 +455,8 @@ def validate(cfg: Config) -> Config:
     if cfg.train.fsdp and cfg.method.name not in (*FSDP_METHODS, *UNTRAINED_METHODS):
         raise UserError(f"train.fsdp shards full fine-tuning and lora; method {cfg.method.name} is not offered with it "
                         "(use data parallel: set train.fsdp false)")
+    if cfg.train.fsdp and cfg.train.compile:
+        raise UserError("train.compile with train.fsdp is not offered (not tested together); set one of them false")
     if cfg.train.fsdp and cfg.train.select_by != "loss":
         raise UserError("train.fsdp: selecting by validation ROUGE (train.select_by) generates from the sharded model "
                         "while it trains, which is not offered; select by loss")

@@ -26,7 +26,8 @@ def test_the_gpu_script_runs_on_the_cpu(tiny_model_dir):
     assert "prefill of 4 mixed-length prompts, one padded forward against equal-length groups" in out
     assert "the same tokens: True" in out
     assert "memory by part" in out and "aim: LoRA's step at least 30 % MFU" in out
-    for lever in ("train.tf32", "model.attn_implementation", "train.fused_optimizer", "train.gradient_checkpointing"):
+    for lever in ("train.tf32", "model.attn_implementation", "train.fused_optimizer", "train.compile",
+                  "train.gradient_checkpointing"):
         assert f"  {lever} = " in out, lever
     assert "aim: train.fused_optimizer's default no slower than its alternative" in out
     assert "frozen weights in the compute dtype: casts of the 4 frozen weights in one forward: 4 off, 0 on" in out

@@ -237,8 +237,10 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             trainer = Trainer(probe_cfg, Path(tmp), summary_lm=summary_lm, method=method, train_ds=ds,
                               val_ds=ds.select(range(n_val)), accelerator=accelerator,
                               tokenizer=tokenizer, metrics_file=MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
-            # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU)
-            trainer.train_step([[i % len(ds) for i in range(pass_size)]])
+            # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU); compiled
+            # blocks: three, so the first shape's graph and the dynamic one for the others are built before the clock
+            for w in range(3 if mcfg.train.compile else 1):
+                trainer.train_step([[(w * pass_size + i) % len(ds) for i in range(pass_size)]])
             timings = []  # --steps passes, or (by default) up to 3 and until 10 s of timing
             while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
                 k = len(timings) + 1

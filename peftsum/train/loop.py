@@ -36,7 +36,7 @@ from ..evaluate.evaluation import prompts_of
 from ..evaluate.generate import generate_summaries
 from ..evaluate.metrics import HEADLINE, evaluate_loss, rouge_per_example
 from ..methods.base import CachedTrunk, Method
-from ..model.arch import attention_heads
+from ..model.arch import attention_heads, decoder_blocks
 from ..utils import rng_state, save_file_atomic, set_rng_state
 from .checkpoint import load_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
@@ -106,6 +106,29 @@ def param_groups(method: Method, model, lr: float) -> list[dict]:
     return [{"params": params, "lr": lr * scale} for scale, params in groups.items()]
 
 
+def compile_blocks(model) -> list:
+    """``torch.compile`` each decoder block in place (``nn.Module.compile``: the module, its names and its state
+    stay as they are; identical blocks share one compiled graph).  Returns the blocks."""
+    blocks = decoder_blocks(model)
+    for block in blocks:
+        block.compile()
+    return blocks
+
+
+@contextlib.contextmanager
+def eager(blocks: list):
+    """The blocks run uncompiled inside (generation: a static cache and one new token per step, shapes the
+    training graphs do not cover)."""
+    saved = [b._compiled_call_impl for b in blocks]  # what nn.Module.compile sets; None: eager
+    for b in blocks:
+        b._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for b, c in zip(blocks, saved):
+            b._compiled_call_impl = c
+
+
 def validation_subset(val_ds, limit: int | None, seed: int):
     """``train.val_limit``: a fixed, seeded subset of the validation split for early stopping (the same
     examples at every evaluation and for every method); the whole split when None or larger."""
@@ -137,6 +160,7 @@ class Trainer:
         self.ddp_lm, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
         # sharded (train.fsdp): the module is sharded in place; its parameters are now DTensor shards
         self.fsdp = is_fsdp(accelerator)
+        self.compiled = compile_blocks(self.model) if self.train_cfg.compile else []
         self.params = [p for _, p in self.method.trainable_parameters(self.model)]
         self._setup_selection(val_ds)
         self._setup_feature_cache()
@@ -312,8 +336,9 @@ class Trainer:
     def validation_rouge(self) -> float:
         """Mean ROUGE-Lsum of the summaries the evaluation's decoding generates for the selection subset."""
         ds = self.rouge_ds
-        generated = generate_summaries(self.model, self.method, self.tokenizer, prompts_of(ds), self.method.decoding(),
-                                       self.cfg.eval.batch_size, self.device, self.autocast)
+        with eager(self.compiled):
+            generated = generate_summaries(self.model, self.method, self.tokenizer, prompts_of(ds),
+                                           self.method.decoding(), self.cfg.eval.batch_size, self.device, self.autocast)
         scores = rouge_per_example([s.text for s in generated], list(ds["highlights"]))[HEADLINE]
         return float(sum(scores) / max(len(scores), 1))
 
@@ -469,5 +494,9 @@ def train(cfg: Config, run_dir: Path, *, summary_lm: SummaryLM, method: Method, 
                       accelerator=accelerator, tokenizer=tokenizer, metrics_file=metrics_file)
     if resume:
         trainer.resume()
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        for block in trainer.compiled:  # the evaluation after training runs eager
+            block._compiled_call_impl = None
     return trainer

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from peftsum.cli import main
 from peftsum.errors import TrainingDiverged
@@ -21,7 +22,7 @@ from peftsum.evaluate.generate import generate_summaries
 from peftsum.evaluate.metrics import rouge_per_example
 from peftsum.experiment import run_experiment
 from peftsum.experiment.run import accelerator_for, load_components, load_trained
-from peftsum.train.loop import validation_subset
+from peftsum.train.loop import compile_blocks, eager, validation_subset
 from peftsum.utils import read_jsonl
 from tests.conftest import set_args, train_args, without_seconds
 
@@ -345,6 +346,29 @@ def test_a_step_reads_the_device_once_however_many_passes_and_cuda_batches_come_
     to_device(torch.zeros(2), torch.device("cuda"))
     to_device(torch.zeros(2), "cpu")
     assert copies == ["pin", ("cuda", {"non_blocking": True}), ("cpu", {})]
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_as_eager_ones_and_leave_the_evaluation_eager(tiny_cfg, tmp_path):
+    """train.compile: the same losses (float kernels aside) and test loss as eager, the same weight names saved;
+    the blocks run eager again after training (generation is not compiled)."""
+    runs = {}
+    for compiled in (False, True):
+        cfg = tiny_cfg("lora", **{**SHORT, "train.compile": compiled, "model.dropout": 0.0, "method.lora.dropout": 0.0})
+        runs[compiled] = (run_experiment(cfg, tmp_path / str(compiled)), read_jsonl(tmp_path / str(compiled) / "metrics.jsonl"))
+    (ra, a), (rb, b) = runs[False], runs[True]
+    assert [r["type"] for r in a] == [r["type"] for r in b]
+    for x, y in zip(a, b):
+        key = "loss" if x["type"] == "train" else "val_loss"
+        assert y[key] == pytest.approx(x[key], rel=1e-4)
+    assert rb.eval.test_loss == pytest.approx(ra.eval.test_loss, rel=1e-4)
+    assert load_file(tmp_path / "True" / "adapter_model.safetensors").keys() == \
+        load_file(tmp_path / "False" / "adapter_model.safetensors").keys()
+    blocks = compile_blocks(load_components(tiny_cfg("lora")).model)
+    assert all(blk._compiled_call_impl is not None for blk in blocks)
+    with eager(blocks):
+        assert all(blk._compiled_call_impl is None for blk in blocks)
+    assert all(blk._compiled_call_impl is not None for blk in blocks)
 
 
 def test_a_step_the_loss_scaler_skips_leaves_the_schedule_and_the_log_clean(tiny_cfg, tmp_path, monkeypatch):

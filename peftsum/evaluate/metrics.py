@@ -33,12 +33,12 @@ ROUGE_PROTOCOL = ("Scores by Google's rouge-score (Porter stemmer on). ROUGE-L i
                   "whole text) is shown apart and named so.")
 
 
-@torch.no_grad()
 def _batch(dataset, idx: list[int], pad_id: int, device) -> dict:
     padded = collate([dataset[i] for i in idx], pad_id)
     return {k: to_device(padded[k], device) for k in ("input_ids", "attention_mask", "labels")}
 
 
+@torch.no_grad()
 def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, autocast=None, features=None) -> dict:
     """Token-weighted NLL of the summary tokens over ``dataset`` (or over cached ``features``).
 

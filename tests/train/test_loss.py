@@ -28,3 +28,11 @@ def test_evaluation_loss_equals_a_hand_computation(tiny_cfg):
                 n += 1
     assert ours["tokens"] == n
     assert ours["loss"] == pytest.approx(total / n, abs=1e-5)
+    # no autograd graph: the evaluation's forwards run without gradients, trained parameters or not
+    seen = []
+    hook = lm.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    evaluate_loss(lm, ds, 2, torch.device("cpu"), tok.pad_token_id)
+    hook.remove()
+    assert seen and not any(seen)

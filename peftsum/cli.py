@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a 4-bit base)")
     p.add_argument("--device-memory", metavar="SIZE",
                    help="e.g. 24GB: say which methods and levers fit a device of this memory")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="with --levers: also each method's memory per process under train.fsdp over N processes")
     p.add_argument("--models", metavar="M1,M2", help="project compare's grid over these models (grid.models)")
     p.add_argument("--train-sizes", metavar="N1,N2", help="... and training-set sizes (grid.train_sizes)")
     return ap
@@ -358,7 +360,10 @@ def cmd_plan(args, overrides) -> int:
         except ValueError as e:
             raise UserError(f"--device-memory: {e}") from None
     cfg = config_from_args(args, [*overrides, *_grid_overrides(args)])
-    print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape, args.levers, memory))
+    if args.processes < 1:
+        raise UserError(f"--processes must be at least 1, got {args.processes}")
+    print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape, args.levers, memory,
+               args.processes))
     return 0
 
 

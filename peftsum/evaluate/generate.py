@@ -70,26 +70,14 @@ def _returned_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
-def _prefill_groups(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
-    """Consecutive indices of equal-length prompts, at most ``max_tokens`` tokens per group."""
+def _prefill_groups(lengths: list[int], max_tokens: int | None, mixed: bool = False) -> list[list[int]]:
+    """Indices in length order, grouped: prompts of equal length (``mixed``: of any length, padded to the group's
+    longest), at most ``max_tokens`` (padded) tokens per group (None: no limit)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
     for i in order:
         g = groups[-1] if groups else None
-        if g and lengths[g[0]] == lengths[i] and (max_tokens is None or (len(g) + 1) * lengths[i] <= max_tokens):
-            g.append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
-def _mixed_groups(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
-    """Indices in length order, as many per group as fit ``max_tokens`` padded tokens (None: all in one)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    for i in order:
-        g = groups[-1] if groups else None
-        if g and (max_tokens is None or (len(g) + 1) * lengths[i] <= max_tokens):
+        if g and (mixed or lengths[g[0]] == lengths[i]) and (max_tokens is None or (len(g) + 1) * lengths[i] <= max_tokens):
             g.append(i)
         else:
             groups.append([i])
@@ -118,8 +106,7 @@ class _Decoder:
         lens = [0] * B
         first = [None] * B
         kv: list = [None] * B  # per row: [(k, v) per layer], each [heads, len, head_dim]
-        groups = (_mixed_groups if mixed_prefill else _prefill_groups)([len(p) for p in prompts], prefill_tokens)
-        for group in groups:
+        for group in _prefill_groups([len(p) for p in prompts], prefill_tokens, mixed_prefill):
             # right-padded: causal attention keeps every real token from the padding after it, and positions
             # count from 0 in every row, so each row's keys, values and last logits are its own prefill's
             n = [len(prompts[i]) for i in group]

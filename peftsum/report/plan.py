@@ -23,7 +23,7 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from ..config import Config
+from ..config import FSDP_METHODS, Config
 from ..data.collate import seq_lengths
 from ..data.tokenize import load_tokenized, make_budget
 from ..errors import UserError
@@ -32,6 +32,7 @@ from ..evaluate.generate import decode_ids, generate_summaries
 from ..experiment import accelerator_for
 from ..experiment.compare import method_config, run_name
 from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method, method_class
+from ..model.arch import decoder_blocks
 from ..model.loading import (
     load_model,
     load_tokenizer,
@@ -127,11 +128,27 @@ class _Bases:
 
 
 def plan(cfg: Config, methods: list[str], device: str | None, steps: int | None, shape: str, levers: bool = False,
-         device_memory: int | None = None) -> str:
+         device_memory: int | None = None, processes: int = 1) -> str:
     if cfg.grid.models or cfg.grid.train_sizes:
         return render_grid(measure_grid(cfg, methods, device, steps, shape), device_memory)
     result = measure(cfg, methods, device, steps, shape, progress=True, levers=levers)
+    if levers and processes > 1:
+        result["rows"] += sharded_rows(result["rows"], processes)
     return render(result, device_memory)
+
+
+def sharded_rows(rows: list[dict], processes: int) -> list[dict]:
+    """``train.fsdp`` over ``processes``: each shardable method's memory per process, from its measured row: the
+    training state in ``processes`` shards, plus the weights of the units gathered whole at once (the root's own,
+    which stay gathered through a forward, and the largest block's), plus the activations as measured.  Memory
+    only: the time of a sharded step (its all-gathers and reduce-scatters) is not projected."""
+    out = []
+    for r in rows:
+        if r["method"].split(" ")[0] not in FSDP_METHODS:
+            continue
+        out.append({**r, "method": f"{r['method']} fsdp/{processes}", "memory_only": True,
+                    "state_bytes": math.ceil(r["state_bytes"] / processes) + r["unit_bytes"]})
+    return out
 
 
 def measure_grid(cfg: Config, methods: list[str], device: str | None, steps: int | None = None,
@@ -258,6 +275,9 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             fwd_per_ex = trainer.cache_seconds / len(ds) if cached else val_per_ex
             cache_per_ex = fwd_per_ex if cached else 0.0
             state = costs.training_state_bytes(model, trainer.params, trainer.optimizer)
+            # what one FSDP unit gathers whole: the root's own weights (embeddings, final norm) and the largest block
+            units = [costs.tensor_bytes(b.parameters()) for b in decoder_blocks(model)]
+            gathered = state["weights"] - sum(units) + max(units, default=0)
             accelerator.free_memory()
         # a batch's generation = its prefill + one decode step per further token (both timed in one call)
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
@@ -299,6 +319,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                          "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
                          "state_bytes": sum(state.values()), "weights_bytes": state["weights"],
                          "gradient_bytes": state["gradients"], "optimizer_bytes": state["optimizer"],
+                         "unit_bytes": gathered,
                          "activation_bytes": activations, "pass_size": pass_size,
                          "train_flops": flops, "trainable": counts["trainable"],
                          "tokens_per_second": bs * train_cfg.grad_accum * seq_len / step_s,
@@ -399,6 +420,14 @@ def render(r: dict, device_memory: int | None = None) -> str:
              + (f"{fits:>10}" if fits else "")]
     total = 0.0
     for x in r["rows"]:
+        if x.get("memory_only"):  # a sharded variant: its memory per process, no time of its own
+            line = (f"{x['method']:<17}{x['train_size']:>8}{'–':>9}{'–':>8}{'–':>10}{'–':>9}{'–':>12}{'–':>10}"
+                    f"{x['state_bytes'] / 2**30:>8.2f}G{x['activation_bytes'] / 2**30:>8.2f}G{'–':>11}{'–':>13}"
+                    f"{'–':>10}{'–':>7}")
+            if device_memory:
+                line += f"{'yes' if training_memory(x) <= device_memory else 'no':>10}"
+            lines.append(line)
+            continue
         total += x["total_seconds"]
         line = (f"{x['method']:<17}{x['train_size']:>8}{x['step_seconds']:>9.3f}{x['steps']:>8}{_hms(x['train_seconds']):>10}"
                 f"{_hms(x['validation_seconds']):>9}{_hms(x['final_eval_seconds']):>12}"

@@ -90,6 +90,20 @@ def test_plan_measures_activations_with_and_without_checkpointing_and_what_fits(
              if line.startswith(("lora", "last-layer"))}
     assert lines["lora"][-1] == "no" and lines["lora +ckpt"][-1] == "yes"
     assert "the training state plus one pass's activations" in text
+    # --processes 4: each shardable method's memory per process under train.fsdp, by formula from its measured row
+    from peftsum.experiment.run import load_components
+    from peftsum.report.plan import sharded_rows
+
+    model = load_components(cfg).model
+    blocks = [sum(p.numel() * 4 for p in b.parameters()) for b in model.transformer.h]
+    root = sum(p.numel() * 4 for p in model.parameters()) - sum(blocks)  # embeddings (the head is tied), ln_f
+    assert off["unit_bytes"] == root + max(blocks)
+    sharded = {r["method"]: r for r in sharded_rows(result["rows"], 4)}
+    assert list(sharded) == ["lora fsdp/4", "lora +ckpt fsdp/4"]  # last-layer is not sharded
+    assert sharded["lora fsdp/4"]["state_bytes"] == -(-off["state_bytes"] // 4) + off["unit_bytes"]
+    text = render({**result, "rows": [*result["rows"], *sharded.values()]})
+    line = next(x for x in text.splitlines() if x.startswith("lora fsdp/4"))
+    assert line.split()[3] == "–" and f"{sharded['lora fsdp/4']['state_bytes'] / 2**30:.2f}G" in line
     assert parse_bytes("24GB") == 24 * 2**30 and parse_bytes("512 MiB") == 512 * 2**20
     assert main(["plan", "--preset", "demo", "--device-memory", "lots"]) == 2
     assert "--device-memory: not a memory size: 'lots'" in capsys.readouterr().err

@@ -144,7 +144,7 @@ def test_adapter_of_the_demo_base_carries_it(runs, tmp_path, tiny_model_dir, dem
     from peftsum.config import load_config
     from tests.conftest import tiny_overrides
 
-    monkeypatch.setattr(loading, "ensure_demo_base", lambda: Path(tiny_model_dir))
+    monkeypatch.setattr(loading, "demo_model_dir", lambda name: Path(tiny_model_dir))
     run = tmp_path / "run"
     cfg = load_config("demo", None, tiny_overrides("demo", demo_dir, **{"method.name": "lora", "train.max_steps": 1,
                                                                         "eval.limit": 6}))

@@ -88,9 +88,9 @@ def main():
             ("peak_memory_bytes", 9))))
 
     # each speed lever against its alternative, on LoRA's step (the loop's own, as plan times it)
-    base = next((r for r in result["rows"] if r["method"] == "lora"), None)
+    lora_row = next((r for r in result["rows"] if r["method"] == "lora"), None)
     lever_ratios = {}
-    if base is not None:
+    if lora_row is not None:
         print("\nlevers (LoRA's step; the default against its alternative, side by side in this run):")
         # the default again as the levers are measured (LoRA alone: the same sampled examples as each of them)
         base = measure(cfg, ["lora"], a.device, a.steps, shape)["rows"][0]
@@ -106,7 +106,6 @@ def main():
     total = sum(r["total_seconds"] for r in result["rows"])
     aims = [(f"the whole protocol under {a.aim_minutes:.0f} device-minutes", f"{total / 60:.1f} min",
              total <= a.aim_minutes * 60)]
-    lora_row = next((r for r in result["rows"] if r["method"] == "lora"), None)
     if lora_row is not None and lora_row.get("mfu") is not None:
         aims.append((f"LoRA's step at least {MFU_AIM * 100:.0f} % MFU", f"{lora_row['mfu'] * 100:.1f} %",
                      lora_row["mfu"] >= MFU_AIM))

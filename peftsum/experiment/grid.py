@@ -94,9 +94,13 @@ def compare_grid(cfg: Config, methods: list[str], models: list[str], sizes: list
                                       "cells": [{"name": c.name, "model": c.model, "train_size": c.train_size}
                                                 for c in cells]})
     t0 = time.perf_counter()
+
+    def done(cell: Cell) -> bool:
+        return all(is_finished(run) for _, run, _ in planned[cell.name])
+
     busy = []
     for c in cells:
-        if all(is_finished(run) for _, run, _ in planned[c.name]) and not rerun:
+        if done(c) and not rerun:
             continue
         lock = RunLock(c.dir, enabled=is_main_process())
         holder = _agreed(lock.acquire())
@@ -104,7 +108,7 @@ def compare_grid(cfg: Config, methods: list[str], models: list[str], sizes: list
             busy.append(f"{c.name} (pid {holder})")
             continue
         try:
-            if all(is_finished(run) for _, run, _ in planned[c.name]) and not rerun:
+            if done(c) and not rerun:
                 continue  # finished by another worker since the first look
             _say(f"[{c.name}] model {c.model}, {c.train_size} training examples -> {c.dir}")
             run_comparison(planned[c.name], c.dir, rerun, tag=f"{c.name} ")
@@ -112,7 +116,7 @@ def compare_grid(cfg: Config, methods: list[str], models: list[str], sizes: list
                 on_cell(c.dir)
         finally:
             lock.release()
-    complete = all(is_finished(run) for runs in planned.values() for _, run, _ in runs)
+    complete = all(done(c) for c in cells)
     if not complete:
         _say(f"the grid is not complete: other workers hold {', '.join(busy) or 'none'}; the last one to finish "
              "writes the report (or run the same command again)")

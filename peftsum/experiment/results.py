@@ -90,6 +90,11 @@ class Cost:
     peak_flops: float | None = None  # the MFU's denominator per device, in the matmuls' precision
     peak_source: str = ""  # "datasheet" or "measured" (a GPU the table does not name)
 
+    @property
+    def training_state_bytes(self) -> int:
+        """The whole training state: weights, gradients and optimizer state."""
+        return self.weights_bytes + self.gradient_bytes + self.optimizer_bytes
+
 
 @dataclass
 class Training:

@@ -291,6 +291,9 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         n_val, n_test = sizes["validation"], sizes["test"]  # what a run would use
         if eval_cfg.limit:
             n_test = min(n_test, eval_cfg.limit)
+        n_early = min(n_val, train_cfg.val_limit or n_val)  # validation examples early stopping reads
+        counts, shape_flops = method.param_counts(model), costs.flop_shape(model, method)
+        seq_len = mean_len + method.num_virtual_tokens
         # each training-set size of a grid (the examples the data has at most): the same probes, projected
         for n_train in [min(n, sizes["train"]) for n in train_sizes] if train_sizes else [sizes["train"]]:
             steps_per_epoch = math.ceil(math.ceil(n_train / bs) / train_cfg.grad_accum)
@@ -298,7 +301,6 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             if train_cfg.max_steps:
                 total_steps = min(total_steps, train_cfg.max_steps)
             epochs = total_steps / steps_per_epoch
-            n_early = min(n_val, train_cfg.val_limit or n_val)  # validation examples early stopping reads
             train_s = total_steps * step_s
             if cached:  # the trunk runs once over the training and validation examples
                 train_s += (n_train + n_early) * cache_per_ex
@@ -309,10 +311,8 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
                 select_s = (evaluations - 1) * math.ceil(min(n_val, train_cfg.rouge_examples) / eval_cfg.batch_size) * gen_per_batch
             gen_s = math.ceil(n_test / eval_cfg.batch_size) * gen_per_batch
             test_loss_s = (n_val + n_test) * fwd_per_ex
-            counts = method.param_counts(model)
             seqs = total_steps * bs * train_cfg.grad_accum
-            seq_len = mean_len + method.num_virtual_tokens
-            flops = costs.train_flops(costs.flop_shape(model, method), int(seqs * seq_len), int(seqs * mean_target), seq_len,
+            flops = costs.train_flops(shape_flops, int(seqs * seq_len), int(seqs * mean_target), seq_len,
                                       int(n_train * mean_len) if cached else 0, recompute=mcfg.train.gradient_checkpointing)
             rows.append({"method": m, "train_size": n_train, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
                          "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,

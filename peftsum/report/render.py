@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import csv
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from fpdf import FPDF
@@ -285,16 +286,28 @@ ANALYSIS_START = "<!-- results:start -->"
 ANALYSIS_END = "<!-- results:end -->"
 
 
-def fill_analysis(path: Path, runs, boot) -> None:
-    """Replace the results section of docs/analysis.md with tables built from the measured runs."""
+def fill_section(path: Path, start: str, end: str, body: Callable[[], list[str]]) -> None:
+    """Replace what lies between the markers ``start`` and ``end`` of ``path`` (docs/analysis.md) with the lines
+    ``body()`` returns; a missing file or marker is a UserError before ``body`` runs."""
     if not path.is_file():
         raise UserError(f"analysis file not found: {path}")
     text = path.read_text(encoding="utf-8")
-    if ANALYSIS_START not in text or ANALYSIS_END not in text:
-        raise UserError(f"{path} has no '{ANALYSIS_START}' ... '{ANALYSIS_END}' section to fill")
+    if start not in text or end not in text:
+        raise UserError(f"{path} has no '{start}' ... '{end}' section to fill")
+    lines = [start, *body(), end]
+    before, rest = text.split(start, 1)
+    write_text(path, before + "\n".join(lines) + rest.split(end, 1)[1])
+
+
+def fill_analysis(path: Path, runs, boot) -> None:
+    """Replace the results section of docs/analysis.md with tables built from the measured runs."""
+    fill_section(path, ANALYSIS_START, ANALYSIS_END, lambda: _results_section(runs, boot))
+
+
+def _results_section(runs, boot) -> list[str]:
     best = max(runs, key=lambda r: r.result.eval.value(HEADLINE))
     trained = [r for r in runs if r.result.trained]
-    lines = [ANALYSIS_START, "",
+    lines = ["",
              f"_Filled by `peftsum report DIR --analysis` from {len(runs)} runs "
              f"(preset `{runs[0].result.preset}`, model `{runs[0].result.model}`, device {runs[0].result.cost.device})._", ""]
     if any(r.result.preset in DEMO_PRESETS for r in runs):
@@ -311,7 +324,4 @@ def fill_analysis(path: Path, runs, boot) -> None:
                      f"{p.total:,}), {res.cost.train_seconds:.1f} s of training, validation loss "
                      f"{res.eval.val_loss:.4f}, stopped by {res.training.stopped_reason} after "
                      f"{res.training.epochs_run} epoch(s).")
-    lines += ["", ANALYSIS_END]
-    before, rest = text.split(ANALYSIS_START, 1)
-    after = rest.split(ANALYSIS_END, 1)[1]
-    write_text(path, before + "\n".join(lines) + after)
+    return [*lines, ""]

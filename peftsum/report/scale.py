@@ -21,7 +21,7 @@ from ..experiment.grid import read_grid
 from ..utils import write_text
 from . import plots
 from .collect import MethodRuns, collect, with_intervals
-from .render import BANNER, render_html, write_csv
+from .render import BANNER, fill_section, render_html, write_csv
 from .tables import fmt, human, md_table
 
 REFERENCE = "full"  # the gap of each PEFT method is to full fine-tuning
@@ -89,7 +89,7 @@ def tidy_rows(cells: list[GridCell]) -> list[dict]:
                 f"gap_to_{REFERENCE}_hi": g["high"] if g else None, f"gap_to_{REFERENCE}_p_holm": g["p_holm"] if g else None,
                 "trainable": res.params.trainable, "train_seconds": cost.train_seconds,
                 "train_flops": cost.train_flops,
-                "training_state_bytes": (cost.weights_bytes or 0) + (cost.gradient_bytes or 0) + (cost.optimizer_bytes or 0),
+                "training_state_bytes": cost.training_state_bytes,
                 "peak_memory_bytes": cost.peak_memory_bytes, "cell": c.name})
     return rows
 
@@ -119,9 +119,8 @@ def figures(out: Path, cells: list[GridCell]) -> dict[str, Path]:
                     gaps.setdefault(r.method, []).append((axis, x, g["diff"], g["low"], g["high"]))
                 if axis == "params" and r.result.trained:
                     k = r.result.cost
-                    state = (k.weights_bytes or 0) + (k.gradient_bytes or 0) + (k.optimizer_bytes or 0)
                     cost.setdefault(r.method, []).extend([
-                        ("time", x, k.train_seconds, None, None), ("state", x, state / 2**20, None, None),
+                        ("time", x, k.train_seconds, None, None), ("state", x, k.training_state_bytes / 2**20, None, None),
                         ("flops", x, k.train_flops, None, None)])
     label = LABELS[HEADLINE]
     figs = {"quality": plots.scale_lines(quality, out / "scale_quality.png", [
@@ -149,9 +148,8 @@ TITLES = {"quality": "Quality against scale", "gap": "Gap to full fine-tuning ag
 
 def render_markdown(grid: dict, cells: list[GridCell], figs: dict[str, Path]) -> str:
     r0 = cells[0].runs[0].result
-    demo = any(r.result.preset in DEMO_PRESETS for c in cells for r in c.runs)
     parts = ["# peftsum scale report", ""]
-    if demo:
+    if _is_demo(cells):
         parts += [f"> **{BANNER}**", ""]
     missing = [c["name"] for c in grid["cells"] if c["name"] not in {x.name for x in cells}]
     parts += [f"Every method on {len(grid['models'])} model(s) x {len(grid['train_sizes'])} training-set size(s), "
@@ -200,16 +198,14 @@ def build_grid_report(out: Path, analysis_file: Path | None = None) -> list[Path
 def fill_scale_analysis(path: Path, cells: list[GridCell], figs: dict[str, Path], out: Path) -> None:
     """docs/analysis.md section 2: the measured gap of prompt tuning (and every PEFT method) to full fine-tuning
     against model size, beside the literature's figure."""
-    if not path.is_file():
-        raise UserError(f"analysis file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if SCALE_START not in text or SCALE_END not in text:
-        raise UserError(f"{path} has no '{SCALE_START}' ... '{SCALE_END}' section to fill")
+    fill_section(path, SCALE_START, SCALE_END, lambda: _scale_section(path, cells, figs, out))
+
+
+def _scale_section(path: Path, cells: list[GridCell], figs: dict[str, Path], out: Path) -> list[str]:
     by_model, by_data = _slices(cells)
-    demo = any(r.result.preset in DEMO_PRESETS for c in cells for r in c.runs)
-    lines = [SCALE_START, "", f"_Filled by `peftsum report {out.name} --analysis` from a grid of {len(cells)} cells "
+    lines = ["", f"_Filled by `peftsum report {out.name} --analysis` from a grid of {len(cells)} cells "
              f"(device {cells[0].runs[0].result.cost.device})._", ""]
-    if demo:
+    if _is_demo(cells):
         lines += [f"> **Measured on the {BANNER}.** The shape of the curves, not their values, is what compares "
                   "with the literature.", ""]
     head = ["model", "params", "train", *[f"{m} − full" for m in _peft_methods(cells)]]
@@ -229,10 +225,11 @@ def fill_scale_analysis(path: Path, cells: list[GridCell], figs: dict[str, Path]
         shutil.copyfile(figs["gap"], copy)
         lines += [f"![each method's gap to full fine-tuning against scale]({copy.relative_to(path.parent).as_posix()})",
                   ""]
-    lines += [SCALE_END]
-    before, rest = text.split(SCALE_START, 1)
-    after = rest.split(SCALE_END, 1)[1]
-    write_text(path, before + "\n".join(lines) + after)
+    return lines
+
+
+def _is_demo(cells: list[GridCell]) -> bool:
+    return any(r.result.preset in DEMO_PRESETS for c in cells for r in c.runs)
 
 
 def _peft_methods(cells: list[GridCell]) -> list[str]:

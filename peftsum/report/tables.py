@@ -81,7 +81,7 @@ def memory_table(runs: list[MethodRuns]) -> list[list[str]]:
     body = []
     for r in runs:
         c = r.result.cost
-        state = c.weights_bytes + c.gradient_bytes + c.optimizer_bytes
+        state = c.training_state_bytes
         cells = [c.weights_bytes, c.gradient_bytes, c.optimizer_bytes, state]
         body.append([r.method, *(human(b) + "B" for b in cells),
                      *(human(b) + "B" if b is not None else "–" for b in (c.train_peak_bytes, c.eval_peak_bytes)),

@@ -1,7 +1,8 @@
 """Issue #6's GPU check, one prepared run of a few minutes: on GPT-2 small's shape in bf16,
 (1) the matmul peak and the LoRA step's share of it (benchmarks/mfu.py's measurement), and of the
 datasheet peak; (1b) the frozen weights stored in the compute dtype on and off (benchmarks/frozen_dtype.py: casts,
-training pass, decode step); (2) each method's training step, tokens/s and MFU, and the projected wall time of the
+training pass, decode step); (1c) the prefill of mixed-length prompts, and ``eval.compile``'s compiled decode step
+against eager; (2) each method's training step, tokens/s and MFU, and the projected wall time of the
 whole assignment protocol (21k examples x up to 10 epochs, three methods, validation every epoch, ROUGE
 generation on 3k), i.e. ``peftsum plan --preset assignment --shape gpt2-small`` on the device; (3) each method's
 memory by part; (4) each speed lever against its alternative on LoRA's step; (5) the pass/fail of
@@ -22,6 +23,7 @@ import time
 
 import torch
 from _common import args
+from decode_compile import measure as measure_decode_compile
 from frozen_dtype import describe as describe_frozen
 from frozen_dtype import measure as measure_frozen
 from mfu import lora_step_flops_per_s, matmul_peak
@@ -72,6 +74,14 @@ def main():
           f"{prefill['mixed']:.3f} s against {prefill['grouped']:.3f} s ({prefill['grouped'] / prefill['mixed']:.2f}x), "
           f"the same tokens: {prefill['same']}", flush=True)
 
+    # eval.compile: the decode step compiled over the evaluation's static cache, against eager
+    decode = measure_decode_compile(device, dtype, prompts=4 if smoke else 16, n_layer=1 if smoke else 12,
+                                    new_tokens=4 if smoke else 64)
+    decode_ratio = decode["eager"] / decode["compiled"]
+    print(f"decode of {decode['prompts']} prompts x {decode['tokens']} tokens, eval.compile against eager: "
+          f"{decode['compiled']:.3f} s against {decode['eager']:.3f} s ({decode_ratio:.2f}x; compilation "
+          f"{decode['compilation']:.1f} s once), the same tokens: {decode['same']}", flush=True)
+
     overrides = [("model.tokenizer", "gpt2-bpe")]
     if smoke:
         overrides = [("model.name", a.smoke_model), ("model.tokenizer", None)]
@@ -112,6 +122,8 @@ def main():
     for key, ratio in lever_ratios.items():
         if key != "train.gradient_checkpointing":  # a memory lever: it is meant to cost time
             aims.append((f"{key}'s default no slower than its alternative", f"{ratio:.2f}x", ratio >= 0.95))
+    aims.append(("eval.compile's decode faster than eager, the same tokens", f"{decode_ratio:.2f}x",
+                 decode_ratio >= 1.0 and decode["same"]))
     print("\naims (docs/performance.md, GPU):")
     for what, value, ok in aims:
         print(f"  aim: {what}: {value}, {'met' if ok else 'not met'}")

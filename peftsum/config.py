@@ -253,6 +253,9 @@ class EvalConfig:
     limit: int | None = positive(None)
     bootstrap: int = positive(1000)
     examples: int = non_negative(5)  # the report shows this many seeded test articles with every method's summary
+    # torch.compile the decode step of generation (a static cache of one width per evaluation; on a GPU also a CUDA
+    # graph): the same tokens, one compilation per batch size at the start; pays off on a GPU's long generations.
+    compile: bool = False
 
 
 @dataclass

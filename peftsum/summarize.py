@@ -61,7 +61,7 @@ def summarize_articles(parts: Components | None, articles: list[str], progress: 
     accelerator = accelerator_for(parts.cfg)
     return generate_summaries(parts.model, parts.method, parts.tokenizer, parts.prompts.prompts(articles),
                               parts.method.decoding(), parts.cfg.eval.batch_size, accelerator.device,
-                              accelerator.autocast, progress=progress)
+                              accelerator.autocast, progress=progress, compile=parts.cfg.eval.compile)
 
 
 def summarize_cli(args) -> None:

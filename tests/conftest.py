@@ -120,6 +120,21 @@ def method_cfg(method, model="gpt2", **kw):
     return load_config(None, None, [("method.name", method), ("model.name", model)] + list(kw.items()))
 
 
+def prepared_for_decoding(model, cfg):
+    """``cfg``'s method built and put on ``model`` for the decoding tests, in eval mode; LoRA's B (zero at the start)
+    moved so that the adapter changes the output.  Returns the method."""
+    from peftsum.methods import build_method
+
+    m = build_method(cfg)
+    m.prepare_model(model)
+    if cfg.method.name == "lora":
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.5)
+    model.eval()
+    return m
+
+
 def text_batch(tokenizer, texts):
     enc = tokenizer(texts, return_tensors="pt", padding=True)
     return enc["input_ids"], enc["attention_mask"]

@@ -33,7 +33,7 @@ def evaluate_split(summary_lm, model, method, tokenizer, dataset, cfg_eval, devi
                                      autocast))
         decoding = method.decoding()
         generated = generate_summaries(model, method, tokenizer, prompts_of(dataset), decoding, cfg_eval.batch_size,
-                                       device, autocast, progress=progress)
+                                       device, autocast, progress=progress, compile=cfg_eval.compile)
         predictions = [s.text for s in generated]
         lengths = [s.tokens for s in generated]
         hit_max = float(np.mean([s.at_limit for s in generated])) if generated else None

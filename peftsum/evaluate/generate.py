@@ -28,6 +28,12 @@ only (with ``input_ids`` ``generate()`` would apply it to the article too and fo
 its n-grams).  ``hf_generate_ids`` runs the same decoding through ``generate()``, for the tests and the
 benchmark.  Sampling draws each article's tokens from its own generator, seeded by ``decoding.seed`` and
 the article's tokens, so a summary does not depend on the batch or the process it was generated in.
+
+``eval.compile`` compiles the decode step (:func:`compiled_step`): one new token per row over a static cache,
+the same shapes at every step and, with the cache's width fixed for a whole evaluation (the longest prompt's) and
+the cache itself reused from batch to batch, at every batch of the same size.  On a GPU the step also runs as a CUDA
+graph (``mode="reduce-overhead"``, transformers' own choice for its compiled static-cache generation), which removes
+the launch of each of a step's kernels.  The prefill stays eager (a shape per prompt length).
 """
 
 from __future__ import annotations
@@ -95,7 +101,7 @@ class _Decoder:
     first logits, and :meth:`forward` for one decode step of every row."""
 
     def __init__(self, model, method, prompts: list[torch.Tensor], max_new_tokens: int, beams: int,
-                 prefill_tokens: int | None, mixed_prefill: bool | None = None):
+                 prefill_tokens: int | None, mixed_prefill: bool | None = None, compiled: dict | None = None):
         device = prompts[0].device
         if prefill_tokens is None and device.type == "cpu":
             prefill_tokens = CPU_PREFILL_TOKENS
@@ -103,6 +109,7 @@ class _Decoder:
             mixed_prefill = device.type != "cpu"
         B = len(prompts)
         self.model, self.cache_kw = model, cache_kwarg(model)
+        self.step_fn = compiled_step(model) if compiled is not None else model
         lens = [0] * B
         first = [None] * B
         kv: list = [None] * B  # per row: [(k, v) per layer], each [heads, len, head_dim]
@@ -122,9 +129,10 @@ class _Decoder:
                 lens[i] = virtual + n[j]
                 first[i] = out.logits[j, last.index(lens[i] - 1)].float()
                 kv[i] = [(layer.keys[j][:, : lens[i]], layer.values[j][:, : lens[i]]) for layer in layers]
-        self.width = width = max(lens)
-        self.cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
         rows = B * beams
+        # compiled: every batch of an evaluation gets the same width (its longest prompt) and the same cache object
+        self.width = width = max(max(lens), compiled.get("width", 0) if compiled is not None else 0)
+        self.cache = _static_cache(model, rows, width + max_new_tokens, compiled)
         for layer in range(len(kv[0])):
             k0, v0 = kv[0][layer]
             k = k0.new_empty((rows, k0.shape[0], width, k0.shape[-1]))  # every slot is written below
@@ -143,9 +151,10 @@ class _Decoder:
 
     def forward(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """Logits after feeding every row its ``step``-th new token (slot ``width + step`` of the cache)."""
-        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.position[:, None] + step,
-                         use_cache=True, **{self.cache_kw: self.cache})
-        return out.logits[:, -1].float()
+        out = self.step_fn(input_ids=tokens[:, None], attention_mask=self.mask,
+                           position_ids=self.position[:, None] + step, use_cache=True, **{self.cache_kw: self.cache})
+        # a copy: a CUDA graph's output is overwritten by its next replay
+        return out.logits[:, -1].float().clone() if self.step_fn is not self.model else out.logits[:, -1].float()
 
     def reorder_generated(self, rows: torch.Tensor, step: int) -> None:
         """Beam search: row r takes the generated keys/values (slots ``width .. width + step``) of row ``rows[r]``.
@@ -156,6 +165,30 @@ class _Decoder:
         for layer in self.cache.layers:
             layer.keys[:, :, span] = layer.keys[rows, :, span]
             layer.values[:, :, span] = layer.values[rows, :, span]
+
+
+def compiled_step(model):
+    """``model``'s call compiled for the decode step (built once per model, kept on it as transformers keeps its
+    own ``_compiled_call``): static shapes; on CUDA, CUDA graphs."""
+    fn = model.__dict__.get("_peftsum_decode_step")
+    if fn is None:
+        cuda = next(model.parameters()).device.type == "cuda"
+        fn = torch.compile(model.__call__, dynamic=False, mode="reduce-overhead" if cuda else None)
+        model.__dict__["_peftsum_decode_step"] = fn  # a function, not a submodule: the state dict is unchanged
+    return fn
+
+
+def _static_cache(model, rows: int, length: int, compiled: dict | None) -> StaticCache:
+    """A static cache of ``rows`` x ``length`` slots: a new one, or (compiled) the evaluation's cache of that size,
+    zeroed, so that the compiled step (and its CUDA graph) reads the same tensors at every batch."""
+    if compiled is None:
+        return StaticCache(config=model.config, max_cache_len=length)
+    cache = compiled.get(("cache", rows, length))
+    if cache is None:
+        cache = compiled[("cache", rows, length)] = StaticCache(config=model.config, max_cache_len=length)
+    else:
+        cache.reset()
+    return cache
 
 
 def _clock(device, timings: dict | None) -> float:
@@ -169,17 +202,20 @@ def _clock(device, timings: dict | None) -> float:
 @torch.no_grad()
 def decode_ids(model, method, prompts: list[torch.Tensor], decoding, eos_id: int, pad_id: int,
                seeds: list[int] | None = None, prefill_tokens: int | None = None,
-               timings: dict | None = None, mixed_prefill: bool | None = None) -> list[list[int]]:
+               timings: dict | None = None, mixed_prefill: bool | None = None,
+               compiled: dict | None = None) -> list[list[int]]:
     """New tokens for ``prompts`` (1-D token tensors of any lengths) under ``decoding`` (``eval.decoding``),
     eos and what follows it removed.  ``seeds``: one per prompt, for sampling (:func:`prompt_seed`).
 
     ``timings``: a dict that receives the seconds of the prefill (steps 1-2), of the decode (step 3) and the
     number of decode forwards (``peftsum plan`` times both phases in one call).  ``mixed_prefill``: prefill prompts
-    of different lengths in one right-padded forward (default: on a GPU; the CPU groups equal lengths only)."""
+    of different lengths in one right-padded forward (default: on a GPU; the CPU groups equal lengths only).
+    ``compiled``: decode with :func:`compiled_step`; the dict is the evaluation's (``{"width": W}``, W at least the
+    longest prompt with its soft tokens, so that every batch has the same shapes; it keeps the cache between calls)."""
     device = prompts[0].device
     t0 = _clock(device, timings)
     beams = decoding.num_beams
-    dec = _Decoder(model, method, prompts, decoding.max_new_tokens, beams, prefill_tokens, mixed_prefill)
+    dec = _Decoder(model, method, prompts, decoding.max_new_tokens, beams, prefill_tokens, mixed_prefill, compiled)
     t1 = _clock(device, timings)
     if beams > 1:
         rows, steps = _beam_search(dec, len(prompts), decoding, eos_id, pad_id)
@@ -302,11 +338,12 @@ def _beam_search(dec: _Decoder, B: int, decoding, eos_id: int, pad_id: int) -> t
 
 @torch.no_grad()
 def generate_ids(model, method, input_ids, attention_mask, decoding, eos_id: int, pad_id: int,
-                 seeds: list[int] | None = None) -> list[list[int]]:
+                 seeds: list[int] | None = None, compiled: dict | None = None) -> list[list[int]]:
     """New tokens for a left-padded batch of prompts (eos and everything after it removed)."""
     if isinstance(method, OwnTrunk):  # prefix tuning: its own greedy loop (see methods/peft_tuner.py)
         return method.generate_ids(input_ids, attention_mask, decoding, eos_id, pad_id)
-    return decode_ids(model, method, _rows(input_ids, attention_mask), decoding, eos_id, pad_id, seeds)
+    return decode_ids(model, method, _rows(input_ids, attention_mask), decoding, eos_id, pad_id, seeds,
+                      compiled=compiled)
 
 
 @torch.no_grad()
@@ -366,13 +403,15 @@ def finish(tokenizer, ids: list[int], decoding) -> Summary:
 
 @torch.no_grad()
 def generate_summaries(model, method, tokenizer, prompts: list[list[int]], decoding, batch_size: int, device,
-                       autocast=None, progress: bool = False) -> list[Summary]:
+                       autocast=None, progress: bool = False, compile: bool = False) -> list[Summary]:
     """The one generation path (evaluation, ``summarize``, ROUGE-based selection): each prompt's summary (its text,
     its length in tokens, eos excluded, and whether it ran to the limit), in the order of ``prompts``.
 
     The model is put in eval mode (no dropout, LoRA's included).  Prompts are batched longest first
     (``batch_size``); under several processes each takes every N-th batch and the results are gathered,
-    so every process returns the whole list and the batches are the ones one process runs."""
+    so every process returns the whole list and the batches are the ones one process runs.
+
+    ``compile`` (``eval.compile``): the decode steps run compiled (see the module's docstring); the same tokens."""
     model.eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     dist = distributed_state()
@@ -380,13 +419,14 @@ def generate_summaries(model, method, tokenizer, prompts: list[list[int]], decod
     mine = batches[dist.process_index::dist.num_processes]
     ctx = autocast or contextlib.nullcontext
     done: dict[int, Summary] = {}
+    compiled = {"width": max(map(len, prompts), default=0) + method.num_virtual_tokens} if compile else None
     for idx in tqdm(mine, desc="generating", unit="batch", leave=False, disable=not (progress and dist.is_main_process)):
         padded = collate([{"input_ids": prompts[i], "prompt_len": len(prompts[i])} for i in idx], pad, left_pad=True,
                          with_target=False)
         seeds = [prompt_seed(prompts[i], decoding.seed) for i in idx] if decoding.do_sample else None
         with ctx():
             rows = generate_ids(model, method, padded["input_ids"].to(device), padded["attention_mask"].to(device),
-                                decoding, eos, pad, seeds)
+                                decoding, eos, pad, seeds, compiled)
         for i, row in zip(idx, rows):
             done[i] = finish(tokenizer, row, decoding)
     if dist.num_processes > 1:

@@ -338,7 +338,8 @@ class Trainer:
         ds = self.rouge_ds
         with eager(self.compiled):
             generated = generate_summaries(self.model, self.method, self.tokenizer, prompts_of(ds),
-                                           self.method.decoding(), self.cfg.eval.batch_size, self.device, self.autocast)
+                                           self.method.decoding(), self.cfg.eval.batch_size, self.device, self.autocast,
+                                           compile=self.cfg.eval.compile)
         scores = rouge_per_example([s.text for s in generated], list(ds["highlights"]))[HEADLINE]
         return float(sum(scores) / max(len(scores), 1))
 

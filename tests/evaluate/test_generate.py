@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from peftsum.config import GPT2_PAPER_DECODING, DecodingConfig, load_config
 from peftsum.evaluate.generate import decode_ids, describe_decoding, prompt_seed
 from peftsum.methods import build_method
-from tests.conftest import method_cfg
+from tests.conftest import method_cfg, prepared_for_decoding
 
 
 def test_zero_shot_follows_the_gpt2_paper_unless_told_otherwise():
@@ -124,14 +124,8 @@ def test_decoding_loop_equals_generate(method, decoding):
     torch.manual_seed(1)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, initializer_range=0.3,
                                        eos_token_id=999, bos_token_id=999))
-    cfg = method_cfg(method, **{"method.prompt_tuning.init": "random", "method.prompt_tuning.num_prompts": 5})
-    m = build_method(cfg)
-    m.prepare_model(model)
-    if method == "lora":  # B starts at zero: move it so the adapter changes the output
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                torch.nn.init.normal_(p, std=0.5)
-    model.eval()
+    m = prepared_for_decoding(model, method_cfg(method, **{"method.prompt_tuning.init": "random",
+                                                           "method.prompt_tuning.num_prompts": 5}))
     prompts = [torch.randint(0, 999, (n,)) for n in (9, 4, 6, 4, 11)]
     dec = DecodingConfig(max_new_tokens=12, **DECODINGS[decoding])
     free = decode_ids(model, m, prompts, DecodingConfig(max_new_tokens=12, no_repeat_ngram_size=2), 999, 0,
@@ -147,3 +141,35 @@ def test_decoding_loop_equals_generate(method, decoding):
     if dec.length_penalty < 1 or dec.num_beams == 1:  # (a length penalty of 2 favours running to the limit)
         assert len({len(r) for r in fast}) > 1  # some rows ended at eos before others
     assert len({tuple(r) for r in fast}) == len(prompts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,beams", [("prompt-tuning", 1), ("lora", 3)])
+def test_compiled_decode_gives_the_eager_tokens_with_one_cache_per_batch_size(method, beams):
+    """``eval.compile``: the decode step compiled over a static cache of one width for the whole evaluation gives the
+    eager loop's tokens (greedy with a soft prompt in front; beam search with the generated part reordered in place
+    between compiled steps), batch after batch; batches of one size share one cache object (the compiled step, and on
+    a GPU its CUDA graph, reads the same tensors), another size gets its own."""
+    from peftsum.evaluate.generate import compiled_step
+
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, initializer_range=0.3,
+                                       eos_token_id=999, bos_token_id=999))
+    m = prepared_for_decoding(model, method_cfg(method, **{"method.prompt_tuning.init": "random",
+                                                           "method.prompt_tuning.num_prompts": 5}))
+    keys = set(model.state_dict())
+    batches = [[torch.randint(0, 999, (n,)) for n in ns] for ns in ((9, 4, 6), (11, 3, 7), (5, 8))]
+    dec = DecodingConfig(max_new_tokens=12, num_beams=beams, no_repeat_ngram_size=2 if beams == 1 else 0)
+    compiled = {"width": 11 + m.num_virtual_tokens}
+    caches = []
+    for ps in batches:
+        eager = decode_ids(model, m, ps, dec, 999, 0)
+        assert decode_ids(model, m, ps, dec, 999, 0, compiled=compiled) == eager
+        assert len({tuple(r) for r in eager}) == len(ps)  # varied tokens: the comparison means something
+        caches.append({k: id(v) for k, v in compiled.items() if k != "width"})
+    rows = len(batches[0]) * beams
+    length = 11 + m.num_virtual_tokens + dec.max_new_tokens
+    assert caches[0] == caches[1] == {("cache", rows, length): caches[0][("cache", rows, length)]}
+    assert len(caches[2]) == 2  # the smaller last batch: a cache of its own
+    assert compiled_step(model) is compiled_step(model)  # compiled once per model
+    assert set(model.state_dict()) == keys  # kept beside the model, not registered in it

@@ -18,7 +18,7 @@ from peftsum.methods import build_method
 from peftsum.model.arch import decoder_blocks, default_lora_targets
 from peftsum.model.loading import load_model
 from peftsum.train.loss import SummaryLM
-from tests.conftest import tiny_overrides
+from tests.conftest import prepared_for_decoding, tiny_overrides
 
 EOS = 50256
 
@@ -124,13 +124,7 @@ def test_decoding_loop_equals_generate_on_each_architecture(arch, method, beams)
     ecfg = load_config(None, None, [("method.name", method), ("eval.decoding.max_new_tokens", 10),
                                     ("eval.decoding.no_repeat_ngram_size", 2), ("method.prompt_tuning.init", "random"),
                                     ("method.prompt_tuning.num_prompts", 4)])
-    m = build_method(ecfg)
-    m.prepare_model(model)
-    if method == "lora":
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                torch.nn.init.normal_(p, std=0.5)
-    model.eval()
+    m = prepared_for_decoding(model, ecfg)
     prompts = [torch.randint(0, 999, (n,)) for n in (9, 4, 6, 11)]
     dec = dataclasses.replace(ecfg.eval.decoding, num_beams=beams, length_penalty=2.0, min_new_tokens=3)
     fast = decode_ids(model, m, prompts, dec, 999, 0, prefill_tokens=8)

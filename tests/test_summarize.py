@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from peftsum.cli import main
 from peftsum.utils import read_jsonl
@@ -44,3 +45,22 @@ def test_summarize_needs_no_training_data(compared, tmp_path, capsys):
     assert main(["summarize", str(run), "--input", str(tmp_path / "folder")]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["id"] == "x" and isinstance(row["prediction"], str) and row["generated_tokens"] >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["prompt-tuning", "lora"])
+def test_summarize_with_the_compiled_decode_prints_what_the_evaluation_stored(compared, demo_dir, tmp_path, method):
+    """A run whose config asks for ``eval.compile``: summarize decodes every test article (beam search, 4 beams,
+    batches of 8 and a smaller last one) with the compiled step and prints the eager evaluation's summaries."""
+    run = tmp_path / method
+    shutil.copytree(compared / method, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["eval"]["compile"] is False and cfg["eval"]["decoding"]["num_beams"] == 4
+    cfg["eval"]["compile"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    preds = read_jsonl(compared / method / "predictions.jsonl")
+    ids = [p["id"] for p in preds]
+    src = tmp_path / "articles.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "article": a}) + "\n" for i, a in zip(ids, raw_test_articles(demo_dir, ids))))
+    assert main(["summarize", str(run), "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 0
+    assert [g["prediction"] for g in read_jsonl(tmp_path / "o.jsonl")] == [p["prediction"] for p in preds]

@@ -13,11 +13,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # no test reaches a hub: without this every lookup of a hub id (e.g. the "gpt2" tokenizer before its offline
 # fallback) waits for the network to time out, 48 s for the first one here
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# several test workers (pytest-xdist, one per core): one thread each, here and in the processes tests start
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked ``first``, then the slow ones, then the rest (each group in its order): workers take tests in
+    this order, so the longest start early instead of leaving one worker busy after the others finished."""
+    items.sort(key=lambda item: (item.get_closest_marker("first") is None, item.get_closest_marker("slow") is None))
 
 TINY_CONFIG = dict(n_layer=2, n_embd=64, n_head=4, n_positions=1024, vocab_size=50257,
                    resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)

@@ -43,6 +43,7 @@ METHODS = ["zero-shot", "lead-3", "prompt-tuning", "lora", "last-layer", "full"]
 
 
 @pytest.mark.slow
+@pytest.mark.first
 def test_compare_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     p = subprocess.run([sys.executable, "-m", "peftsum.cli", "compare", "--preset", "demo", "--out", str(out),

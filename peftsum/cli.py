@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--steps", type=int,
                    help="timed passes per method (default: up to 3, fewer where a pass takes over 10 s)")
-    p.add_argument("--shape", choices=("real", "gpt2-small"), default="real",
-                   help="gpt2-small: random weights of GPT-2 small's shape (no download)")
+    p.add_argument("--shape", choices=("real", "random", "gpt2-small"), default="real",
+                   help="random: the model's shape with random weights, nothing downloaded (GPT-2's sizes are known "
+                        "offline, another model needs its config.json); gpt2-small: GPT-2 small's shape")
     p.add_argument("--levers", action="store_true",
                    help="also probe each method with activation checkpointing switched (add qlora to --methods for "
                         "a 4-bit base)")

@@ -14,10 +14,10 @@ from transformers.pytorch_utils import Conv1D
 
 from ..errors import UserError
 from .arch import n_positions
-from .demo_base import demo_model_dir, is_demo_model
-from .tokenizer import load_tokenizer, offline_gpt2_tokenizer
+from .demo_base import DEMO_CONFIG, DEMO_MODELS, demo_model_dir, is_demo_model
+from .tokenizer import GPT2_FAMILY, hub_alias, load_tokenizer, offline_gpt2_tokenizer
 
-__all__ = ["is_quantized", "load_base", "load_model", "load_tokenizer", "logical_numel", "n_positions", "offline_gpt2_tokenizer",
+__all__ = ["GPT2_SHAPES", "is_quantized", "load_base", "load_model", "random_shape", "load_tokenizer", "logical_numel", "n_positions", "offline_gpt2_tokenizer",
            "quantization_config", "resolve_model_name", "set_dropout", "store_frozen_in", "stored_tensors"]
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,36 @@ def resolve_model_name(name: str) -> str:
     if is_demo_model(name):
         return str(demo_model_dir(name))
     return name
+
+
+# (layers, width, heads) of the GPT-2 checkpoints on the hub (Radford et al. 2019; the hub's config.json files)
+GPT2_SHAPES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
+               "gpt2-xl": (48, 1600, 25), "distilgpt2": (6, 768, 12)}
+assert set(GPT2_SHAPES) == GPT2_FAMILY
+
+
+def random_shape(name: str, seed: int = 0, attn_implementation: str = "auto"):
+    """The causal LM ``name`` with random weights and none downloaded (``peftsum plan --shape random``): the GPT-2
+    family from :data:`GPT2_SHAPES`, any other model from its ``config.json`` (a local directory, or the hub's file
+    alone); its attention ``attn_implementation`` unless "auto".  Returns (model, description)."""
+    alias = hub_alias(name)
+    if alias in GPT2_SHAPES:
+        n_layer, n_embd, n_head = GPT2_SHAPES[alias]
+        config = AutoConfig.for_model("gpt2", n_layer=n_layer, n_embd=n_embd, n_head=n_head)
+    elif is_demo_model(name):  # its shape without pre-training it
+        config = AutoConfig.for_model("gpt2", **{**DEMO_CONFIG, **DEMO_MODELS[name]})
+    else:
+        try:
+            config = AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--shape random: no config for {name!r} ({str(e).splitlines()[0]}); known offline: "
+                            f"{', '.join(GPT2_SHAPES)}") from None
+    torch.manual_seed(seed)
+    attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    model = AutoModelForCausalLM.from_config(config, **attn)
+    layers = getattr(config, "num_hidden_layers", None)
+    width = getattr(config, "hidden_size", None)
+    return model, f"{name} shape ({layers} x {width}), random weights"
 
 
 def quantization_config(quantize: str, compute_dtype: torch.dtype = torch.float32) -> BitsAndBytesConfig | None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 GPT2_FAMILY = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}
 
 
-def _hub_alias(name: str) -> str:
+def hub_alias(name: str) -> str:
     return name.split("/", 1)[1] if name.startswith("openai-community/") else name
 
 
@@ -55,7 +55,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     try:
         tok = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        if _hub_alias(name) in GPT2_FAMILY:
+        if hub_alias(name) in GPT2_FAMILY:
             log.warning("could not fetch the %s tokenizer (%s); using the identical offline GPT-2 BPE", name,
                         str(e).splitlines()[0][:120])
             return offline_gpt2_tokenizer()

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..config import FSDP_METHODS, Config
 from ..data.collate import seq_lengths
@@ -34,13 +33,15 @@ from ..experiment.compare import method_config, run_name
 from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method, method_class
 from ..model.arch import decoder_blocks
 from ..model.loading import (
+    GPT2_SHAPES,
     load_model,
     load_tokenizer,
     n_positions,
-    offline_gpt2_tokenizer,
+    random_shape,
     resolve_model_name,
     set_dropout,
 )
+from ..model.tokenizer import hub_alias
 from ..train.loop import Trainer, micro_batch_size
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
@@ -83,20 +84,19 @@ def _examples(cfg: Config, tokenizer, positions: int, num_virtual: int, n: int, 
 
 
 class _Bases:
-    """The base model ``plan`` probes: loaded (``--shape gpt2-small``: built with random weights) once, each method
-    preparing a copy; a quantized base (QLoRA) is loaded anew for each method that asks for one, quantized by
-    bitsandbytes as it loads (the random shape from a copy saved once)."""
+    """The base model ``plan`` probes: loaded once (``--shape random``: the configured model's shape with random weights,
+    nothing downloaded; ``--shape gpt2-small``: GPT-2 small's, whatever the model), each method preparing a copy; a
+    quantized base (QLoRA) is loaded anew for each method that asks for one, quantized by bitsandbytes as it loads (a
+    random shape from a copy saved once)."""
 
     def __init__(self, cfg: Config, shape: str, device: torch.device, dtype: torch.dtype):
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.base: torch.nn.Module | None = None
         self.saved: tempfile.TemporaryDirectory | None = None
-        if shape == "gpt2-small":
-            self.name, self.desc, self.tokenizer = None, "GPT-2 small shape (12 x 768), random weights", \
-                offline_gpt2_tokenizer()
-        else:
-            self.name, self.desc = resolve_model_name(cfg.model.name), cfg.model.name
-            self.tokenizer = None  # loaded after the model: a missing model is the first error
+        self.random = {"real": None, "gpt2-small": "gpt2"}.get(shape, cfg.model.name)  # whose shape, if random
+        self.name = resolve_model_name(cfg.model.name) if self.random is None else None
+        self.desc = cfg.model.name
+        self.tokenizer = None  # loaded after the model: a missing model is the first error
 
     def get(self, quantize: str = "none") -> torch.nn.Module:
         if quantize != "none":
@@ -108,8 +108,10 @@ class _Bases:
     def _load(self, quantize: str) -> torch.nn.Module:
         name = self.name
         if name is None and quantize == "none":
-            torch.manual_seed(0)
-            model = GPT2LMHeadModel(GPT2Config())
+            model, self.desc = random_shape(self.random, attn_implementation=self.cfg.model.attn_implementation)
+            if self.tokenizer is None:  # the GPT-2 family's is built offline; another model's from its name
+                tok = self.cfg.model.tokenizer or self.random
+                self.tokenizer = load_tokenizer("gpt2-bpe" if hub_alias(tok) in GPT2_SHAPES else tok)
         else:
             if name is None:
                 if self.saved is None:
@@ -120,7 +122,7 @@ class _Bases:
                 model = load_model(name, attn_implementation=self.cfg.model.attn_implementation, quantize=quantize,
                                    compute_dtype=self.dtype, device=self.device)
             except UserError as e:
-                raise UserError(f"{e}; to plan without the weights use --shape gpt2-small") from None
+                raise UserError(f"{e}; to plan without the weights use --shape random") from None
             if self.tokenizer is None:
                 self.tokenizer = load_tokenizer(self.cfg.model.tokenizer or name)
         set_dropout(model, self.cfg.model.dropout)

@@ -43,3 +43,40 @@ def test_the_attention_kernel_is_the_configured_one_and_computes_the_same_loss(t
     assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-5)
     with pytest.raises(UserError, match="flash_attention_2"):
         load_model(str(tiny_model_dir), attn_implementation="flash_attention_2")
+
+
+@pytest.mark.parametrize("name,params", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),
+                                         ("openai-community/gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)])
+def test_random_shape_knows_the_gpt2_family_offline(name, params):
+    """plan --shape random: GPT-2's four sizes without the hub (the parameter counts of the published checkpoints,
+    the tied head counted once), built on the meta device here."""
+    from peftsum.model.loading import random_shape
+
+    with torch.device("meta"):
+        model, desc = random_shape(name)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model.config.n_positions == 1024 and model.config.vocab_size == 50257
+    assert "random weights" in desc
+    with torch.device("meta"):  # model.attn_implementation reaches it (gpu.py's eager-attention lever on this shape)
+        assert random_shape(name, attn_implementation="eager")[0].config._attn_implementation == "eager"
+
+
+def test_random_shape_reads_a_local_config_and_refuses_an_unknown_name(tiny_model_dir):
+    from peftsum.errors import UserError
+    from peftsum.model.loading import random_shape
+
+    model, desc = random_shape(str(tiny_model_dir))
+    saved = load_model(str(tiny_model_dir))
+    assert model.config.n_layer == saved.config.n_layer and model.config.n_embd == saved.config.n_embd
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in saved.parameters())
+    assert not torch.equal(model.transformer.wte.weight, saved.transformer.wte.weight)  # random, not the saved weights
+    with pytest.raises(UserError, match="no config for 'no-such/model'.*gpt2-medium"):
+        random_shape("no-such/model")
+
+
+def test_random_shape_of_a_demo_base_needs_no_pre_training(monkeypatch):
+    from peftsum.model import demo_base, loading
+
+    monkeypatch.setattr(demo_base, "pretrain", lambda *a, **k: pytest.fail("pre-trained a demo base for its shape"))
+    model, _ = loading.random_shape("demo-large")
+    assert (model.config.n_layer, model.config.n_embd) == (4, 192)

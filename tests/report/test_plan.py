@@ -134,3 +134,10 @@ def test_plan_projects_a_grid_from_one_probe_per_model(tiny_cfg):
     text = render_grid(results)
     total = sum(x["total_seconds"] for x in results[0]["rows"])
     assert "whole grid: 1 model(s) x 2 training-set size(s) = 2 cells" in text and f"{total / 3600:.2f} device-hours" in text
+    # --shape random: the same model's shape with random weights, nothing loaded: the exact figures are the same
+    shaped = measure_grid(cfg, ["lora"], "cpu", steps=1, shape="random")[0]
+    assert "random weights" in shaped["model"] and "random weights" not in results[0]["model"]
+    for x in shaped["rows"]:
+        real = rows[("lora", x["train_size"])]
+        assert (x["state_bytes"], x["trainable"], x["steps"]) == (real["state_bytes"], real["trainable"], real["steps"])
+        assert x["train_flops"] == pytest.approx(real["train_flops"], rel=1e-9)

@@ -3,7 +3,9 @@ small Kaggle-style CSV directory of the demo corpus."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,12 +42,30 @@ def tokenizer():
     return offline_gpt2_tokenizer()
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``build(folder)`` filled, once per test run whatever the number of workers: the first worker that
+    asks builds it under a lock, the others wait for it and reuse it (they would each have built the same thing)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder, built = root / f"shared-{name}", root / f"shared-{name}.built"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not built.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed here left
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2 x 64 GPT-2 briefly pre-trained on demo articles, saved with save_pretrained."""
-    from peftsum.model.demo_base import ensure_demo_base
+    from peftsum.model.demo_base import demo_base_key, ensure_demo_base
 
-    return ensure_demo_base(TINY_CONFIG, TINY_RECIPE, root=tmp_path_factory.mktemp("models"))
+    root = built_once(tmp_path_factory, "models", lambda folder: ensure_demo_base(TINY_CONFIG, TINY_RECIPE, root=folder))
+    return root / f"demo-base-{demo_base_key(TINY_CONFIG, TINY_RECIPE)}"
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +115,10 @@ def compared(tmp_path_factory, tiny_model_dir, demo_dir) -> Path:
     """One ``compare`` of every method, shared by the whole test run: tests read it, or copy it before changing it."""
     from peftsum.cli import main
 
-    out = tmp_path_factory.mktemp("compare")
-    assert main(compare_args(tiny_model_dir, demo_dir, out)) == 0
-    return out
+    def build(out):
+        assert main(compare_args(tiny_model_dir, demo_dir, out)) == 0
+
+    return built_once(tmp_path_factory, "compare", build)
 
 
 @pytest.fixture(scope="session")

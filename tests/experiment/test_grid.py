@@ -20,7 +20,7 @@ from peftsum.experiment.grid import GRID, grid_cells, model_slug
 from peftsum.report.collect import collect, with_intervals
 from peftsum.report.scale import build_grid_report, gap
 from peftsum.utils import read_jsonl
-from tests.conftest import TINY_CONFIG, TINY_RECIPE, compare_args
+from tests.conftest import TINY_CONFIG, TINY_RECIPE, built_once, compare_args
 
 TIMINGS = ("train_seconds", "peak_memory_bytes")  # what two runs of the same cell may not share
 
@@ -114,11 +114,11 @@ def test_the_scale_report_shows_each_cells_own_figures(compared, tmp_path):
 @pytest.fixture(scope="module")
 def two_models(tiny_model_dir, tmp_path_factory) -> list[Path]:
     """The tiny model and a smaller one (1 block x 32)."""
-    from peftsum.model.demo_base import ensure_demo_base
+    from peftsum.model.demo_base import demo_base_key, ensure_demo_base
 
-    smaller = ensure_demo_base({**TINY_CONFIG, "n_layer": 1, "n_embd": 32, "n_head": 2}, TINY_RECIPE,
-                               root=tmp_path_factory.mktemp("small"))
-    return [smaller, tiny_model_dir]
+    config = {**TINY_CONFIG, "n_layer": 1, "n_embd": 32, "n_head": 2}
+    root = built_once(tmp_path_factory, "grid-small-model", lambda folder: ensure_demo_base(config, TINY_RECIPE, root=folder))
+    return [root / f"demo-base-{demo_base_key(config, TINY_RECIPE)}", tiny_model_dir]
 
 
 def _grid_args(models, demo_dir, out) -> list[str]:
@@ -129,9 +129,10 @@ def _grid_args(models, demo_dir, out) -> list[str]:
 
 @pytest.fixture(scope="module")
 def one_worker(two_models, demo_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("grid") / "one"
-    assert main(_grid_args(two_models, demo_dir, out)) == 0
-    return out
+    def build(folder):
+        assert main(_grid_args(two_models, demo_dir, folder / "one")) == 0
+
+    return built_once(tmp_path_factory, "grid", build) / "one"
 
 
 def _tidy(out: Path) -> list[dict]:
@@ -139,7 +140,7 @@ def _tidy(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_grid_runs_every_method_in_every_cell_and_resumes(one_worker, two_models, demo_dir, capsys):
+def test_a_grid_runs_every_method_in_every_cell_and_resumes(one_worker, two_models, demo_dir, capsys, tmp_path):
     cells = [f"{model_slug(str(m))}-n{n}" for m in two_models for n in (16, 32)]
     assert json.loads((one_worker / GRID).read_text())["cells"][0]["name"] == cells[0]
     rows = _tidy(one_worker)
@@ -152,12 +153,14 @@ def test_a_grid_runs_every_method_in_every_cell_and_resumes(one_worker, two_mode
         assert data["train"] == int(c.rsplit("-n", 1)[1])
     small, large = (int(r["model_params"]) for r in rows[::4])
     assert small < large
-    # the same command again: every cell finished, nothing runs, the report is the same
-    before = _tidy(one_worker)
+    # the same command again (on a copy: the grid is shared with the other tests): every cell finished, nothing
+    # runs, the report is the same
+    again = tmp_path / "again"
+    shutil.copytree(one_worker, again)
     capsys.readouterr()
-    assert main(_grid_args(two_models, demo_dir, one_worker)) == 0
+    assert main(_grid_args(two_models, demo_dir, again)) == 0
     assert "running" not in capsys.readouterr().out
-    assert _tidy(one_worker) == before
+    assert _tidy(again) == _tidy(one_worker)
 
 
 @pytest.mark.slow

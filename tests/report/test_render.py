@@ -74,6 +74,7 @@ def test_report_numbers_equal_results_json(compared):
 
 
 def test_report_rebuilds_without_training_and_fills_analysis(compared, tmp_path):
+    compared = shutil.copytree(compared, tmp_path / "compared")  # rebuilt here: the shared one stays as it is
     doc = tmp_path / "analysis.md"
     doc.write_text("# A\n\ntheory\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\ntail\n")
     before = {m: (compared / m / "results.json").stat().st_mtime_ns for m in ALL_METHODS.split(",")}

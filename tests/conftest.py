@@ -72,7 +72,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def demo_dir(tmp_path_factory) -> Path:
     from peftsum.data.demo import write_demo_corpus
 
-    return write_demo_corpus(tmp_path_factory.mktemp("demo"), {"train": 160, "validation": 40, "test": 40})
+    # one folder for every worker: the shared runs below hold its path in their configs
+    return built_once(tmp_path_factory, "demo", lambda folder: write_demo_corpus(folder, {"train": 160, "validation": 40,
+                                                                                          "test": 40}))
 
 
 def tiny_overrides(model_dir, data_dir, **extra):

@@ -15,31 +15,44 @@ import torch
 from _common import args, gpt2_small, machine, synthetic_examples
 
 
-def measure(device, dtype, prompts: int, n_layer: int, new_tokens: int) -> dict:
-    """``eval.compile``: seconds of decode_ids (greedy, eos banned so every step runs) eager against the decode step
-    compiled (a CUDA graph on a GPU), after a warm-up each (the compiled one's is its compilation, reported), and
-    whether the tokens are the same."""
-    from peftsum.config import DecodingConfig, load_config
+def timed_decodes(device, dtype, prompts: int, n_layer: int, decoding, runs) -> dict[str, tuple[list, float]]:
+    """decode_ids on GPT-2 small's shape (``n_layer`` blocks, random weights, zero-shot) for ``prompts`` synthetic
+    CNN/DailyMail-length prompts, once per (label, keyword arguments of decode_ids) in ``runs``, in order, each timed
+    between synchronisations (in ``dtype``'s autocast): {label: (tokens, seconds)}, a label run twice keeping its
+    last (the first is its warm-up)."""
+    from peftsum.config import load_config
     from peftsum.evaluate.cost import synchronize
     from peftsum.evaluate.generate import decode_ids
     from peftsum.methods import build_method
 
-    model = gpt2_small(n_layer=n_layer).to(device).eval()
+    model = gpt2_small(n_layer=n_layer).to(device)
     method = build_method(load_config(None, None, [("method.name", "zero-shot")]))
     ps = [torch.tensor(e["input_ids"][: e["prompt_len"]], device=device) for e in synthetic_examples(prompts)]
-    dec = DecodingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, no_repeat_ngram_size=0)
-    compiled = {"width": max(map(len, ps))}
-    out, seconds = {}, {}
+    done = {}
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     with autocast:
-        for label, c in (("eager", None), ("compilation", compiled), ("eager", None), ("compiled", compiled)):
+        for label, kw in runs:
             synchronize(device)
             t0 = time.perf_counter()
-            out[label] = decode_ids(model, method, ps, dec, 50256, 50256, compiled=c)
+            tokens = decode_ids(model, method, ps, decoding, 50256, 50256, **kw)
             synchronize(device)
-            seconds[label] = time.perf_counter() - t0
-    return {"prompts": prompts, "tokens": new_tokens, "eager": seconds["eager"], "compiled": seconds["compiled"],
-            "compilation": seconds["compilation"] - seconds["compiled"], "same": out["eager"] == out["compiled"]}
+            done[label] = (tokens, time.perf_counter() - t0)
+    return done
+
+
+def measure(device, dtype, prompts: int, n_layer: int, new_tokens: int) -> dict:
+    """``eval.compile``: seconds of decode_ids (greedy, eos banned so every step runs) eager against the decode step
+    compiled (a CUDA graph on a GPU), after a warm-up each (the compiled one's is its compilation, reported), and
+    whether the tokens are the same."""
+    from peftsum.config import DecodingConfig
+    from peftsum.evaluate.generate import CompiledDecoding
+
+    dec = DecodingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, no_repeat_ngram_size=0)
+    compiled = {"compiled": CompiledDecoding(width=0)}  # one batch, the same prompts every call: its own width
+    r = timed_decodes(device, dtype, prompts, n_layer, dec,
+                      [("eager", {}), ("compilation", compiled), ("eager", {}), ("compiled", compiled)])
+    return {"prompts": prompts, "tokens": new_tokens, "eager": r["eager"][1], "compiled": r["compiled"][1],
+            "compilation": r["compilation"][1] - r["compiled"][1], "same": r["eager"][0] == r["compiled"][0]}
 
 
 def main():

@@ -17,13 +17,13 @@ small's shape; the test suite runs it so, so that the script keeps working until
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
 import torch
 from _common import args
 from decode_compile import measure as measure_decode_compile
+from decode_compile import timed_decodes
 from frozen_dtype import describe as describe_frozen
 from frozen_dtype import measure as measure_frozen
 from mfu import lora_step_flops_per_s, matmul_peak
@@ -132,27 +132,13 @@ def main():
 
 def measure_prefill(device, dtype, prompts: int, n_layer: int) -> dict:
     """Seconds of decode_ids (prefill + 8 greedy tokens) with mixed_prefill on and off, after a warm-up each."""
-    from _common import gpt2_small, synthetic_examples
+    from peftsum.config import DecodingConfig
 
-    from peftsum.config import DecodingConfig, load_config
-    from peftsum.evaluate.cost import synchronize
-    from peftsum.evaluate.generate import decode_ids
-    from peftsum.methods import build_method
-
-    model = gpt2_small(n_layer=n_layer).to(device)
-    method = build_method(load_config(None, None, [("method.name", "zero-shot")]))
-    ps = [torch.tensor(e["input_ids"][: e["prompt_len"]], device=device) for e in synthetic_examples(prompts)]
     dec = DecodingConfig(max_new_tokens=8, no_repeat_ngram_size=0)
-    out, seconds = {}, {}
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    with autocast:
-        for mixed in (True, False, True, False):  # warm-up, then timed
-            synchronize(device)
-            t0 = time.perf_counter()
-            out[mixed] = decode_ids(model, method, ps, dec, 50256, 50256, mixed_prefill=mixed)
-            synchronize(device)
-            seconds[mixed] = time.perf_counter() - t0
-    return {"prompts": prompts, "mixed": seconds[True], "grouped": seconds[False], "same": out[True] == out[False]}
+    r = timed_decodes(device, dtype, prompts, n_layer, dec,
+                      [(m, {"mixed_prefill": m == "mixed"}) for m in ("mixed", "grouped", "mixed", "grouped")])
+    return {"prompts": prompts, "mixed": r["mixed"][1], "grouped": r["grouped"][1],
+            "same": r["mixed"][0] == r["grouped"][0]}
 
 
 MFU_AIM = 0.30  # of the datasheet peak of the precision in use (plan's MFU), GPT-2's dropout on

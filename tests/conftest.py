@@ -62,10 +62,12 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2 x 64 GPT-2 briefly pre-trained on demo articles, saved with save_pretrained."""
-    from peftsum.model.demo_base import demo_base_key, ensure_demo_base
+    from peftsum.model.demo_base import ensure_demo_base
 
-    root = built_once(tmp_path_factory, "models", lambda folder: ensure_demo_base(TINY_CONFIG, TINY_RECIPE, root=folder))
-    return root / f"demo-base-{demo_base_key(TINY_CONFIG, TINY_RECIPE)}"
+    def build(folder):
+        ensure_demo_base(TINY_CONFIG, TINY_RECIPE, root=folder)
+
+    return ensure_demo_base(TINY_CONFIG, TINY_RECIPE, root=built_once(tmp_path_factory, "models", build))  # found there
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ the launch of each of a step's kernels.  The prefill stays eager (a shape per pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 import warnings
@@ -101,7 +102,8 @@ class _Decoder:
     first logits, and :meth:`forward` for one decode step of every row."""
 
     def __init__(self, model, method, prompts: list[torch.Tensor], max_new_tokens: int, beams: int,
-                 prefill_tokens: int | None, mixed_prefill: bool | None = None, compiled: dict | None = None):
+                 prefill_tokens: int | None, mixed_prefill: bool | None = None,
+                 compiled: CompiledDecoding | None = None):
         device = prompts[0].device
         if prefill_tokens is None and device.type == "cpu":
             prefill_tokens = CPU_PREFILL_TOKENS
@@ -131,8 +133,9 @@ class _Decoder:
                 kv[i] = [(layer.keys[j][:, : lens[i]], layer.values[j][:, : lens[i]]) for layer in layers]
         rows = B * beams
         # compiled: every batch of an evaluation gets the same width (its longest prompt) and the same cache object
-        self.width = width = max(max(lens), compiled.get("width", 0) if compiled is not None else 0)
-        self.cache = _static_cache(model, rows, width + max_new_tokens, compiled)
+        self.width = width = max(lens) if compiled is None else max(*lens, compiled.width)
+        self.cache = (StaticCache(config=model.config, max_cache_len=width + max_new_tokens) if compiled is None
+                      else compiled.cache(model, rows, width + max_new_tokens))
         for layer in range(len(kv[0])):
             k0, v0 = kv[0][layer]
             k = k0.new_empty((rows, k0.shape[0], width, k0.shape[-1]))  # every slot is written below
@@ -178,17 +181,24 @@ def compiled_step(model):
     return fn
 
 
-def _static_cache(model, rows: int, length: int, compiled: dict | None) -> StaticCache:
-    """A static cache of ``rows`` x ``length`` slots: a new one, or (compiled) the evaluation's cache of that size,
-    zeroed, so that the compiled step (and its CUDA graph) reads the same tensors at every batch."""
-    if compiled is None:
-        return StaticCache(config=model.config, max_cache_len=length)
-    cache = compiled.get(("cache", rows, length))
-    if cache is None:
-        cache = compiled[("cache", rows, length)] = StaticCache(config=model.config, max_cache_len=length)
-    else:
-        cache.reset()
-    return cache
+@dataclasses.dataclass
+class CompiledDecoding:
+    """``eval.compile``'s state for one evaluation: the cache width every batch gets (at least the longest prompt
+    with its soft tokens, so that batches of one size have the same shapes) and its static caches by (rows,
+    slots), reused from batch to batch."""
+
+    width: int
+    caches: dict[tuple[int, int], StaticCache] = dataclasses.field(default_factory=dict)
+
+    def cache(self, model, rows: int, length: int) -> StaticCache:
+        """The evaluation's static cache of ``rows`` x ``length`` slots, zeroed, so that the compiled step (and its
+        CUDA graph) reads the same tensors at every batch of that size."""
+        cache = self.caches.get((rows, length))
+        if cache is None:
+            cache = self.caches[(rows, length)] = StaticCache(config=model.config, max_cache_len=length)
+        else:
+            cache.reset()
+        return cache
 
 
 def _clock(device, timings: dict | None) -> float:
@@ -203,15 +213,14 @@ def _clock(device, timings: dict | None) -> float:
 def decode_ids(model, method, prompts: list[torch.Tensor], decoding, eos_id: int, pad_id: int,
                seeds: list[int] | None = None, prefill_tokens: int | None = None,
                timings: dict | None = None, mixed_prefill: bool | None = None,
-               compiled: dict | None = None) -> list[list[int]]:
+               compiled: CompiledDecoding | None = None) -> list[list[int]]:
     """New tokens for ``prompts`` (1-D token tensors of any lengths) under ``decoding`` (``eval.decoding``),
     eos and what follows it removed.  ``seeds``: one per prompt, for sampling (:func:`prompt_seed`).
 
     ``timings``: a dict that receives the seconds of the prefill (steps 1-2), of the decode (step 3) and the
     number of decode forwards (``peftsum plan`` times both phases in one call).  ``mixed_prefill``: prefill prompts
     of different lengths in one right-padded forward (default: on a GPU; the CPU groups equal lengths only).
-    ``compiled``: decode with :func:`compiled_step`; the dict is the evaluation's (``{"width": W}``, W at least the
-    longest prompt with its soft tokens, so that every batch has the same shapes; it keeps the cache between calls)."""
+    ``compiled``: decode with :func:`compiled_step`, in the evaluation's :class:`CompiledDecoding`."""
     device = prompts[0].device
     t0 = _clock(device, timings)
     beams = decoding.num_beams
@@ -338,7 +347,7 @@ def _beam_search(dec: _Decoder, B: int, decoding, eos_id: int, pad_id: int) -> t
 
 @torch.no_grad()
 def generate_ids(model, method, input_ids, attention_mask, decoding, eos_id: int, pad_id: int,
-                 seeds: list[int] | None = None, compiled: dict | None = None) -> list[list[int]]:
+                 seeds: list[int] | None = None, compiled: CompiledDecoding | None = None) -> list[list[int]]:
     """New tokens for a left-padded batch of prompts (eos and everything after it removed)."""
     if isinstance(method, OwnTrunk):  # prefix tuning: its own greedy loop (see methods/peft_tuner.py)
         return method.generate_ids(input_ids, attention_mask, decoding, eos_id, pad_id)
@@ -419,7 +428,7 @@ def generate_summaries(model, method, tokenizer, prompts: list[list[int]], decod
     mine = batches[dist.process_index::dist.num_processes]
     ctx = autocast or contextlib.nullcontext
     done: dict[int, Summary] = {}
-    compiled = {"width": max(map(len, prompts), default=0) + method.num_virtual_tokens} if compile else None
+    compiled = CompiledDecoding(max(map(len, prompts), default=0) + method.num_virtual_tokens) if compile else None
     for idx in tqdm(mine, desc="generating", unit="batch", leave=False, disable=not (progress and dist.is_main_process)):
         padded = collate([{"input_ids": prompts[i], "prompt_len": len(prompts[i])} for i in idx], pad, left_pad=True,
                          with_target=False)

@@ -33,7 +33,6 @@ from ..experiment.compare import method_config, run_name
 from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method, method_class
 from ..model.arch import decoder_blocks
 from ..model.loading import (
-    GPT2_SHAPES,
     load_model,
     load_tokenizer,
     n_positions,
@@ -41,7 +40,7 @@ from ..model.loading import (
     resolve_model_name,
     set_dropout,
 )
-from ..model.tokenizer import hub_alias
+from ..model.tokenizer import GPT2_FAMILY, hub_alias
 from ..train.loop import Trainer, micro_batch_size
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
@@ -111,7 +110,7 @@ class _Bases:
             model, self.desc = random_shape(self.random, attn_implementation=self.cfg.model.attn_implementation)
             if self.tokenizer is None:  # the GPT-2 family's is built offline; another model's from its name
                 tok = self.cfg.model.tokenizer or self.random
-                self.tokenizer = load_tokenizer("gpt2-bpe" if hub_alias(tok) in GPT2_SHAPES else tok)
+                self.tokenizer = load_tokenizer("gpt2-bpe" if hub_alias(tok) in GPT2_FAMILY else tok)
         else:
             if name is None:
                 if self.saved is None:
@@ -426,17 +425,14 @@ def render(r: dict, device_memory: int | None = None) -> str:
             line = (f"{x['method']:<17}{x['train_size']:>8}{'–':>9}{'–':>8}{'–':>10}{'–':>9}{'–':>12}{'–':>10}"
                     f"{x['state_bytes'] / 2**30:>8.2f}G{x['activation_bytes'] / 2**30:>8.2f}G{'–':>11}{'–':>13}"
                     f"{'–':>10}{'–':>7}")
-            if device_memory:
-                line += f"{'yes' if training_memory(x) <= device_memory else 'no':>10}"
-            lines.append(line)
-            continue
-        total += x["total_seconds"]
-        line = (f"{x['method']:<17}{x['train_size']:>8}{x['step_seconds']:>9.3f}{x['steps']:>8}{_hms(x['train_seconds']):>10}"
-                f"{_hms(x['validation_seconds']):>9}{_hms(x['final_eval_seconds']):>12}"
-                f"{_hms(x['total_seconds']):>10}{x['state_bytes'] / 2**30:>8.2f}G{x['activation_bytes'] / 2**30:>8.2f}G"
-                f"{x['peak_memory_bytes'] / 2**30:>10.2f}G"
-                f"{x['train_flops']:>13.3g}{x['tokens_per_second']:>10.0f}"
-                + (f"{x['mfu'] * 100:>6.1f}%" if x.get("mfu") is not None else f"{'–':>7}"))
+        else:
+            total += x["total_seconds"]
+            line = (f"{x['method']:<17}{x['train_size']:>8}{x['step_seconds']:>9.3f}{x['steps']:>8}"
+                    f"{_hms(x['train_seconds']):>10}{_hms(x['validation_seconds']):>9}{_hms(x['final_eval_seconds']):>12}"
+                    f"{_hms(x['total_seconds']):>10}{x['state_bytes'] / 2**30:>8.2f}G{x['activation_bytes'] / 2**30:>8.2f}G"
+                    f"{x['peak_memory_bytes'] / 2**30:>10.2f}G"
+                    f"{x['train_flops']:>13.3g}{x['tokens_per_second']:>10.0f}"
+                    + (f"{x['mfu'] * 100:>6.1f}%" if x.get("mfu") is not None else f"{'–':>7}"))
         if device_memory:
             line += f"{'yes' if training_memory(x) <= device_memory else 'no':>10}"
         lines.append(line)

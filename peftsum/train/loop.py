@@ -115,13 +115,19 @@ def compile_blocks(model) -> list:
     return blocks
 
 
+def uncompile(blocks: list) -> None:
+    """The blocks run eager again (what ``nn.Module.compile`` set, ``_compiled_call_impl``, back to None: torch has
+    no public undo)."""
+    for b in blocks:
+        b._compiled_call_impl = None
+
+
 @contextlib.contextmanager
 def eager(blocks: list):
     """The blocks run uncompiled inside (generation: a static cache and one new token per step, shapes the
     training graphs do not cover)."""
-    saved = [b._compiled_call_impl for b in blocks]  # what nn.Module.compile sets; None: eager
-    for b in blocks:
-        b._compiled_call_impl = None
+    saved = [b._compiled_call_impl for b in blocks]
+    uncompile(blocks)
     try:
         yield
     finally:
@@ -498,6 +504,5 @@ def train(cfg: Config, run_dir: Path, *, summary_lm: SummaryLM, method: Method, 
     try:
         trainer.run()
     finally:
-        for block in trainer.compiled:  # the evaluation after training runs eager
-            block._compiled_call_impl = None
+        uncompile(trainer.compiled)  # the evaluation after training runs eager
     return trainer

@@ -150,7 +150,7 @@ def test_compiled_decode_gives_the_eager_tokens_with_one_cache_per_batch_size(me
     eager loop's tokens (greedy with a soft prompt in front; beam search with the generated part reordered in place
     between compiled steps), batch after batch; batches of one size share one cache object (the compiled step, and on
     a GPU its CUDA graph, reads the same tensors), another size gets its own."""
-    from peftsum.evaluate.generate import compiled_step
+    from peftsum.evaluate.generate import CompiledDecoding, compiled_step
 
     torch.manual_seed(1)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, initializer_range=0.3,
@@ -160,16 +160,16 @@ def test_compiled_decode_gives_the_eager_tokens_with_one_cache_per_batch_size(me
     keys = set(model.state_dict())
     batches = [[torch.randint(0, 999, (n,)) for n in ns] for ns in ((9, 4, 6), (11, 3, 7), (5, 8))]
     dec = DecodingConfig(max_new_tokens=12, num_beams=beams, no_repeat_ngram_size=2 if beams == 1 else 0)
-    compiled = {"width": 11 + m.num_virtual_tokens}
+    compiled = CompiledDecoding(11 + m.num_virtual_tokens)
     caches = []
     for ps in batches:
         eager = decode_ids(model, m, ps, dec, 999, 0)
         assert decode_ids(model, m, ps, dec, 999, 0, compiled=compiled) == eager
         assert len({tuple(r) for r in eager}) == len(ps)  # varied tokens: the comparison means something
-        caches.append({k: id(v) for k, v in compiled.items() if k != "width"})
+        caches.append({k: id(v) for k, v in compiled.caches.items()})
     rows = len(batches[0]) * beams
     length = 11 + m.num_virtual_tokens + dec.max_new_tokens
-    assert caches[0] == caches[1] == {("cache", rows, length): caches[0][("cache", rows, length)]}
+    assert caches[0] == caches[1] == {(rows, length): caches[0][(rows, length)]}
     assert len(caches[2]) == 2  # the smaller last batch: a cache of its own
     assert compiled_step(model) is compiled_step(model)  # compiled once per model
     assert set(model.state_dict()) == keys  # kept beside the model, not registered in it

@@ -114,11 +114,15 @@ def test_the_scale_report_shows_each_cells_own_figures(compared, tmp_path):
 @pytest.fixture(scope="module")
 def two_models(tiny_model_dir, tmp_path_factory) -> list[Path]:
     """The tiny model and a smaller one (1 block x 32)."""
-    from peftsum.model.demo_base import demo_base_key, ensure_demo_base
+    from peftsum.model.demo_base import ensure_demo_base
 
     config = {**TINY_CONFIG, "n_layer": 1, "n_embd": 32, "n_head": 2}
-    root = built_once(tmp_path_factory, "grid-small-model", lambda folder: ensure_demo_base(config, TINY_RECIPE, root=folder))
-    return [root / f"demo-base-{demo_base_key(config, TINY_RECIPE)}", tiny_model_dir]
+
+    def build(folder):
+        ensure_demo_base(config, TINY_RECIPE, root=folder)
+
+    return [ensure_demo_base(config, TINY_RECIPE, root=built_once(tmp_path_factory, "grid-small-model", build)),
+            tiny_model_dir]
 
 
 def _grid_args(models, demo_dir, out) -> list[str]:

@@ -95,7 +95,11 @@ class Method:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise UserError(f"{type(model).__name__} does not support gradient checkpointing; set "
                             "train.gradient_checkpointing to false")
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # its newer name; transformers 5.17 has only the older
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.disable_input_require_grads()  # transformers' hook for reentrant checkpointing: not needed here
 
     def _adapt(self, model: nn.Module) -> None:

@@ -161,6 +161,26 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_cfg, toke
         assert torch.allclose(g0[k], g1[k], rtol=1e-5, atol=1e-7), k
 
 
+def test_gradient_checkpointing_where_transformers_has_only_its_older_name(tiny_cfg, monkeypatch):
+    """transformers 5.17 (what a current GPU image ships) has gradient_checkpointing_enable and no
+    activation_checkpointing_enable: before, an AttributeError as the model was prepared."""
+    from transformers import PreTrainedModel
+
+    from peftsum.experiment import load_components
+    from peftsum.model.arch import decoder_blocks
+
+    newer = getattr(PreTrainedModel, "activation_checkpointing_enable", None)
+    if newer is not None:  # a newer transformers made to show 5.17's API: only the older name, the same work
+        def older(self, gradient_checkpointing_kwargs=None):
+            newer(self, activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+        monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", older)
+        monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable")
+    parts = load_components(tiny_cfg("lora", **{"train.gradient_checkpointing": True}))
+    assert not hasattr(parts.model, "activation_checkpointing_enable")
+    assert all(b.gradient_checkpointing for b in decoder_blocks(parts.model))
+
+
 def test_gradient_checkpointing_refuses_prefix_tuning(tiny_model_dir, tmp_path):
     import json
 

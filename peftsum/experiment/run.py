@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from .. import __version__
 from ..config import PEFT_METHOD, Config
@@ -36,7 +37,7 @@ from ..model.loading import is_quantized, load_base, load_tokenizer, n_positions
 from ..train.loop import BEST, Trainer, train
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
-from ..train.precision import compute_dtype, resolve_mixed_precision, set_tf32
+from ..train.precision import compute_dtype, enable_cpu_fp16, resolve_mixed_precision, set_tf32
 from ..train.sharding import enable_fsdp, fsdp_plugin
 from ..train.tracking import Tracking, final_values, resolve_trackers
 from ..utils import distributed_state, release_memory, safe_load_file, write_json, write_jsonl, write_text
@@ -46,29 +47,34 @@ from .rundir import CONFIG, RESULTS, RunLock, load_run_config
 
 log = logging.getLogger(__name__)
 
-_ACCELERATORS: dict = {}
+_ACCELERATOR: dict = {}  # the process's Accelerator, under the key of the settings it was made with
 
 
-def accelerator_for(cfg: Config, cpu: bool = False) -> Accelerator:
-    """One Accelerator per mixed-precision mode for the whole process (Accelerate keeps one state);
-    ``cpu`` forces the CPU where a GPU is present (``plan --device cpu``)."""
-    cpu = cpu or not torch.cuda.is_available()
-    distributed_state(cfg.train.process_group_timeout_minutes)  # the process group, with the configured timeout
+def accelerator_for(cfg: Config, device: str | None = None) -> Accelerator:
+    """The process's Accelerator for ``cfg``'s mixed precision, trackers and sharding, made again when they change
+    (Accelerate keeps one state per process: an Accelerator made on it with other settings is refused, or changes
+    the earlier one's); ``device`` places a single process elsewhere than Accelerate would (``plan --device cpu`` on
+    a GPU machine, ``--device cuda:1``)."""
+    state = distributed_state(cfg.train.process_group_timeout_minutes, device=device)  # the process group
+    cpu = state.device.type == "cpu"
     set_tf32(cfg.train.tf32, on_gpu=not cpu)
     mp = resolve_mixed_precision(cfg.train.mixed_precision, cpu)
     trackers = tuple(resolve_trackers(cfg.train.report_to))
-    key = (mp, cpu, trackers, cfg.train.fsdp)
-    if key not in _ACCELERATORS:
+    key = (mp, str(state.device), trackers, cfg.train.fsdp)
+    made = _ACCELERATOR.get(key)
+    if made is None or AcceleratorState._shared_state == {}:  # new settings, or a state made again (device)
+        _ACCELERATOR.clear()
+        AcceleratorState._reset_state()  # the process group and its device stay
         # cpu=True without CUDA: Accelerate then runs several CPU processes (torchrun) over gloo.  Trackers log
         # under a directory set per run (train.tracking.Tracking); "." only satisfies Accelerate's check here.
         plugin = fsdp_plugin() if cfg.train.fsdp else None
-        accelerator = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, cpu=cpu,
-                                  log_with=list(trackers) or None, project_dir="." if trackers else None,
-                                  fsdp_plugin=plugin)
+        made = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, cpu=cpu,
+                           log_with=list(trackers) or None, project_dir="." if trackers else None, fsdp_plugin=plugin)
         if plugin is not None:
-            enable_fsdp(accelerator, plugin)
-        _ACCELERATORS[key] = accelerator
-    return _ACCELERATORS[key]
+            enable_fsdp(made, plugin)
+        enable_cpu_fp16(made)
+        _ACCELERATOR[key] = made
+    return made
 
 
 @dataclass

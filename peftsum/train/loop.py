@@ -44,7 +44,7 @@ from .features import FeatureCache, shard
 from .interrupt import DeferredInterrupt
 from .loss import SummaryLM
 from .metrics_file import MetricsFile
-from .precision import compute_dtype
+from .precision import clip_gradients, compute_dtype
 from .sharding import distribute_like, gather, is_fsdp, load_optimizer_state, optimizer_state, reshard
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,11 @@ BEST = "best.safetensors"
 class TrainState:
     epoch: int = 0  # current epoch (0-based)
     group: int = 0  # next accumulation group inside the epoch
-    step: int = 0  # optimizer steps done
+    # optimizer updates applied.  A step the fp16 loss scaler skips (its gradients overflowed) is not one: it uses
+    # its batches (``group`` moves on) but advances neither this count, nor the schedule, nor what counts steps
+    # (max_steps, eval_every_steps, checkpoint_every_steps); ``skipped_steps`` counts it
+    step: int = 0
+    skipped_steps: int = 0
     train_seconds: float = 0.0
     tokens: int = 0  # real (non-padding) tokens processed by the whole job (every process)
     target_tokens: int = 0
@@ -180,8 +184,7 @@ class Trainer:
         self.lengths = seq_lengths(train_ds)
         self.target_lengths = [n - p for n, p in zip(self.lengths, train_ds["prompt_len"])]
         self.global_batch = train_cfg.batch_size * self.world
-        groups_per_epoch = math.ceil(math.ceil(len(self.lengths) / self.global_batch) / train_cfg.grad_accum)
-        self.total_steps = groups_per_epoch * train_cfg.epochs
+        self.total_steps = len(self.epoch_groups(0)) * train_cfg.epochs  # every epoch has as many groups
         if train_cfg.max_steps is not None:
             self.total_steps = min(train_cfg.max_steps, self.total_steps)
 
@@ -273,6 +276,18 @@ class Trainer:
         longest = max(self.lengths[i] for i in idx) + self.method.num_virtual_tokens
         return _passes(idx, micro_batch_size(self.train_cfg, self.device, self.model.config, longest))
 
+    def passes(self, batch: list[int]) -> list[list[int]]:
+        """This process's forward passes over its share of a global batch.  Sharded, every forward gathers weights
+        with the other processes, so every process makes as many passes as the one that makes the most (an uneven
+        last batch leaves shares one example apart): its share cut into that many parts, a part it has no example
+        for being an empty list (:meth:`train_step` runs it on a stand-in example whose loss counts zero)."""
+        mine = self.forward_passes(self.share(batch))
+        if not self.fsdp:
+            return mine
+        n = max(len(self.forward_passes(batch[r::self.world])) for r in range(self.world))
+        share = self.share(batch)
+        return [part.tolist() for part in np.array_split(np.array(share, dtype=np.int64), n)]
+
     def batch(self, idx: list[int]) -> dict:
         if self.features is not None:
             return self.features.batch(idx, self.device)
@@ -289,30 +304,34 @@ class Trainer:
         # the summed NLL stays on the device (float64, as a host sum of the passes' values would be): the host
         # reads it once, for the log, and goes on preparing the next pass's batch while the device computes
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        passes = [part for mb in group for part in self.forward_passes(self.share(mb))]
-        for j, idx in enumerate(passes):
+        passes = [(part, mb) for mb in group for part in self.passes(mb)]
+        for j, (idx, mb) in enumerate(passes):
             sync = contextlib.nullcontext() if j == len(passes) - 1 else self.accelerator.no_sync(self.ddp_lm)
+            weight = self.world / n_target if idx else 0.0  # an empty part: a stand-in pass that counts zero
             with sync:
                 with self.autocast():
-                    nll, _ = self.ddp_lm(**self.batch(idx))
+                    nll, _ = self.ddp_lm(**self.batch(idx or mb[:1]))
                 # DDP averages gradients over ranks, hence * world: the step's gradient is the gradient
                 # of (sum of NLL over the whole group) / (its number of summary tokens)
-                self.accelerator.backward(nll * self.world / n_target)
-            loss_sum += nll.detach().double()
+                self.accelerator.backward(nll * weight)
+            if idx:
+                loss_sum += nll.detach().double()
         loss = self.accelerator.reduce(loss_sum.float(), "sum").item() / n_target  # float32 across ranks, as before
         if not math.isfinite(loss):
             self._diverged(f"the training loss is {loss} at step {self.state.step + 1}")
-        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.train_cfg.max_grad_norm)
-        self.optimizer.step()
-        # fp16: the loss scaler skips a step whose gradients overflowed; the schedule does not advance on it
-        skipped = self.accelerator.optimizer_step_was_skipped
+        grad_norm, skipped = clip_gradients(self.accelerator, self.optimizer, self.params,
+                                            self.train_cfg.max_grad_norm, sharded=self.fsdp)
+        self.optimizer.step()  # fp16: the loss scaler keeps the weights when the gradients overflowed (skipped)
         if not skipped:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         synchronize(self.device)  # CUDA queues the step's work: the clock reads when it has run
         dt = time.perf_counter() - t0
         s = self.state
-        s.step += 1
+        if skipped:
+            s.skipped_steps += 1
+        else:
+            s.step += 1
         s.group += 1
         s.train_seconds += dt
         s.target_tokens += n_target
@@ -320,9 +339,9 @@ class Trainer:
         s.tokens += step_tokens
         s.examples += sum(len(mb) for mb in group)
         row = {"type": "train", "epoch": s.epoch + 1, "step": s.step, "loss": loss,
-               "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if skipped else float(grad_norm),
+               "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if skipped else grad_norm,
                "target_tokens": n_target, "tokens": step_tokens, "seconds": dt}
-        if skipped:  # an overflow's infinite norm is not a training figure
+        if skipped:  # an overflow's infinite norm is not a training figure; "step" is the last update's
             row["skipped"] = True
         self.metrics_file.write(row)
         return row
@@ -455,16 +474,21 @@ class Trainer:
                 groups = self.epoch_groups(epoch)
                 for group in groups[s.group:]:
                     row = self.train_step(group)
-                    bar.update(1)
+                    updated = not row.get("skipped")
+                    if updated:
+                        bar.update(1)
+                    elif train_cfg.max_steps is None:  # epochs decide the end: one update fewer than planned
+                        bar.total -= 1
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
                                     tok_s=f"{s.tokens / max(s.train_seconds, 1e-9):.0f}")
                     if s.step >= self.total_steps:
                         break  # the last step: the epoch's end (validation, checkpoint) follows
-                    if train_cfg.eval_every_steps and s.step % train_cfg.eval_every_steps == 0:
+                    if updated and train_cfg.eval_every_steps and s.step % train_cfg.eval_every_steps == 0:
                         self.validate()
                     s.stopped_reason = self.stop_reason()  # early stopping, in the middle of the epoch
                     interrupted = self.interrupted(interrupt)
-                    if s.stopped_reason or s.step % train_cfg.checkpoint_every_steps == 0 or interrupted:
+                    every = updated and s.step % train_cfg.checkpoint_every_steps == 0
+                    if s.stopped_reason or every or interrupted:
                         self.checkpoint()
                     if interrupted:
                         raise KeyboardInterrupt

@@ -28,7 +28,7 @@ def main():
     prompts = [rng.integers(0, 50000, int(rng.integers(600, 900))).tolist() for _ in range(a.prompts)]
     for name in ("lora", "prompt-tuning"):
         cfg = load_config("assignment", None, [("method.name", name), ("eval.decoding.num_beams", a.beams)])
-        accelerator = accelerator_for(cfg, cpu=True)
+        accelerator = accelerator_for(cfg, "cpu")
         model = gpt2_small()
         method = build_method(cfg, tok)
         method.prepare_model(model)

@@ -127,17 +127,43 @@ def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
 _PROCESS_GROUP = {"timeout_minutes": None}
 
 
-def distributed_state(timeout_minutes: float | None = None) -> PartialState:
-    """The one notion of the processes of this job (Accelerate's): rank, world size, main process.
+def distributed_state(timeout_minutes: float | None = None, device: torch.device | None = None) -> PartialState:
+    """The one notion of the processes of this job (Accelerate's): rank, world size, main process, device.
 
     ``cpu=True`` without CUDA: several CPU processes (torchrun) then talk over gloo; the Accelerator that
     training builds shares this state.  The process group is made by the first call in the process, with the
-    timeout given to this or an earlier call (``train.process_group_timeout_minutes``); later calls share it."""
+    timeout given to this or an earlier call (``train.process_group_timeout_minutes``); later calls share it.
+
+    ``device`` (``plan --device cpu`` or ``cuda:1``, one process): the state runs there; one that an earlier call made
+    on another device is made again (Accelerate keeps the first state's device for the whole process)."""
     if timeout_minutes is not None:
         _PROCESS_GROUP["timeout_minutes"] = timeout_minutes
     minutes = _PROCESS_GROUP["timeout_minutes"]
-    return PartialState(cpu=not torch.cuda.is_available(),
-                        **({"timeout": datetime.timedelta(minutes=minutes)} if minutes else {}))
+    kwargs = {"timeout": datetime.timedelta(minutes=minutes)} if minutes else {}
+    if device is None:
+        return PartialState(cpu=not torch.cuda.is_available(), **kwargs)
+    device = torch.device(device)
+    made = PartialState._shared_state.get("device")
+    if made is not None and not _same_device(made, device):
+        if PartialState().num_processes > 1:
+            raise UserError(f"--device {device} runs one process; this job has {PartialState().num_processes}")
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    saved = os.environ.get("ACCELERATE_TORCH_DEVICE")
+    os.environ["ACCELERATE_TORCH_DEVICE"] = str(device)  # what Accelerate's state reads for its device
+    try:
+        return PartialState(cpu=device.type == "cpu", **kwargs)
+    finally:
+        if saved is None:
+            os.environ.pop("ACCELERATE_TORCH_DEVICE")
+        else:
+            os.environ["ACCELERATE_TORCH_DEVICE"] = saved
+
+
+def _same_device(made: torch.device, wanted: torch.device) -> bool:
+    """``wanted`` without an index (``cuda``) takes whichever index the state chose."""
+    return made.type == wanted.type and (wanted.index is None or made.index == wanted.index)
 
 
 def is_main_process() -> bool:

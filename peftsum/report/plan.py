@@ -41,7 +41,7 @@ from ..model.loading import (
     set_dropout,
 )
 from ..model.tokenizer import GPT2_FAMILY, hub_alias
-from ..train.loop import Trainer, micro_batch_size
+from ..train.loop import Trainer, micro_batch_size, uncompile
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..train.precision import compute_dtype
@@ -208,7 +208,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     """Time the loop's own optimizer step (one forward/backward pass per probe step, scaled by the passes
     a real step makes), the validation the loop runs (cached features for a frozen trunk), and generation
     (prefill + per-token decode); project the whole protocol (for each of ``train_sizes``: a grid's row per size)."""
-    accelerator = accelerator_for(cfg, cpu=device is not None and torch.device(device).type == "cpu")
+    accelerator = accelerator_for(cfg, device)
     dev = accelerator.device
     dtype = compute_dtype(accelerator.mixed_precision)
     bases = _Bases(cfg, shape, dev, dtype)
@@ -280,6 +280,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             units = [costs.tensor_bytes(b.parameters()) for b in decoder_blocks(model)]
             gathered = state["weights"] - sum(units) + max(units, default=0)
             accelerator.free_memory()
+            uncompile(trainer.compiled)  # the evaluation generates eager, as a run's does after training
         # a batch's generation = its prefill + one decode step per further token (both timed in one call)
         prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
         decoding = method.decoding()

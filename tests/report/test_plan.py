@@ -141,3 +141,56 @@ def test_plan_projects_a_grid_from_one_probe_per_model(tiny_cfg):
         real = rows[("lora", x["train_size"])]
         assert (x["state_bytes"], x["trainable"], x["steps"]) == (real["state_bytes"], real["trainable"], real["steps"])
         assert x["train_flops"] == pytest.approx(real["train_flops"], rel=1e-9)
+
+
+DEVICE_SCRIPT = '''
+import os
+from peftsum.config import load_config
+from peftsum.experiment.run import accelerator_for
+from peftsum.utils import distributed_state
+
+os.environ["ACCELERATE_TORCH_DEVICE"] = "cuda"  # what an earlier call made on a GPU machine: Accelerate's cuda
+print("made", distributed_state().device)
+del os.environ["ACCELERATE_TORCH_DEVICE"]
+cfg = load_config("demo", overrides=[("train.mixed_precision", "no")])
+for asked in ("cpu", "cuda:1", "cpu", None):
+    print(asked, accelerator_for(cfg, asked).device, distributed_state().device)
+'''
+
+
+def test_plan_runs_on_the_device_asked_for():
+    """plan --device cpu on a GPU machine planned on the GPU (the process state made earlier kept cuda), and
+    --device cuda:1 was ignored.  In a process of its own: the state it makes again is the process's."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["made cuda", "cpu cpu cpu", "cuda:1 cuda:1 cuda:1", "cpu cpu cpu",
+                                        "None cpu cpu"]
+
+
+def test_plan_times_generation_eager_after_compiled_training_steps(tiny_cfg, monkeypatch):
+    """train.compile: plan's training probes run compiled blocks; its generation probe must run them eager, as a
+    run's evaluation does (before, it timed generation through the training graphs, recompiling).  torch.compile is
+    replaced by a marker here: what is under test is which forward the probes call, not the compiler."""
+    import torch
+
+    import peftsum.report.plan as plan_module
+    from peftsum.model.arch import decoder_blocks
+
+    def marked(fn, *args, **kwargs):
+        def compiled(*a, **k):
+            return fn(*a, **k)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", marked)
+    seen, real = [], plan_module._generation_seconds
+
+    def spy(model, *args, **kwargs):
+        seen.append([b._compiled_call_impl for b in decoder_blocks(model)])
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "_generation_seconds", spy)
+    measure(tiny_cfg("lora", **{"train.compile": True}), ["lora"], "cpu", steps=1)
+    assert len(seen) == 1 and seen[0] and all(c is None for c in seen[0])

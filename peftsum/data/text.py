@@ -46,27 +46,54 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-# A Daily Mail header, one piece at a time from the start of the article: "By . <author> . " (a second
-# author or place after "and" / "In" / "for"), "PUBLISHED: . <time, date> . | . ", "UPDATED: . <...> . ",
-# "Last updated at <time> on <date> . ".
-_BYLINE_PIECES = [
-    re.compile(r"By \. [^.|]{1,80}? \. (?:(?:and|In|for) [^.|]{1,60}? \. )?"),
-    re.compile(r"(?:PUBLISHED|UPDATED|Published|Updated): \. [^.|]{1,60}? \. (?:\| \. )?"),
-    re.compile(r"Last updated at [^.|]{1,60}? \. (?:\| \. )?"),
-]
+# A Daily Mail header is a run of short pieces separated by " . " before the first real sentence: "By", the authors
+# ("Sam Webb", "J.K. Smith", "and Rebecca Camber", "In London", "for MailOnline", "Daily Mail Reporter"), "Follow
+# @@SamWebb", "PUBLISHED:" / "UPDATED:" / "Created:" / "Last updated at ...", time stamps ("05:05 EST, 18 December
+# 2013"), "|".  A header opens with "By" or a time-stamp label; a piece with a lower-case word that is not a
+# connective ("A pensioner who ...") is the first sentence.
+_SEP = " . "
+_LABEL = re.compile(r"(?i:published|updated|created|last updated|last modified)\b:?")
+_CONNECTIVES = {"and", "for", "in", "of", "the", "de", "da", "del", "di", "du", "la", "le", "van", "von", "der", "den",
+                "at", "on", "&"}
+_STAMP = re.compile(r"\d{1,2}:\d{2}(?: ?[AP]M)?(?: [A-Z]{2,4})?,?(?: on)? \d{1,2}(?:st|nd|rd|th)? [A-Z][a-z]+,? \d{4}")
+MAX_HEADER_PIECE_WORDS = 20
+
+
+def _opens_header(piece: str) -> bool:
+    return piece == "By" or (piece.startswith("By ") and _is_name(piece[3:])) or bool(_LABEL.match(piece))
+
+
+def _is_name(piece: str) -> bool:
+    """Authors, places, outlets: every word capitalised (initials too) or a connective."""
+    words = piece.split()
+    return 0 < len(words) <= MAX_HEADER_PIECE_WORDS and all(
+        w[0].isupper() or w in _CONNECTIVES or not w[0].isalpha() for w in words)
+
+
+def _in_header(piece: str) -> bool:
+    piece = piece.strip()
+    if not piece or piece == "|" or _opens_header(piece):
+        return True
+    if _STAMP.fullmatch(piece) or ("@@" in piece and len(piece.split()) <= 4):  # "Follow @@SamWebb"
+        return True
+    return _is_name(piece)
 
 
 def strip_byline(article: str) -> str:
     """``article`` without a leading Daily Mail byline / time-stamp header (unchanged if it has none)."""
     text = article.lstrip()
-    while True:
-        for piece in _BYLINE_PIECES:
-            m = piece.match(text)
-            if m:
-                text = text[m.end():].lstrip()
-                break
-        else:
-            return text
+    pieces = text.split(_SEP, 64)
+    if not _opens_header(pieces[0].strip()):
+        return text
+    for k, piece in enumerate(pieces):
+        if not _in_header(piece):
+            return _SEP.join(pieces[k:]).lstrip()
+    return text  # nothing but a header: nothing to take
+
+
+def has_byline(article: str) -> bool:
+    """Does ``article`` open with a Daily Mail byline / time-stamp header (what :func:`strip_byline` removes)?"""
+    return strip_byline(article) != article.lstrip()
 
 
 def lead3(article: str) -> str:

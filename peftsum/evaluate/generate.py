@@ -356,21 +356,29 @@ def generate_ids(model, method, input_ids, attention_mask, decoding, eos_id: int
 
 
 @torch.no_grad()
-def hf_generate_ids(model, method, input_ids, attention_mask, decoding, eos_id: int, pad_id: int,
-                    use_cache: bool = True) -> list[list[int]]:
-    """The same decoding through transformers' ``generate()`` (the reference of the tests and the benchmark;
-    sampling draws from torch's global generator there)."""
+def generation_settings(decoding, eos_id: int, pad_id: int) -> dict:
+    """``eval.decoding`` as transformers' ``GenerationConfig`` takes it: what ``generate()`` needs to decode as this
+    loop does from a prompt's embeddings (no-repeat then covers the new tokens only).  What it cannot say: sampling
+    seeded per article (``generate()`` draws from torch's global generator) and the ``max_sentences`` cut."""
     kw = dict(max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams, do_sample=decoding.do_sample,
               no_repeat_ngram_size=decoding.no_repeat_ngram_size or None, eos_token_id=eos_id,
-              pad_token_id=pad_id, use_cache=use_cache, min_new_tokens=decoding.min_new_tokens or None)
+              pad_token_id=pad_id, min_new_tokens=decoding.min_new_tokens or None)
     if decoding.num_beams > 1:
         kw.update(early_stopping=decoding.early_stopping, length_penalty=decoding.length_penalty)
     if decoding.do_sample:
         kw.update(top_k=decoding.top_k, top_p=None, temperature=None)
+    return kw
+
+
+def hf_generate_ids(model, method, input_ids, attention_mask, decoding, eos_id: int, pad_id: int,
+                    use_cache: bool = True) -> list[list[int]]:
+    """The same decoding through transformers' ``generate()`` (the reference of the tests and the benchmark;
+    sampling draws from torch's global generator there)."""
     emb, mask = method.embed(model, input_ids, attention_mask)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
-        out = model.generate(inputs_embeds=emb, attention_mask=mask, **kw)  # returns new tokens only
+        out = model.generate(inputs_embeds=emb, attention_mask=mask, use_cache=use_cache,
+                             **generation_settings(decoding, eos_id, pad_id))  # returns new tokens only
     return _cut_at_eos(out.tolist(), eos_id)
 
 

@@ -21,26 +21,85 @@ DEMO_BANNER = ("> **Demo run.** The base model is peftsum's tiny demo model and 
 
 # how each kind of folder is loaded without peftsum (``{path}``: the folder, ``{base}``: the base model)
 LOADING = {
-    "model": '''```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{path}")
-tokenizer = AutoTokenizer.from_pretrained("{path}")
-```''',
-    "adapter": '''```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-base = AutoModelForCausalLM.from_pretrained("{base}")
-model = PeftModel.from_pretrained(base, "{path}")
-tokenizer = AutoTokenizer.from_pretrained("{path}")
-```''',
+    "model": '''model = AutoModelForCausalLM.from_pretrained("{path}").eval()''',
+    "adapter": '''base = AutoModelForCausalLM.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "{path}").eval()''',
     "run": '''```bash
 peftsum summarize {path} article.txt      # one article
 peftsum eval {path} --split test          # the evaluation again
 peftsum export {path} OUT                 # a folder transformers (or PEFT) loads without peftsum
 ```''',
 }
+
+# The card's code: the summaries the run scored, through transformers (and PEFT) alone.  The prompt is built as
+# peftsum's PromptBuilder builds it (each piece tokenized alone, the article cut to its budget), from the article as
+# data/text.py's clean_text leaves it; generation starts from the prompt's embeddings, so that the no-repeat rule of
+# generation_config.json sees only the new tokens (given input_ids, generate() applies it to the article too).
+SUMMARIZE = '''```python
+import torch
+{imports}
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+{load}
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+generation = GenerationConfig.from_pretrained("{path}")  # the run's decoding
+
+
+def encode(text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def summarize(article: str) -> str:
+    # the article as the evaluation read it: white space inside a line as one space, paragraphs one newline apart
+    lines = (" ".join(line.split()) for line in article.replace("\\r", "\\n").split("\\n"))
+    article = "\\n".join(line for line in lines if line)
+    first = tokenizer("a")["input_ids"][: -len(encode("a"))]  # a BOS where the tokenizer adds one (GPT-2: none)
+    ids = torch.tensor([first + encode({before!r}) + encode(article)[:{budget}] + encode({between!r})])
+    embeds = model.get_input_embeddings()(ids){soft_prompt}
+    with torch.no_grad():  # from embeddings: the no-repeat rule sees the new tokens only, as in the evaluation
+        out = {generator}.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                                   generation_config=generation)
+    return tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+
+print(summarize(open("article.txt").read()))
+```'''
+
+SOFT_PROMPT = """
+    embeds = torch.cat([model.get_prompt(batch_size=1), embeds], dim=1)  # the trained soft prompt, in front"""
+
+
+def how_to_load(results: RunResult, kind: str, path: str, base: str) -> str:
+    """The card's "How to load": for an export, code that prints the summary the run would score for article.txt."""
+    if kind == "run":
+        return LOADING["run"].format(path=path)
+    from ..data.tokenize import Template
+
+    template = Template.parse(results.config.data.template)
+    soft = results.method == "prompt-tuning"
+    code = SUMMARIZE.format(imports="from peft import PeftModel" if kind == "adapter" else "",
+                            load=LOADING[kind].format(path=path, base=base), path=path, before=template.before,
+                            between=template.between, budget=results.article_budget(),
+                            soft_prompt=SOFT_PROMPT if soft else "", generator="model.base_model" if soft else "model")
+    code = code.replace("import torch\n\nfrom transformers", "import torch\nfrom transformers")
+    decoding = results.config.eval.decoding
+    caveats = []
+    if decoding.max_sentences:
+        caveats.append(f"the evaluation kept the first {decoding.max_sentences} sentences of this summary (NLTK's "
+                       "Punkt splitter, newlines as boundaries): `generate()` does not cut")
+    if decoding.do_sample:
+        caveats.append("the evaluation sampled with a generator seeded per article; `generate()` draws from torch's "
+                       "global generator, so sampled summaries differ")
+    if results.method.startswith("peft-"):
+        caveats.append("a PEFT prompt-learning tuner other than prompt tuning (prefix tuning, P-tuning) feeds its "
+                       "virtual tokens itself: load it with PEFT and call `model.generate(input_ids=...)`, which applies "
+                       "the no-repeat rule to the article too")
+    text = [code, "", "`generation_config.json` holds the run's decoding (" + (results.protocol.decoding_text or "")
+            + "). Zero-shot's GPT-2-paper protocol (top-k sampling, the first three sentences) is not a trained "
+            "model and is not exported."]
+    if caveats:
+        text += ["", "What `generate()` alone does not do: " + "; ".join(caveats) + "."]
+    return "\n".join(text)
 
 
 def _f(x, fmt: str = ".4f") -> str:
@@ -108,7 +167,7 @@ def model_card(results: RunResult, kind: str, path: str = ".", base: str | None 
               "Losses: mean negative log-likelihood per summary token. " + results.protocol.rouge
               + " On the generated new tokens only, decoded by "
               + (results.protocol.decoding_text or "the run's eval.decoding") + ".", "",
-              "## How to load", "", LOADING[kind].format(path=path, base=base or base_model_name(results) or "BASE"), "",
+              "## How to load", "", how_to_load(results, kind, path, base or base_model_name(results) or "BASE"), "",
               "Prompt: the article, then the template's text before the summary (`\\nTL;DR:` by default); the model "
               "continues with the summary and ends it with its end-of-text token.", ""]
     return "\n".join(lines)

@@ -5,7 +5,8 @@ head included) and full fine-tuning write the whole model with ``save_pretrained
 be merged and is written as a PEFT adapter.  An adapter trained on a quantized base (QLoRA) is merged into the
 base loaded in full precision, a slightly different model: the export measures the validation loss of both
 (the same seeded examples) and reports the change.  The tokenizer and a model card go with each.  An adapter of
-the demo base model also carries that base (``OUT/base``), which exists nowhere else.  OUT is written in
+the demo base model also carries that base (``OUT/base``), which exists nowhere else.  The run's decoding goes
+into ``generation_config.json``, and the card's "How to load" is code that gives the summaries the run scored.  OUT is written in
 a temporary folder and moved into place at the end: an export that fails leaves nothing behind.
 """
 
@@ -15,9 +16,10 @@ import json
 import shutil
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 from ..errors import UserError
+from ..evaluate.generate import generation_settings
 from ..evaluate.metrics import evaluate_loss
 from ..model.demo_base import is_demo_model
 from ..model.loading import is_quantized
@@ -48,6 +50,10 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True) -> dict
     with atomic_dir(out, "README.md") as tmp:
         kind, note = parts.method.export(parts.model, tmp, merge)
         parts.tokenizer.save_pretrained(str(tmp))
+        # the run's decoding, for generate() (a model's own generation_config.json is replaced; an adapter gets one)
+        tok = parts.tokenizer
+        GenerationConfig(**generation_settings(parts.method.decoding(), tok.eos_token_id, tok.pad_token_id)
+                         ).save_pretrained(str(tmp))
         base = None
         if kind == "adapter":
             base = _adapter_base(parts, tmp, out)

@@ -191,8 +191,11 @@ def protocol_text(runs) -> str:
     budget = runs[0].result.article_budget()
     share = runs[0].result.data.articles_truncated.get("test")
     cut = f" ({share * 100:.1f} % of the test articles were longer and cut)" if share is not None else ""
-    lead = (" Lead-3 is the first three sentences of the article by the same splitter, its Daily Mail byline "
-            "removed." if any(r.method == "lead-3" for r in runs) else "")
+    lead = (" Lead-3 is the first three sentences of the article by the same splitter, after its Daily Mail byline "
+            "(the short \" . \"-separated header pieces before the first sentence: authors, \"Follow @@...\", time "
+            "stamps) is removed; that cleaning is Lead-3's only: the prompts give every method the article as the data "
+            "set has it, byline included, as the published CNN/DailyMail systems read it, while Lead-3's first "
+            "sentences would otherwise be header pieces." if any(r.method == "lead-3" for r in runs) else "")
     return (f"{runs[0].result.protocol.rouge or ROUGE_PROTOCOL} {dec} Every method read the same article "
             f"tokens: at most {budget}{cut}.{lead}")
 

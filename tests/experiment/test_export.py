@@ -46,7 +46,41 @@ with torch.no_grad():
 print(json.dumps({"loss": total / n, "peftsum_imported": any(m.startswith("peftsum") for m in sys.modules)}))
 '''
 
+# runs a model card's "How to load" code as written (it prints the summary of ./article.txt), then its summarize()
+# on more articles: what a user gets through transformers and PEFT alone
+CARD_SCRIPT = r'''
+import json, sys
+code, articles = open(sys.argv[1]).read(), json.load(open(sys.argv[2]))
+namespace = {}
+exec(compile(code, "card", "exec"), namespace)
+print(json.dumps({"summaries": [namespace["summarize"](a) for a in articles[1:]],
+                  "peftsum_imported": any(m.startswith("peftsum") for m in sys.modules)}))
+'''
+
 METHODS = ["lora", "prompt-tuning", "last-layer", "full"]
+
+
+def _card_summaries(out: Path, run: Path, demo_dir: Path, tmp_path: Path, n: int = 4) -> tuple[list[str], list[str]]:
+    """The summaries the card's code writes for the first ``n`` test articles of the run's predictions, given the raw
+    articles of the data set (white space made messier: runs of spaces, CRLF paragraph breaks), and the
+    predictions the run stored for them."""
+    import csv
+
+    code = ModelCard.load(out / "README.md").text.split("```python\n", 1)[1].split("```", 1)[0]
+    predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()][:n]
+    with open(demo_dir / "test.csv", newline="") as f:
+        raw = {row["id"]: row["article"] for row in csv.DictReader(f)}
+    articles = ["  " + raw[p["id"]].replace(". ", ".   ").replace("\n", " \r\n\r\n") + " \n" for p in predictions]
+    (tmp_path / "card.py").write_text(code)
+    (tmp_path / "articles.json").write_text(json.dumps(articles))
+    (tmp_path / "article.txt").write_text(articles[0])
+    done = subprocess.run([sys.executable, "-c", CARD_SCRIPT, "card.py", "articles.json"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    r = json.loads(lines[-1])
+    assert r["peftsum_imported"] is False
+    return ["\n".join(lines[:-1]), *r["summaries"]], [p["prediction"] for p in predictions]
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +128,8 @@ def _loss_without_peftsum(out: Path, examples: Path, base: str = "-") -> float:
         ("lora", False, "adapter"), ("lora-peft-backend", True, "model"), ("prompt-tuning", True, "adapter"),
         ("last-layer", True, "model"), ("full", True, "model")]),
 ])
-def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, tiny_model_dir, capsys, method, merge,
-                                                              kind):
+def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, tiny_model_dir, demo_dir, capsys, method,
+                                                              merge, kind):
     run, out = runs[method], tmp_path / "export"
     assert main(["export", str(run), str(out), *([] if merge else ["--no-merge"])]) == 0
     printed = capsys.readouterr().out
@@ -116,6 +150,12 @@ def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, ti
     rouge_l = [m for r in card.data.eval_results if r.metric_name == "ROUGE-L" for m in [r.metric_value]]
     assert rouge_l == [round(results["eval"]["rougeLsum"], 2)]  # the headline ROUGE-L is the summary-level one
     assert ("AutoModelForCausalLM.from_pretrained" in card.text) and (("PeftModel" in card.text) == (kind == "adapter"))
+    # the card's code, run as written with transformers / PEFT alone, writes the summaries the report scored
+    generation, decoding = json.loads((out / "generation_config.json").read_text()), results["config"]["eval"]["decoding"]
+    assert (generation["num_beams"], generation["max_new_tokens"]) == (decoding["num_beams"], decoding["max_new_tokens"])
+    assert generation.get("no_repeat_ngram_size") == decoding["no_repeat_ngram_size"] == 3
+    written, stored = _card_summaries(out, run, demo_dir, tmp_path)
+    assert written == stored
 
 
 def test_merged_lora_logits_equal_the_adapter(runs, tmp_path, tiny_model_dir, tokenizer):

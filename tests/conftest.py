@@ -4,6 +4,7 @@ small Kaggle-style CSV directory of the demo corpus."""
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import shutil
 import tempfile
@@ -26,9 +27,26 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, tor
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests marked ``first``, then the slow ones, then the rest (each group in its order): workers take tests in
-    this order, so the longest start early instead of leaving one worker busy after the others finished."""
-    items.sort(key=lambda item: (item.get_closest_marker("first") is None, item.get_closest_marker("slow") is None))
+    """Each worker's queue starts with the longest tests: pytest-xdist's worksteal scheduler hands worker k the k-th
+    contiguous share of this order (the last workers' shares taken from the end when they run out), so the tests
+    marked ``first`` are dealt one to each share's head, then the slow ones round-robin after them, the fast ones
+    filling the shares; without workers, ``first``, then slow, then the rest.  Two ``first`` tests in one share ran
+    one after the other: the critical path was their sum."""
+    first = [item for item in items if item.get_closest_marker("first")]
+    slow = [item for item in items if item.get_closest_marker("slow") and item not in first]
+    fast = [item for item in items if item not in first and item not in slow]
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    shares, left = [], len(items)  # what the scheduler sends each worker at the start
+    for k in range(workers):
+        shares.append(left // (workers - k))
+        left -= shares[-1]
+    queues: list[list] = [[] for _ in range(workers)]
+    for j, item in enumerate([*first, *slow]):
+        queues[j % workers].append(item)
+    rest = iter(fast)
+    for queue, size in zip(queues, shares):
+        queue.extend(itertools.islice(rest, max(0, size - len(queue))))
+    items[:] = [item for queue in queues for item in queue] + list(rest)
 
 TINY_CONFIG = dict(n_layer=2, n_embd=64, n_head=4, n_positions=1024, vocab_size=50257,
                    resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)

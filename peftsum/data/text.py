@@ -52,7 +52,8 @@ def split_sentences(text: str) -> list[str]:
 # 2013"), "|".  A header opens with "By" or a time-stamp label; a piece with a lower-case word that is not a
 # connective ("A pensioner who ...") is the first sentence.
 _SEP = " . "
-_LABEL = re.compile(r"(?i:published|updated|created|last updated|last modified)\b:?")
+# a label ends in a colon ("Updated figures show ..." is a sentence), or is "Last updated at / on ..."
+_LABEL = re.compile(r"(?i:published|updated|created|last updated|last modified):|(?i:last updated|last modified) (?:at|on) ")
 _CONNECTIVES = {"and", "for", "in", "of", "the", "de", "da", "del", "di", "du", "la", "le", "van", "von", "der", "den",
                 "at", "on", "&"}
 _STAMP = re.compile(r"\d{1,2}:\d{2}(?: ?[AP]M)?(?: [A-Z]{2,4})?,?(?: on)? \d{1,2}(?:st|nd|rd|th)? [A-Z][a-z]+,? \d{4}")

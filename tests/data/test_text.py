@@ -70,6 +70,8 @@ def test_lead3_drops_the_whole_daily_mail_header_family(header):
     "LONDON, England (Reuters) -- The storm hit the coast on Monday. Two died. Roads closed. Four.",
     "By the time police arrived, the flag was gone. It was stolen. Nobody saw it. Four.",
     "By . Sam Webb . On 18 December 2013 a man was seen in the park . Two. Three.",  # a dated first sentence stays
+    "Updated figures show that prices rose again in March. Two died. Roads closed. Four.",  # a word, not a label
+    "Created in 1990, the charity has helped thousands. Two died. Roads closed. Four.",
 ])
 def test_articles_without_a_header_and_first_sentences_are_kept(article):
     stripped = strip_byline(article)

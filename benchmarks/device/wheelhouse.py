@@ -20,6 +20,7 @@ import email.parser
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def build(out: Path, python_version: str) -> tuple[list[Path], list[Requirement]
     own; and the requirements left to the image."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    _pip("wheel", "-q", "--no-deps", "-w", str(out), str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:  # built from a copy: the checkout gets no build/ or egg-info from it
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, tmp)
+        shutil.copytree(ROOT / "peftsum", Path(tmp) / "peftsum", ignore=shutil.ignore_patterns("__pycache__"))
+        _pip("wheel", "-q", "--no-deps", "-w", str(out), tmp)
     (own,) = out.glob("peftsum-*.whl")
     environment = {**default_environment(), "python_version": python_version,
                    "python_full_version": f"{python_version}.0", "sys_platform": "linux",

@@ -37,8 +37,7 @@ peftsum export {path} OUT                 # a folder transformers (or PEFT) load
 # generation_config.json sees only the new tokens (given input_ids, generate() applies it to the article too).
 SUMMARIZE = '''```python
 import torch
-{imports}
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+{imports}from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 {load}
 tokenizer = AutoTokenizer.from_pretrained("{path}")
@@ -77,11 +76,10 @@ def how_to_load(results: RunResult, kind: str, path: str, base: str) -> str:
 
     template = Template.parse(results.config.data.template)
     soft = results.method == "prompt-tuning"
-    code = SUMMARIZE.format(imports="from peft import PeftModel" if kind == "adapter" else "",
+    code = SUMMARIZE.format(imports="from peft import PeftModel\n" if kind == "adapter" else "",
                             load=LOADING[kind].format(path=path, base=base), path=path, before=template.before,
                             between=template.between, budget=results.article_budget(),
                             soft_prompt=SOFT_PROMPT if soft else "", generator="model.base_model" if soft else "model")
-    code = code.replace("import torch\n\nfrom transformers", "import torch\nfrom transformers")
     decoding = results.config.eval.decoding
     caveats = []
     if decoding.max_sentences:

@@ -281,11 +281,10 @@ class Trainer:
         with the other processes, so every process makes as many passes as the one that makes the most (an uneven
         last batch leaves shares one example apart): its share cut into that many parts, a part it has no example
         for being an empty list (:meth:`train_step` runs it on a stand-in example whose loss counts zero)."""
-        mine = self.forward_passes(self.share(batch))
-        if not self.fsdp:
-            return mine
-        n = max(len(self.forward_passes(batch[r::self.world])) for r in range(self.world))
         share = self.share(batch)
+        if not self.fsdp:
+            return self.forward_passes(share)
+        n = max(len(self.forward_passes(batch[r::self.world])) for r in range(self.world))  # every rank's share
         return [part.tolist() for part in np.array_split(np.array(share, dtype=np.int64), n)]
 
     def batch(self, idx: list[int]) -> dict:

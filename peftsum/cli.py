@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", help="id column of --input (default: id; the row number where absent)")
     p.add_argument("--model", help="model for zero-shot (default: the demo base)")
     p.add_argument("--preset", choices=PRESETS)
+    p.add_argument("--metrics", action="store_true",
+                   help="also each summary's statistics against its article (novel n-grams, extractive fragments, "
+                        "repetition, length): after the summary, or as 'metrics' in each JSON line")
 
     p = sub.add_parser("data", help="print per-split statistics of a data source")
     _common(p)
@@ -262,7 +265,7 @@ def cmd_eval(args, overrides) -> int:
     from .experiment import evaluate_saved
 
     res = evaluate_saved(Path(args.run_dir), args.split, args.limit)
-    for k, v in res.items():
+    for k, v in {**{k: v for k, v in res.items() if k != "metrics"}, **res.get("metrics", {})}.items():
         print(f"{k:>12}: {v:.4f}" if isinstance(v, float) else f"{k:>12}: {v}")
     return 0
 
@@ -416,7 +419,7 @@ def _print_results(r, out: Path) -> None:
         return "n/a" if x is None else format(x, fmt)
 
     print(f"{r.method}: val_loss {f(scores.val_loss)}  test_loss {f(scores.test_loss)}  "
-          f"ROUGE-1/2/L {scores.rouge1:.2f}/{scores.rouge2:.2f}/{scores.rougeLsum:.2f}  "
+          f"ROUGE-1/2/L {'/'.join(f(scores.metrics.get(k), '.2f') for k in ('rouge1', 'rouge2', 'rougeLsum'))}  "
           f"trainable {r.params.trainable:,}  train {r.cost.train_seconds:.1f}s")
     print(f"results: {out / 'results.json'}")
 

@@ -247,8 +247,22 @@ class DecodingConfig:
 
 
 @dataclass
+class BertScoreConfig:
+    """BERTScore (``eval.metrics`` names ``bertscore``; needs ``pip install 'peftsum[bertscore]'``)."""
+
+    model: str = "roberta-large"  # a hub id or a local folder; bert-score's (and the literature's) English default
+    num_layers: int | None = positive(None)  # the layer whose embeddings are matched; None: bert-score's table
+    batch_size: int = positive(32)
+    device: str | None = None  # None: bert-score's choice (CUDA when there is one)
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = positive(16)
+    # the metrics each evaluation computes (peftsum.evaluate.registry); null: every metric that needs no model (ROUGE
+    # and the summary statistics); a list adds model-based ones such as bertscore (rougeLsum is always computed)
+    metrics: list[str] | None = None
+    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     limit: int | None = positive(None)
     bootstrap: int = positive(1000)

@@ -1,7 +1,8 @@
 """``peftsum summarize``: articles in, summaries out, with a saved run or a baseline.
 
 The same prompt builder, generation path, eval mode and autocast as the evaluation, so an article of
-the test split gets exactly the summary ``predictions.jsonl`` holds for it.  Nothing of the training
+the test split gets exactly the summary ``predictions.jsonl`` holds for it; ``--metrics`` adds the
+statistics of the registry that need no reference (novel n-grams, fragments, repetition, length).  Nothing of the training
 data is loaded: one article, a file of them, or a folder of ``.txt`` files.
 """
 
@@ -16,6 +17,7 @@ from .data.sources import load_articles
 from .data.text import clean_text, lead3
 from .errors import UserError
 from .evaluate.generate import Summary, generate_summaries
+from .evaluate.registry import selected
 from .experiment import Components, accelerator_for, load_components, load_trained
 from .methods import ModelFree
 from .utils import atomic_path
@@ -64,18 +66,32 @@ def summarize_articles(parts: Components | None, articles: list[str], progress: 
                               accelerator.autocast, progress=progress, compile=parts.cfg.eval.compile)
 
 
+def article_statistics(summaries: list[str], articles: list[str]) -> list[dict[str, float]]:
+    """Each summary's registered metrics that need neither a reference nor a model, against its article."""
+    metrics = [m for m in selected(None) if not m.needs_reference]
+    values = {m.name: m.score(summaries, summaries, articles) for m in metrics}
+    return [{k: v[j] for k, v in values.items()} for j in range(len(summaries))]
+
+
 def summarize_cli(args) -> None:
     if args.input is None and args.output is not None:
         raise UserError("--output goes with --input FILE (a CSV / JSONL / Parquet file or a folder of .txt files)")
     if args.input is None:
         article = read_article(args.file)
-        print(summarize_articles(_components(args), [article])[0][0])
+        text = summarize_articles(_components(args), [article])[0][0]
+        print(text)
+        if args.metrics:
+            labels = {m.name: m for m in selected(None)}
+            print("\n" + "\n".join(f"{labels[k].label}: {v:{labels[k].fmt}}"
+                                    for k, v in article_statistics([text], [article])[0].items()))
         return
     rows = load_articles(args.input, args.text_column or "article", args.id_column or "id")
     parts = _components(args)
     summaries = summarize_articles(parts, [r["article"] for r in rows], progress=True)
-    lines = "".join(json.dumps({"id": r["id"], "prediction": text, "generated_tokens": n}) + "\n"
-                    for r, (text, n, _) in zip(rows, summaries))
+    stats = article_statistics([s.text for s in summaries], [r["article"] for r in rows]) if args.metrics else None
+    lines = "".join(json.dumps({"id": r["id"], "prediction": text, "generated_tokens": n,
+                                **({"metrics": stats[j]} if stats else {})}) + "\n"
+                    for j, (r, (text, n, _)) in enumerate(zip(rows, summaries)))
     if args.output is None:
         sys.stdout.write(lines)
         return

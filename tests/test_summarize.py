@@ -33,6 +33,26 @@ def test_summarize_prints_what_the_evaluation_stored(compared, demo_dir, tmp_pat
                                                     for p in preds]
 
 
+@pytest.mark.parametrize("method", ["lead-3", "lora"])
+def test_summarize_metrics_are_the_evaluations_statistics(compared, demo_dir, tmp_path, capsys, method):
+    """``--metrics``: each summary's statistics against its article, the values the evaluation stored."""
+    preds = read_jsonl(compared / method / "predictions.jsonl")[:4]
+    ids = [p["id"] for p in preds]
+    articles = raw_test_articles(demo_dir, ids)
+    src = tmp_path / "articles.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "article": a}) + "\n" for i, a in zip(ids, articles)))
+    assert main(["summarize", str(compared / method), "--input", str(src), "--metrics"]) == 0
+    got = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    names = ("novel_1gram", "novel_4gram", "coverage", "density", "compression", "repeated_3gram", "words")
+    for g, p in zip(got, preds):
+        assert g["prediction"] == p["prediction"] and "length_ratio" not in g["metrics"]  # no reference here
+        assert {k: g["metrics"][k] for k in names} == pytest.approx({k: p[k] for k in names})
+    (tmp_path / "a.txt").write_text(articles[0], encoding="utf-8")
+    assert main(["summarize", str(compared / method), str(tmp_path / "a.txt"), "--metrics"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(preds[0]["prediction"].strip()) and f"coverage: {preds[0]['coverage']:.3f}" in out
+
+
 def test_summarize_needs_no_training_data(compared, tmp_path, capsys):
     """The run's data source gone (CNN/DailyMail not cached, say): summarize still works."""
     run = tmp_path / "lora"

@@ -12,7 +12,7 @@ import logging
 import datasets
 
 from ..errors import UserError
-from .sources import SPLITS
+from .sources import SPLITS, load_raw
 from .text import article_hash, clean_text
 
 log = logging.getLogger(__name__)
@@ -82,3 +82,10 @@ def prepare_splits(raw: datasets.DatasetDict, cfg_data) -> tuple[datasets.Datase
         report[split]["kept"] = n
         out[split] = ds.remove_columns("hash")
     return datasets.DatasetDict(out), report
+
+
+def test_articles(cfg_data) -> dict[str, str]:
+    """The cleaned test split's articles by id, as a run with ``cfg_data`` read them (what ``peftsum report`` scores
+    the summaries of an older run against, for the statistics it did not store)."""
+    splits, _ = prepare_splits(load_raw(cfg_data), cfg_data)
+    return dict(zip(splits["test"]["id"], splits["test"]["article"]))

@@ -12,9 +12,9 @@ whole text, sentence order mattering) is kept under its own name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
-import numpy as np
 import torch
 from accelerate.utils import reduce
 from rouge_score import rouge_scorer
@@ -23,10 +23,11 @@ from torch.distributed.fsdp import FSDPModule
 from ..data.collate import collate, seq_lengths, sorted_batches, to_device
 from ..data.text import SPLITTER, split_sentences
 from ..utils import distributed_state
+from .registry import HEADLINE, Metric, register
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeLsum", "rougeL")
-HEADLINE = "rougeLsum"  # what ranks, compares and plots methods
 LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeLsum": "ROUGE-L", "rougeL": "ROUGE-L (sentence-level)"}
+assert HEADLINE in ROUGE_KEYS
 ROUGE_PROTOCOL = ("Scores by Google's rouge-score (Porter stemmer on). ROUGE-L is the summary-level "
                   "ROUGE-L of CNN/DailyMail papers (rouge-score's rougeLsum: a union LCS over sentences, one per "
                   f"line) on sentences split by {SPLITTER}; the sentence-level variant (rougeL, one LCS over the "
@@ -92,15 +93,18 @@ def for_lsum(text: str) -> str:
     return "\n".join(split_sentences(text))
 
 
+@functools.lru_cache(maxsize=4096)
+def rouge_f1(prediction: str, reference: str) -> dict[str, float]:
+    """The four ROUGE F1 x 100 of one summary (computed once for the four registered ROUGE metrics)."""
+    s = scorer().score(for_lsum(reference), for_lsum(prediction))
+    return {k: s[k].fmeasure * 100 for k in ROUGE_KEYS}
+
+
 def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
-    out = {k: [] for k in ROUGE_KEYS}
-    sc = scorer()
-    for p, r in zip(predictions, references):
-        s = sc.score(for_lsum(r), for_lsum(p))
-        for k in ROUGE_KEYS:
-            out[k].append(s[k].fmeasure * 100)
-    return out
+    scores = [rouge_f1(p, r) for p, r in zip(predictions, references)]
+    return {k: [s[k] for s in scores] for k in ROUGE_KEYS}
 
 
-def rouge_means(per_example: dict[str, list[float]]) -> dict[str, float]:
-    return {k: float(np.mean(v)) if v else float("nan") for k, v in per_example.items()}
+for _key in ROUGE_KEYS:
+    register(Metric(_key, LABELS[_key], "overlap", per_example=lambda p, r, a, key=_key: rouge_f1(p, r)[key],
+                    about=ROUGE_PROTOCOL if _key == HEADLINE else ""))

@@ -12,7 +12,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from ..config import DEMO_PRESETS
 from ..data.sources import is_hub_id
-from ..evaluate.metrics import LABELS
+from ..evaluate.registry import registry
 from ..model.demo_base import is_demo_model
 from .results import RunResult
 
@@ -110,14 +110,22 @@ def base_model_name(results: RunResult) -> str | None:
     return None if is_demo_model(name) else name
 
 
+def _metric_labels(results: RunResult) -> dict[str, str]:
+    """Each metric the run computed, by its registered label (the registry's order; a metric no longer registered by
+    its name)."""
+    reg = registry()
+    names = sorted(results.eval.metrics, key=lambda k: list(reg).index(k) if k in reg else len(reg))
+    return {k: reg[k].label if k in reg else k for k in names}
+
+
 def card_data(results: RunResult, library: str) -> ModelCardData:
     source = results.config.data.source
     hub_data = is_hub_id(source)
     name = f"{results.model}-{results.method}-summarization"
     evals = [EvalResult(task_type="summarization", dataset_type=source if hub_data else "local",
-                        dataset_name=source if hub_data else "local data", dataset_split="test", metric_type="rouge",
-                        metric_name=label, metric_value=round(results.eval.value(key), 2))
-             for key, label in LABELS.items()]
+                        dataset_name=source if hub_data else "local data", dataset_split="test", metric_type=key,
+                        metric_name=label, metric_value=round(results.eval.value(key), 4))
+             for key, label in _metric_labels(results).items()]
     return ModelCardData(base_model=base_model_name(results), library_name=library, pipeline_tag="text-generation",
                          tags=["peftsum", "summarization", results.method], datasets=[source] if hub_data else None,
                          model_name=name, eval_results=evals)
@@ -129,6 +137,8 @@ def model_card(results: RunResult, kind: str, path: str = ".", base: str | None 
     data, train, scores, params, cost = cfg.data, cfg.train, results.eval, results.params, results.cost
     training = results.training
     method = results.method
+    labels = _metric_labels(results)
+    formats = {k: m.fmt for k, m in registry().items()}
     # a run directory of LoRA, prompt tuning or a PEFT tuner is a PEFT adapter folder
     adapter_run = kind == "run" and (method in ("lora", "qlora", "prompt-tuning") or method.startswith("peft-"))
     library = "peft" if kind == "adapter" or adapter_run else "transformers"
@@ -158,10 +168,11 @@ def model_card(results: RunResult, kind: str, path: str = ".", base: str | None 
               f"(seed {data.seed}); articles cut to {results.article_budget()} tokens, summaries to "
               f"{data.max_target_tokens}. Early stopping read the validation split only.", "",
               "## Results", "",
-              "| validation loss | test loss | " + " | ".join(LABELS.values()) + " | test articles |",
-              "|---|---|" + "---|" * len(LABELS) + "---|",
+              "| validation loss | test loss | " + " | ".join(labels.values()) + " | test articles |",
+              "|---|---|" + "---|" * len(labels) + "---|",
               f"| {_f(scores.val_loss)} | {_f(scores.test_loss)} | "
-              + " | ".join(_f(scores.value(k), ".2f") for k in LABELS) + f" | {scores.rouge_n} |", "",
+              + " | ".join(_f(scores.value(k), formats.get(k, ".2f")) for k in labels) + f" | {scores.examples} |",
+              "",
               "Losses: mean negative log-likelihood per summary token. " + results.protocol.rouge
               + " On the generated new tokens only, decoded by "
               + (results.protocol.decoding_text or "the run's eval.decoding") + ".", "",

@@ -135,4 +135,4 @@ def run_comparison(runs: list[tuple[str, Path, Config]], out: Path, rerun: list[
         _say(f"[{label}] {'resuming' if resume else 'running'} -> {run}")
         r = run_experiment(rcfg, run, resume=resume, tracking_root=out, run_name=str(run.relative_to(out)))
         loss = f"val_loss {r.eval.val_loss:.4f}, " if r.eval.val_loss is not None else ""
-        _say(f"[{label}] {loss}ROUGE-L {r.eval.rougeLsum:.2f}, train {r.cost.train_seconds:.1f}s")
+        _say(f"[{label}] {loss}ROUGE-L {r.eval.value('rougeLsum'):.2f}, train {r.cost.train_seconds:.1f}s")

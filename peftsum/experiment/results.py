@@ -1,17 +1,19 @@
 """One run's results: the typed record ``RUN/results.json`` holds, written and read here and nowhere else.
 
 ``RunResult`` is what ``run_experiment`` returns and what the report, the model card, the trackers and the
-CLI read, attribute by attribute (``result.eval.rougeLsum``, ``result.cost.train_seconds``).  The file
+CLI read, attribute by attribute (``result.eval.value("rougeLsum")``, ``result.cost.train_seconds``).  The file
 carries ``schema_version``; a file of another version (or a damaged one) is one clear error naming the run
-directory, never a KeyError deep in the report.  Version 1, the files written before the version existed,
-has the same fields and is read as it is.
+directory, never a KeyError deep in the report.  Versions 1 (the files written before the version existed) and
+2 held the four ROUGE scores as fields of ``eval`` (and ``rouge_n`` for ``examples``): they are read into
+``eval.metrics``.
 
 Sections:
 
 * ``params``: parameter counts (``added`` = parameters the method put into the model; ``adapter_bytes``: what
   it saved on disk);
-* ``eval``: the final evaluation (losses on the validation and test splits, ROUGE F1 x 100 on the test split's
-  generated summaries, their mean length and the share cut at the token limit);
+* ``eval``: the final evaluation (losses on the validation and test splits; ``metrics``: each registered metric's
+  mean on the test split's summaries, ROUGE F1 x 100 among them; their mean length in tokens and the share cut at
+  the token limit);
 * ``cost``: training time, throughput, peak memory, FLOPs and MFU;
 * ``training``: how training went (steps, epochs, the validation history, why it stopped);
 * ``protocol``: how the scores were made (ROUGE variant, decoding, sentence splitter);
@@ -30,7 +32,7 @@ from ..config import Config, config_from_dict
 from ..errors import UserError
 from ..utils import write_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULTS = "results.json"
 
 
@@ -47,17 +49,18 @@ class Scores:
     val_loss: float | None = None  # token-weighted NLL of the summary tokens
     test_loss: float | None = None
     test_perplexity: float | None = None
-    rouge1: float = 0.0  # ROUGE F1 x 100 on the test split
-    rouge2: float = 0.0
-    rougeL: float = 0.0
-    rougeLsum: float = 0.0
+    # each metric the evaluation computed (peftsum.evaluate.registry: ROUGE F1 x 100, the summary statistics, ...):
+    # its mean over the test articles
+    metrics: dict[str, float] = field(default_factory=dict)
     mean_generated_tokens: float | None = None  # None for Lead-3, which generates nothing
     hit_max_new_tokens: float | None = None  # share of summaries cut at eval.decoding.max_new_tokens
-    rouge_n: int = 0  # test articles scored
+    examples: int = 0  # test articles scored
 
     def value(self, key: str) -> float | None:
-        """A score by its name (``rouge1`` ... ``rougeLsum``, ``val_loss``): the report's loops over metrics."""
-        if key not in SCORE_KEYS:
+        """A figure by its name: a metric (``rougeLsum``, ``novel_2gram``, ...) or a field (``val_loss``)."""
+        if key in self.metrics:
+            return self.metrics[key]
+        if key not in SCORE_KEYS or key == "metrics":
             raise KeyError(key)
         return getattr(self, key)
 
@@ -171,9 +174,16 @@ class RunResult:
     @classmethod
     def from_dict(cls, d: dict, where: str = "results") -> RunResult:
         version = d.get("schema_version", 1)
-        if version not in (1, SCHEMA_VERSION):
-            raise UserError(f"{where} has results schema {version}; this peftsum reads {SCHEMA_VERSION} (and 1): "
+        if version not in (1, 2, SCHEMA_VERSION):
+            raise UserError(f"{where} has results schema {version}; this peftsum reads {SCHEMA_VERSION} (and 1, 2): "
                             "run it again with this version (--rerun)")
+        if version < 3 and isinstance(d.get("eval"), dict):  # the ROUGE fields of versions 1 and 2
+            ev = dict(d["eval"])
+            ev["metrics"] = {**ev.get("metrics", {}),
+                             **{k: ev.pop(k) for k in ("rouge1", "rouge2", "rougeLsum", "rougeL") if k in ev}}
+            if "rouge_n" in ev:
+                ev["examples"] = ev.pop("rouge_n")
+            d = {**d, "eval": ev}
         try:
             sections = {f.name for f in dataclasses.fields(cls)}
             kinds = {"params": Params, "eval": Scores, "cost": Cost, "training": Training, "protocol": Protocol,

@@ -30,7 +30,8 @@ from ..data.tokenize import PromptBuilder, load_tokenized
 from ..evaluate import cost as costs
 from ..evaluate.evaluation import evaluate_split
 from ..evaluate.generate import describe_decoding
-from ..evaluate.metrics import HEADLINE, ROUGE_PROTOCOL, evaluate_loss
+from ..evaluate.metrics import ROUGE_PROTOCOL, evaluate_loss
+from ..evaluate.registry import HEADLINE, selected
 from ..methods import CachedTrunk, ModelFree, Untrained, build_method, method_class
 from ..methods.base import read_method_file
 from ..model.loading import is_quantized, load_base, load_tokenizer, n_positions, resolve_model_name
@@ -136,6 +137,7 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False, track
     """Train and evaluate one method into ``run_dir``.  With ``train.report_to`` the run is also one tracker run
     named ``run_name`` (default: the method) under ``tracking_root`` (default: the run directory)."""
     run_dir = Path(run_dir)
+    selected(cfg.eval.metrics)  # an unknown metric is refused before anything loads or trains
     accelerator = accelerator_for(cfg)
     device = accelerator.device
     main = accelerator.is_main_process
@@ -217,8 +219,7 @@ def evaluate_run(cfg, run_dir: Path, parts: Components, data, accelerator, train
     test_metrics, rows = evaluate_split(parts.summary_lm, parts.model, parts.method, parts.tokenizer, test, cfg.eval,
                                         accelerator.device, accelerator.autocast, progress=cfg.train.progress)
     scores = Scores(val_loss=val_loss, test_loss=test_metrics["loss"], test_perplexity=test_metrics["perplexity"],
-                    rouge_n=test_metrics["examples"],
-                    **{k: test_metrics[k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "mean_generated_tokens",
+                    **{k: test_metrics[k] for k in ("metrics", "examples", "mean_generated_tokens",
                                                      "hit_max_new_tokens")})
     if memory is not None:
         memory.phase("eval")

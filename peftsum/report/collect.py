@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..config import METHODS, PEFT_METHOD
+from ..data.prepare import test_articles
 from ..errors import UserError
-from ..evaluate.metrics import ROUGE_KEYS
+from ..evaluate.registry import Metric, registry
 from ..experiment import RESULTS, RunResult, read_metrics, read_results
 from ..utils import read_jsonl
 from . import bootstrap
 
-KEYS = ROUGE_KEYS
 ALPHA = 0.05
 
 
@@ -33,7 +34,7 @@ class SeedRun:
 class MethodRuns:
     """One method's row of the report: each seed's run, and ``result``: their mean (``eval`` and ``cost`` averaged
     over the seeds, their standard deviations in ``eval_std`` / ``cost_std``; every other section the first
-    seed's).  ``ci``: the bootstrap interval of each ROUGE score, attached by :func:`with_intervals`."""
+    seed's).  ``ci``: the bootstrap interval of each metric, attached by :func:`with_intervals`."""
 
     result: RunResult
     seeds: list[SeedRun]
@@ -77,8 +78,8 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
 
 
 def aggregate(seed_runs: list[SeedRun]) -> MethodRuns:
-    """One method's row from its runs over seeds: each number of ``eval`` and ``cost`` as the mean across seeds,
-    its standard deviation beside it."""
+    """One method's row from its runs over seeds: each number of ``eval`` (each metric included) and ``cost`` as the
+    mean across seeds, its standard deviation beside it."""
     first = seed_runs[0].result
     means, stds = {}, {}
     for section in ("eval", "cost"):
@@ -90,16 +91,67 @@ def aggregate(seed_runs: list[SeedRun]) -> MethodRuns:
                 mean[f.name], std[f.name] = _mean_std(values)
                 if all(x == v for x in values):  # the same in every seed (a count, a byte size): kept as it is
                     mean[f.name] = v
+        if section == "eval":
+            names = [k for k in record.metrics if all(k in s.result.eval.metrics for s in seed_runs)]
+            mean["metrics"] = {}
+            for k in names:
+                mean["metrics"][k], std[k] = _mean_std([s.result.eval.metrics[k] for s in seed_runs])
         means[section], stds[section] = dataclasses.replace(record, **mean), std
     return MethodRuns(dataclasses.replace(first, **means), seed_runs, stds["eval"], stds["cost"])
 
 
+def complete_metrics(seed_runs: list[SeedRun], articles: Callable[[], dict[str, str]]) -> None:
+    """Score what a run's predictions lack of the metrics that need no model (a run made before a metric existed):
+    each article's value into its prediction row (and the reference's own into ``reference_metrics``), the mean into
+    ``eval.metrics``.  ``articles()`` gives the test articles by id; it is called only when something is missing."""
+    wanted = [m for m in registry().values() if m.default]
+    for run in seed_runs:
+        rows = run.predictions
+        missing = [m for m in wanted if rows and any(m.name not in p for p in rows)]
+        refs_missing = [m for m in wanted if not m.needs_reference and rows
+                        and any(m.name not in p.get("reference_metrics", {}) for p in rows)]
+        if not missing and not refs_missing:
+            continue
+        by_id = articles()
+        lost = [p["id"] for p in rows if p["id"] not in by_id]
+        if lost:
+            raise UserError(f"{len(lost)} test articles of {run.result.config.method.name}'s predictions (e.g. "
+                            f"{lost[0]}) are not in its data source {run.result.config.data.source!r} any more: "
+                            "the statistics that need the article cannot be computed")
+        arts = [by_id[p["id"]] for p in rows]
+        preds, refs = [p["prediction"] for p in rows], [p["reference"] for p in rows]
+        for m in missing:
+            for p, v in zip(rows, m.score(preds, refs, arts)):
+                p[m.name] = v
+            run.result.eval.metrics[m.name] = float(np.mean([p[m.name] for p in rows]))
+        for m in refs_missing:
+            for p, v in zip(rows, m.score(refs, refs, arts)):
+                p.setdefault("reference_metrics", {})[m.name] = v
+
+
+def shown_metrics(runs: list[MethodRuns]) -> list[Metric]:
+    """The registered metrics every run's predictions hold, in the registry's order: what the report shows."""
+    tables = [s.predictions for r in runs for s in r.seeds]
+    return [m for name, m in registry().items() if all(rows and all(name in p for p in rows) for rows in tables)]
+
+
 def collect(out: Path) -> list[MethodRuns]:
-    """The finished runs under ``out`` (one row per method, over its seeds); all share one test set."""
+    """The finished runs under ``out`` (one row per method, over its seeds); all share one test set.  A run made
+    before a metric that needs no model existed gets it from its predictions and the test articles."""
     peft = sorted(p.name for p in out.glob(f"{PEFT_METHOD}-*") if p.is_dir())  # any PEFT tuner's runs
-    runs = [aggregate(seed_runs) for m in (*METHODS, *peft) if (seed_runs := method_runs(out, m))]
-    if not runs:
+    found = [seed_runs for m in (*METHODS, *peft) if (seed_runs := method_runs(out, m))]
+    if not found:
         raise UserError(f"no finished runs ({RESULTS}) under {out}")
+    loaded: dict = {}
+
+    def articles() -> dict[str, str]:  # the test articles, loaded once for every run that needs them
+        if "test" not in loaded:
+            loaded["test"] = test_articles(found[0][0].result.config.data)
+        return loaded["test"]
+
+    for seed_runs in found:
+        complete_metrics(seed_runs, articles)
+    runs = [aggregate(seed_runs) for seed_runs in found]
     check_same_test_set(runs)
     return runs
 
@@ -136,20 +188,24 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def with_intervals(runs: list[MethodRuns], resamples: int) -> tuple[list[MethodRuns], dict]:
-    """Attach bootstrap intervals to each method and paired differences to each pair, on the test articles.
+    """Attach bootstrap intervals to each method and paired differences to each pair, on the test articles, for
+    every metric the report shows (``boot["metrics"]``), and the references' own values of the metrics that need no
+    reference with their intervals (``boot["references"]``).
 
     Two levels: every resample draws test articles (the same draw for every method: paired) and, for
     each method, its seeds (independently), so an interval holds both the articles' and the training
     runs' variance.  With one seed per method this is the plain paired bootstrap over articles."""
+    metrics = shown_metrics(runs)
+    keys = [m.name for m in metrics]
     ids = [p["id"] for p in runs[0].predictions]
     idx = bootstrap.resample_indices(len(ids), resamples) if ids else None
     scores, seed_idx = {}, {}
     for j, r in enumerate(runs):
         by_seed = [{p["id"]: p for p in s.predictions} for s in r.seeds]
-        scores[r.method] = {k: np.array([[b[i][k] for i in ids] for b in by_seed]) for k in KEYS}
+        scores[r.method] = {k: np.array([[b[i][k] for i in ids] for b in by_seed]) for k in keys}
         seed_idx[r.method] = bootstrap.resample_indices(len(r.seeds), resamples, seed=1000 + j)
         r.ci = {k: bootstrap.interval_two_level(scores[r.method][k], idx, seed_idx[r.method]) if ids
-                else (r.result.eval.value(k), None, None) for k in KEYS}
+                else (r.result.eval.value(k), None, None) for k in keys}
     pairs = {}
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
@@ -157,11 +213,19 @@ def with_intervals(runs: list[MethodRuns], resamples: int) -> tuple[list[MethodR
                 pairs[(a.method, b.method)] = {
                     k: bootstrap.paired_difference_two_level(scores[a.method][k], scores[b.method][k], idx,
                                                              seed_idx[a.method], seed_idx[b.method])
-                    for k in KEYS}
-    for k in KEYS:  # Holm-Bonferroni over all pairs of one metric
+                    for k in keys}
+    for k in keys:  # Holm-Bonferroni over all pairs of one metric
         adjusted = bootstrap.holm([d[k]["p"] for d in pairs.values()])
         for d, p in zip(pairs.values(), adjusted):
             d[k]["p_holm"] = p
             d[k]["significant"] = p < ALPHA
+    references = {}
+    rows = runs[0].predictions
+    for m in metrics:
+        if not m.needs_reference and ids:
+            values = [p.get("reference_metrics", {}).get(m.name) for p in rows]
+            if all(v is not None for v in values):
+                references[m.name] = bootstrap.interval(values, idx)
     seeds = sorted({len(r.seeds) for r in runs})
-    return runs, {"n": len(ids), "resamples": resamples, "pairs": pairs, "seeds": seeds}
+    return runs, {"n": len(ids), "resamples": resamples, "pairs": pairs, "seeds": seeds, "metrics": metrics,
+                  "references": references}

@@ -8,7 +8,7 @@ import html
 
 import numpy as np
 
-from ..evaluate.metrics import HEADLINE, LABELS
+from ..evaluate.registry import HEADLINE, label
 from .collect import MethodRuns
 
 
@@ -42,17 +42,17 @@ def _one_line(text: str) -> str:
 def examples_markdown(picked: dict[str, list[dict]], k: int, seed: int) -> list[str]:
     if not picked["random"]:
         return []
-    label = LABELS[HEADLINE]
+    name = label(HEADLINE)
     lines = ["## Summaries side by side", "",
              f"{len(picked['random'])} test articles drawn with seed {seed} (`eval.examples: {k}`), then the "
-             f"{len(picked['disagree'])} whose {label} spreads the most across methods. Each summary is followed "
-             f"by its {label} against the reference; ' / ' separates lines.", ""]
+             f"{len(picked['disagree'])} whose {name} spreads the most across methods. Each summary is followed "
+             f"by its {name} against the reference; ' / ' separates lines.", ""]
     for group, articles in picked.items():
         if not articles:
             continue
         lines += [f"### {TITLES[group]}", ""]
         for a in articles:
-            lines += [f"**Article `{a['id']}`** ({label} spread {a['spread']:.1f})", "",
+            lines += [f"**Article `{a['id']}`** ({name} spread {a['spread']:.1f})", "",
                       f"- *reference*: {_one_line(a['reference'])}"]
             lines += [f"- **{m}** ({s:.1f}): {_one_line(p)}" for m, p, s in a["rows"]]
             lines.append("")
@@ -62,11 +62,11 @@ def examples_markdown(picked: dict[str, list[dict]], k: int, seed: int) -> list[
 def examples_html(picked: dict[str, list[dict]], k: int, seed: int) -> str:
     if not picked["random"]:
         return ""
-    label = html.escape(LABELS[HEADLINE])
+    name = html.escape(label(HEADLINE))
     e = html.escape
     out = ["<h2>Summaries side by side</h2>",
            f"<p>{len(picked['random'])} test articles drawn with seed {seed} (<code>eval.examples: {k}</code>), then "
-           f"the {len(picked['disagree'])} whose {label} spreads the most across methods. Click an article to open "
+           f"the {len(picked['disagree'])} whose {name} spreads the most across methods. Click an article to open "
            "it.</p>"]
     for group, articles in picked.items():
         if not articles:
@@ -75,8 +75,8 @@ def examples_html(picked: dict[str, list[dict]], k: int, seed: int) -> str:
         for a in articles:
             rows = "".join(f"<tr><td>{e(m)}</td><td>{s:.1f}</td><td>{e(p).replace(chr(10), '<br>')}</td></tr>"
                            for m, p, s in a["rows"])
-            out.append(f"<details class='example'><summary>Article <code>{e(str(a['id']))}</code> — {label} spread "
-                       f"{a['spread']:.1f}</summary><table><tr><th>method</th><th>{label}</th><th>summary</th></tr>"
+            out.append(f"<details class='example'><summary>Article <code>{e(str(a['id']))}</code> — {name} spread "
+                       f"{a['spread']:.1f}</summary><table><tr><th>method</th><th>{name}</th><th>summary</th></tr>"
                        f"<tr><td><em>reference</em></td><td></td><td>{e(a['reference']).replace(chr(10), '<br>')}"
                        f"</td></tr>{rows}</table></details>")
     return "\n".join(out)

@@ -45,9 +45,9 @@ def loss_curves(curves: dict[str, dict], out: Path) -> Path:
     return _save(fig, out)
 
 
-def rouge_bars(rows: list[dict], out: Path, keys: tuple[str, ...], labels: dict[str, str]) -> Path:
-    """Mean ROUGE per method with its 95 % interval; with several seeds, a dot per seed."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+def metric_bars(rows: list[dict], out: Path, keys: list[str], labels: dict[str, str], y_label: str) -> Path:
+    """Each method's mean of each metric in ``keys`` with its 95 % interval; with several seeds, a dot per seed."""
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.6 * len(keys)), 4.2))
     w = 0.8 / max(len(rows), 1)
     x = np.arange(len(keys))
     for i, r in enumerate(rows):
@@ -61,9 +61,59 @@ def rouge_bars(rows: list[dict], out: Path, keys: tuple[str, ...], labels: dict[
                 ax.scatter([x[j] + i * w - 0.4 + w / 2] * len(seeds), [s[k] for s in seeds], color="black", s=8,
                            zorder=3)
     ax.set_xticks(x, [labels[k] for k in keys])
-    ax.set_ylabel("F1 x 100 (95% bootstrap CI)")
+    ax.set_ylabel(y_label)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)
+
+
+def summary_panels(rows: list[dict], references: dict, out: Path, keys: list[str], labels: dict[str, str]) -> Path:
+    """One panel per statistic of the summaries: each method's mean with its 95 % interval, the reference summaries'
+    own value (where the statistic needs no reference) as a dashed line."""
+    cols = 4
+    n_rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 2.9 * n_rows), squeeze=False)
+    names = [r["method"] for r in rows]
+    x = np.arange(len(names))
+    for ax, k in zip(axes.flat, keys):
+        means = [r["ci"][k][0] for r in rows]
+        err = [[r["ci"][k][0] - r["ci"][k][1] for r in rows], [r["ci"][k][2] - r["ci"][k][0] for r in rows]]
+        ax.bar(x, means, yerr=err, capsize=2, color=[color(n) for n in names])
+        if k in references:
+            ax.axhline(references[k][0], color="black", ls="--", lw=1, label="references")
+            ax.legend(fontsize=6)
+        ax.set_title(labels[k], fontsize=9)
+        ax.set_xticks(x, names, fontsize=6, rotation=30, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    return _save(fig, out)
+
+
+def coverage_density(points: dict[str, tuple[list[float], list[float], list[float]]], out: Path) -> Path:
+    """Grusky et al. (2018)'s picture: extractive fragment coverage (x) against density (y, log), one panel per
+    method and one for the reference summaries, every summary a dot; the median compression in each title.  Copies of
+    the lead sit top right, abstracts low and to the left."""
+    names = list(points)
+    cols = min(4, len(names))
+    n_rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 3.0 * n_rows), squeeze=False, sharex=True, sharey=True)
+    top = max([max(d, default=1.0) for _, d, _ in points.values()] + [1.0])
+    for ax, name in zip(axes.flat, names):
+        cov, dens, comp = points[name]
+        col = "black" if name == "references" else color(name)
+        ax.scatter(cov, np.maximum(dens, 0.1), s=7, alpha=0.35, color=col)
+        ax.set_title(f"{name} (compression {np.median(comp):.1f})" if comp else name, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(0.08, top * 1.5)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("coverage")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density (log)")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
     return _save(fig, out)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,13 +15,23 @@ from markdown_it import MarkdownIt
 
 from ..config import DEMO_PRESETS
 from ..errors import UserError
-from ..evaluate.metrics import HEADLINE, LABELS, ROUGE_PROTOCOL
+from ..evaluate.metrics import ROUGE_PROTOCOL
+from ..evaluate.registry import GROUPS, HEADLINE, label
 from ..utils import atomic_path, write_text
 from . import plots
 from .collect import collect, flatten, with_intervals
 from .examples import examples_html, examples_markdown, pick_examples
 from .sweep import tuning_section
-from .tables import COMPARED, csv_rows, hyper_table, md_table, memory_table, pairs_table, results_table
+from .tables import (
+    csv_rows,
+    hyper_table,
+    in_group,
+    md_table,
+    memory_table,
+    pairs_table,
+    results_table,
+    summary_table,
+)
 
 BANNER = ("synthetic demo corpus and a small GPT-2 — a demonstration of the pipeline, not CNN/DailyMail results")
 
@@ -56,9 +65,9 @@ def build_report(out: Path, analysis_file: Path | None = None) -> list[Path]:
     runs = collect(out)
     cfg0 = runs[0].result.config
     runs, boot = with_intervals(runs, cfg0.eval.bootstrap)
-    write_csv(out / "results.csv", csv_rows(runs))
+    write_csv(out / "results.csv", csv_rows(runs, boot))
     write_csv(out / "results_config.csv", [{"method": r.method, **flatten(r.result.config.to_dict())} for r in runs])
-    figs = make_figures(out, runs)
+    figs = make_figures(out, runs, boot)
     k, seed = cfg0.eval.examples, cfg0.data.seed
     picked = pick_examples(runs, k, seed)
     md = render_markdown(runs, boot, figs, out)
@@ -78,10 +87,23 @@ def summary_rows(runs):
              "train_seconds": r.result.cost.train_seconds, "peak_memory_bytes": r.result.cost.peak_memory_bytes,
              **{k: getattr(r.result.cost, k) for k in ("weights_bytes", "gradient_bytes", "optimizer_bytes",
                                                        "train_peak_bytes", "eval_peak_bytes")},
-             "ci": r.ci, "per_seed": [dataclasses.asdict(s.result.eval) for s in r.seeds]} for r in runs]
+             "ci": r.ci, "per_seed": [dict(s.result.eval.metrics) for s in r.seeds]} for r in runs]
 
 
-def make_figures(out: Path, runs) -> dict[str, Path]:
+def fragment_points(runs, boot) -> dict[str, tuple[list, list, list]]:
+    """Each summary's (coverage, density, compression), per method (its first seed) and for the references."""
+    names = {m.name for m in boot["metrics"]}
+    if not {"coverage", "density", "compression"} <= names:
+        return {}
+    keys = ("coverage", "density", "compression")
+    points = {r.method: tuple([p[k] for p in r.predictions] for k in keys) for r in runs}
+    refs = [p.get("reference_metrics", {}) for p in runs[0].predictions]
+    if all(all(k in x for k in keys) for x in refs):
+        points["references"] = tuple([x[k] for x in refs] for k in keys)
+    return points
+
+
+def make_figures(out: Path, runs, boot) -> dict[str, Path]:
     curves = {}
     for r in runs:
         tr = [m for m in r.metrics if m.get("type") == "train"]
@@ -93,8 +115,16 @@ def make_figures(out: Path, runs) -> dict[str, Path]:
     figs = {}
     if curves:
         figs["loss"] = plots.loss_curves(curves, out / "loss_curves.png")
-    figs["rouge"] = plots.rouge_bars(rows, out / "rouge.png", COMPARED, LABELS)
-    figs["cost"] = plots.quality_vs_cost(rows, out / "quality_vs_cost.png", LABELS[HEADLINE])
+    labels = {m.name: m.label for m in boot["metrics"]}
+    overlap = [m.name for m in in_group(boot["metrics"], "overlap")]
+    figs["rouge"] = plots.metric_bars(rows, out / "rouge.png", overlap, labels, "F1 x 100 (95% bootstrap CI)")
+    summary = [m.name for m in in_group(boot["metrics"], "summary")]
+    if summary:
+        figs["summary"] = plots.summary_panels(rows, boot["references"], out / "summary_stats.png", summary, labels)
+    points = fragment_points(runs, boot)
+    if points:
+        figs["fragments"] = plots.coverage_density(points, out / "coverage_density.png")
+    figs["cost"] = plots.quality_vs_cost(rows, out / "quality_vs_cost.png", label(HEADLINE))
     figs["memory"] = plots.memory_bars(rows, out / "memory.png",
                                        "CUDA max allocated" if runs[0].result.cost.reserved_peak_bytes is not None
                                        else "peak RSS of the process")
@@ -131,7 +161,8 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
                   "interval and pairwise difference resamples the test articles and the seeds (a two-level "
                   "bootstrap), so it holds both sources of variance. The baselines train nothing and ran once. "
                   "Loss curves show each method's first seed; the ROUGE plot marks every seed.", ""]
-    parts += [md_table(results_table(runs)), ""]
+    parts += [md_table(results_table(runs, boot["metrics"])), ""]
+    parts += summary_section(runs, boot)
     parts += ["## Memory", "", "The training state by its parts, in exact bytes of the tensors (the weights include "
               "the frozen ones; gradients and optimizer state exist for the trained ones only), beside the measured "
               "peaks of training and of evaluation, each from the start of its phase "
@@ -142,8 +173,14 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
                   "the mean difference, its 95 % interval and a two-sided bootstrap p-value. With "
                   f"{len(boot['pairs'])} pairs tested at once, the p-values of each metric are adjusted together "
                   "by Holm–Bonferroni; a difference is called significant when its adjusted p is below 0.05.",
-                  "", md_table(pairs_table(boot)), ""]
-    titles = {"loss": "Loss curves", "rouge": "ROUGE with 95 % intervals", "cost": "Quality against cost",
+                  "", md_table(pairs_table(boot, "overlap")), ""]
+        if in_group(boot["metrics"], "summary"):
+            parts += ["The same for what the summaries are (a significant difference says the methods write "
+                      "differently, not that one is better):", "", md_table(pairs_table(boot, "summary")), ""]
+    titles = {"loss": "Loss curves", "rouge": "Agreement with the reference, with 95 % intervals",
+              "summary": "What the summaries are, with 95 % intervals (dashed: the reference summaries)",
+              "fragments": "Extractive fragments: coverage against density (Grusky et al. 2018)",
+              "cost": "Quality against cost",
               "memory": "Memory: the training state by its parts, and the measured peaks", "sweep": "Sweep: validation loss against learning rate",
               "lengths": "Generated summary lengths"}
     parts += tuning_section(out)
@@ -171,6 +208,20 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
               "- 'added' counts new parameters once (the tied matrix is not double-counted).", "",
               "## Software", "", ", ".join(f"{k} {v}" for k, v in r0.versions.items()), ""]
     return "\n".join(parts)
+
+
+def summary_section(runs, boot) -> list[str]:
+    """What the summaries are: the reference-free statistics of every method and of the reference summaries."""
+    shown = in_group(boot["metrics"], "summary")
+    if not shown:
+        return []
+    about = "; ".join(m.about for m in shown if m.about)
+    return [f"## {GROUPS['summary']}", "",
+            "Does a method write an abstract or copy the article, repeat itself, write as much as a reference? "
+            f"Means over the {boot['n']} test articles with 95 % bootstrap intervals, and the reference summaries' "
+            f"own values in the last row. Words: lower-cased runs of letters and digits. {about}. A copy of the "
+            "article's lead has no novel n-grams, coverage 1 and a density near its sentence length.", "",
+            md_table(summary_table(runs, boot)), ""]
 
 
 def protocol_text(runs) -> str:
@@ -255,11 +306,17 @@ def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = Non
 
     pdf.set_font("Helvetica", "B", 12)
     pdf.cell(0, 8, "Results", new_x="LMARGIN", new_y="NEXT")
-    table(results_table(runs))
+    table(results_table(runs, boot["metrics"]))
+    if in_group(boot["metrics"], "summary"):
+        pdf.set_font("Helvetica", "B", 12)
+        pdf.cell(0, 8, GROUPS["summary"], new_x="LMARGIN", new_y="NEXT")
+        table(summary_table(runs, boot), font=7)
     if boot["pairs"]:
         pdf.set_font("Helvetica", "B", 12)
         pdf.cell(0, 8, "Pairwise differences (paired bootstrap)", new_x="LMARGIN", new_y="NEXT")
-        table(pairs_table(boot), font=7)
+        for group in GROUPS:
+            if in_group(boot["metrics"], group):
+                table(pairs_table(boot, group), font=6)
     pdf.set_font("Helvetica", "B", 12)
     pdf.cell(0, 8, "Hyperparameters", new_x="LMARGIN", new_y="NEXT")
     table(memory_table(runs), font=7)
@@ -315,10 +372,12 @@ def _results_section(runs, boot) -> list[str]:
              f"(preset `{runs[0].result.preset}`, model `{runs[0].result.model}`, device {runs[0].result.cost.device})._", ""]
     if any(r.result.preset in DEMO_PRESETS for r in runs):
         lines += [f"> **{BANNER}**", ""]
-    lines += [protocol_text(runs), "", md_table(results_table(runs)), ""]
+    lines += [protocol_text(runs), "", md_table(results_table(runs, boot["metrics"])), ""]
+    if in_group(boot["metrics"], "summary"):
+        lines += [md_table(summary_table(runs, boot)), ""]
     if boot["pairs"]:
-        lines += [md_table(pairs_table(boot)), ""]
-    lines.append(f"- Highest {LABELS[HEADLINE]} (summary-level): **{best.method}** "
+        lines += [md_table(pairs_table(boot, "overlap")), ""]
+    lines.append(f"- Highest {label(HEADLINE)} (summary-level): **{best.method}** "
                  f"({best.result.eval.value(HEADLINE):.2f}).")
     for r in trained:
         p, res = r.result.params, r.result

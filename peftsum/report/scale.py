@@ -1,9 +1,10 @@
 """The grid's report (``compare --models --train-sizes``): each method's quality, its gap to full fine-tuning and
-its cost against model size and training-set size.
+its cost against model size and training-set size, and how abstractive its summaries are (novel bigrams and
+extractive density, beside the reference summaries') against both.
 
 Every cell is an ordinary comparison (its own report, intervals and paired differences on the cell's test
 articles, which are the same in every cell); this report puts the cells side by side: ``results.csv`` with one
-tidy row per cell and method, ``scale_quality.png``, ``scale_gap.png``, ``scale_cost.png``, ``report.md`` and
+tidy row per cell and method, ``scale_quality.png``, ``scale_gap.png``, ``scale_novelty.png``, ``scale_cost.png``, ``report.md`` and
 ``report.html``.  Against model size the lines are at the largest training set; against training-set size, on
 the largest model.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ..config import DEMO_PRESETS
 from ..errors import UserError
-from ..evaluate.metrics import HEADLINE, LABELS
+from ..evaluate.registry import HEADLINE, label
 from ..experiment.grid import read_grid
 from ..utils import write_text
 from . import plots
@@ -25,6 +26,7 @@ from .render import BANNER, fill_section, render_html, write_csv
 from .tables import fmt, human, md_table
 
 REFERENCE = "full"  # the gap of each PEFT method is to full fine-tuning
+NOVELTY = ("novel_2gram", "density")  # how abstractive: new bigrams, and the length of copied fragments
 SCALE_START, SCALE_END = "<!-- scale:start -->", "<!-- scale:end -->"
 
 
@@ -83,8 +85,8 @@ def tidy_rows(cells: list[GridCell]) -> list[dict]:
             rows.append({
                 "model": c.model, "model_params": c.params, "train_size": c.train_size, "method": r.method,
                 "seeds": len(r.seeds), HEADLINE: ci[HEADLINE][0], f"{HEADLINE}_lo": ci[HEADLINE][1],
-                f"{HEADLINE}_hi": ci[HEADLINE][2], "rouge1": ci["rouge1"][0], "rouge2": ci["rouge2"][0],
-                "rougeL": ci["rougeL"][0], "val_loss": res.eval.val_loss, "test_loss": res.eval.test_loss,
+                f"{HEADLINE}_hi": ci[HEADLINE][2], **{k: v[0] for k, v in ci.items() if k != HEADLINE},
+                "val_loss": res.eval.val_loss, "test_loss": res.eval.test_loss,
                 f"gap_to_{REFERENCE}": g["diff"] if g else None, f"gap_to_{REFERENCE}_lo": g["low"] if g else None,
                 f"gap_to_{REFERENCE}_hi": g["high"] if g else None, f"gap_to_{REFERENCE}_p_holm": g["p_holm"] if g else None,
                 "trainable": res.params.trainable, "train_seconds": cost.train_seconds,
@@ -106,7 +108,7 @@ def _slices(cells: list[GridCell]) -> tuple[list[GridCell], list[GridCell]]:
 
 def figures(out: Path, cells: list[GridCell]) -> dict[str, Path]:
     by_model, by_data = _slices(cells)
-    quality, gaps, cost = {}, {}, {}
+    quality, gaps, cost, novelty = {}, {}, {}, {}
     for axis, slice_ in (("params", by_model), ("examples", by_data)):
         for c in slice_:
             x = c.params if axis == "params" else c.train_size
@@ -114,6 +116,9 @@ def figures(out: Path, cells: list[GridCell]) -> dict[str, Path]:
                 ci = r.ci[HEADLINE]
                 quality.setdefault(r.method, []).append((f"rouge-{axis}", x, ci[0], ci[1], ci[2]))
                 quality[r.method].append((f"loss-{axis}", x, r.result.eval.val_loss, None, None))
+                for key in NOVELTY:
+                    if key in r.ci:
+                        novelty.setdefault(r.method, []).append((f"{key}-{axis}", x, *r.ci[key]))
                 g = gap(c, r.method) if r.result.trained and r.method != REFERENCE else None
                 if g:
                     gaps.setdefault(r.method, []).append((axis, x, g["diff"], g["low"], g["high"]))
@@ -122,18 +127,26 @@ def figures(out: Path, cells: list[GridCell]) -> dict[str, Path]:
                     cost.setdefault(r.method, []).extend([
                         ("time", x, k.train_seconds, None, None), ("state", x, k.training_state_bytes / 2**20, None, None),
                         ("flops", x, k.train_flops, None, None)])
-    label = LABELS[HEADLINE]
+    name = label(HEADLINE)
     figs = {"quality": plots.scale_lines(quality, out / "scale_quality.png", [
-        ("rouge-params", f"{label} (95 % CI)", "model parameters", True),
-        ("rouge-examples", f"{label} (95 % CI)", "training examples", True),
+        ("rouge-params", f"{name} (95 % CI)", "model parameters", True),
+        ("rouge-examples", f"{name} (95 % CI)", "training examples", True),
         ("loss-params", "validation loss", "model parameters", True),
         ("loss-examples", "validation loss", "training examples", True)],
         "quality against model size (largest training set) and training-set size (largest model)")}
     if gaps:
         figs["gap"] = plots.scale_lines(gaps, out / "scale_gap.png", [
-            ("params", f"{label}: method − full (95 % CI)", "model parameters", True),
-            ("examples", f"{label}: method − full (95 % CI)", "training examples", True)],
+            ("params", f"{name}: method − full (95 % CI)", "model parameters", True),
+            ("examples", f"{name}: method − full (95 % CI)", "training examples", True)],
             "each method's gap to full fine-tuning (paired, on the same test articles)")
+    if novelty:
+        figs["novelty"] = plots.scale_lines(novelty, out / "scale_novelty.png", [
+            (f"{key}-{axis}", f"{label(key)} (95 % CI)", x_label, True)
+            for key in NOVELTY for axis, x_label in (("params", "model parameters"), ("examples", "training examples"))
+            if any(p[0] == f"{key}-{axis}" for pts in novelty.values() for p in pts)],
+            "how abstractive the summaries are, against model size and training-set size (references: "
+            + ", ".join(f"{label(k)} {cells[0].boot['references'][k][0]:.2f}" for k in NOVELTY
+                        if k in cells[0].boot.get("references", {})) + ")")
     if cost:
         figs["cost"] = plots.scale_lines(cost, out / "scale_cost.png", [
             ("time", "training seconds", "model parameters", True), ("state", "training state (MiB)",
@@ -143,7 +156,7 @@ def figures(out: Path, cells: list[GridCell]) -> dict[str, Path]:
 
 
 TITLES = {"quality": "Quality against scale", "gap": "Gap to full fine-tuning against scale",
-          "cost": "Cost against model size"}
+          "novelty": "How abstractive the summaries are, against scale", "cost": "Cost against model size"}
 
 
 def render_markdown(grid: dict, cells: list[GridCell], figs: dict[str, Path]) -> str:
@@ -160,7 +173,7 @@ def render_markdown(grid: dict, cells: list[GridCell], figs: dict[str, Path]) ->
               "(method − full) with its 95 % interval and Holm-adjusted p over the cell's pairs.", ""]
     if missing:
         parts += [f"Not finished yet: {', '.join(missing)}.", ""]
-    head = ["model", "params", "train", "method", f"{LABELS[HEADLINE]} [95% CI]", "val loss",
+    head = ["model", "params", "train", "method", f"{label(HEADLINE)} [95% CI]", "val loss",
             "− full [95% CI]", "train time", "training state", "train FLOPs"]
     body = []
     for row, (c, r) in zip(tidy_rows(cells), [(cell, run) for cell in cells for run in cell.runs]):
@@ -217,7 +230,7 @@ def _scale_section(path: Path, cells: list[GridCell], figs: dict[str, Path], out
             g = gap(c, m)
             row.append(f"{g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}]" if g else "–")
         body.append(row)
-    lines += [f"{LABELS[HEADLINE]} of each method minus full fine-tuning's on the same test articles (95 % paired "
+    lines += [f"{label(HEADLINE)} of each method minus full fine-tuning's on the same test articles (95 % paired "
               "bootstrap interval):", "", md_table([head, *body]), ""]
     if "gap" in figs:  # a copy beside the analysis file, linked relatively
         copy = path.parent / "figures" / f"{out.name}_{figs['gap'].name}"

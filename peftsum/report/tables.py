@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from ..evaluate.metrics import HEADLINE, LABELS
-from .collect import KEYS, MethodRuns
-
-COMPARED = ("rouge1", "rouge2", HEADLINE)  # what the significance table and the ROUGE plot compare
+from ..evaluate.registry import Metric
+from .collect import MethodRuns
 
 
 def fmt(x, spec=".3f", none="–"):
@@ -25,8 +23,25 @@ def human(n) -> str:
     return str(n)
 
 
-def results_table(runs: list[MethodRuns]) -> list[list[str]]:
-    head = ["method", "val loss", "test loss", "test ppl", *(LABELS[k] for k in KEYS),
+def in_group(metrics: list[Metric], group: str) -> list[Metric]:
+    return [m for m in metrics if m.group == group]
+
+
+def _with_ci(r: MethodRuns, m: Metric, spread: dict) -> str:
+    """A method's mean of ``m`` (± its standard deviation over seeds) and its 95 % interval."""
+    mean, lo, hi = r.ci[m.name]
+    value = r.result.eval.metrics.get(m.name, mean)  # the mean over seeds of each seed's mean
+    text = f"{value:{m.fmt}}"
+    if spread.get(m.name) is not None:
+        text += f" ± {spread[m.name]:{m.fmt}}"
+    return f"{text} [{lo:{m.fmt}}, {hi:{m.fmt}}]" if lo is not None else text
+
+
+def results_table(runs: list[MethodRuns], metrics: list[Metric]) -> list[list[str]]:
+    """Losses, the metrics of agreement with the reference (``metrics`` of group "overlap") with their intervals,
+    lengths, sizes and costs: one row per method."""
+    overlap = in_group(metrics, "overlap")
+    head = ["method", "val loss", "test loss", "test ppl", *(m.label for m in overlap),
             "gen. tokens", "cut at max", "trainable", "added", "adapter bytes", "train s", "peak mem", "train FLOPs",
             "epochs (best)"]
     several = any(len(r.seeds) > 1 for r in runs)
@@ -41,17 +56,12 @@ def results_table(runs: list[MethodRuns]) -> list[list[str]]:
         def sd(value: str, std) -> str:
             return f"{value} ± {std:.{2 if '.' not in value else len(value.split('.')[1])}f}" if std is not None else value
 
-        def ci(k, scores=scores, r=r, spread=spread):
-            m, lo, hi = r.ci[k]
-            text = sd(f"{scores.value(k):.2f}", spread.get(k))
-            return f"{text} [{lo:.2f}, {hi:.2f}]" if lo is not None else text
-
         epochs = f"{t.epochs_run} ({t.best_epoch})" if t.steps else "–"
         loss = [sd(fmt(scores.value(k), ".4f"), spread.get(k)) if scores.value(k) is not None else "–"
                 for k in ("val_loss", "test_loss")]
         cut = scores.hit_max_new_tokens
         body.append([r.method, *([str(len(r.seeds))] if several else []), *loss,
-                     fmt(scores.test_perplexity, ".2f"), *(ci(k) for k in KEYS),
+                     fmt(scores.test_perplexity, ".2f"), *(_with_ci(r, m, spread) for m in overlap),
                      fmt(scores.mean_generated_tokens, ".1f"),
                      fmt(None if cut is None else cut * 100, ".0f") + ("%" if cut is not None else ""),
                      f"{p.trainable:,}", f"{p.added:,}", human(p.adapter_bytes),
@@ -62,13 +72,29 @@ def results_table(runs: list[MethodRuns]) -> list[list[str]]:
     return [head, *body]
 
 
-def pairs_table(boot) -> list[list[str]]:
-    head = ["A − B", *(f"{LABELS[k]} diff [95% CI] (p Holm)" for k in COMPARED), "significant (Holm, 5 %)"]
+def summary_table(runs: list[MethodRuns], boot: dict) -> list[list[str]]:
+    """What the summaries are (the metrics of group "summary") with their intervals: one row per method, and the
+    reference summaries' own values (where a metric needs no reference) as the last row."""
+    shown = in_group(boot["metrics"], "summary")
+    body = []
+    for r in runs:
+        spread = r.eval_std if len(r.seeds) > 1 else {}
+        body.append([r.method, *(_with_ci(r, m, spread) for m in shown)])
+    refs = boot.get("references", {})
+    body.append(["references", *(f"{refs[m.name][0]:{m.fmt}} [{refs[m.name][1]:{m.fmt}}, {refs[m.name][2]:{m.fmt}}]"
+                                 if m.name in refs else "–" for m in shown)])
+    return [["method", *(m.label for m in shown)], *body]
+
+
+def pairs_table(boot: dict, group: str = "overlap") -> list[list[str]]:
+    """Each pair's paired-bootstrap difference of every metric of ``group``, its interval and Holm-adjusted p."""
+    shown = in_group(boot["metrics"], group)
+    head = ["A − B", *(f"{m.label} diff [95% CI] (p Holm)" for m in shown), "significant (Holm, 5 %)"]
     body = []
     for (a, b), d in boot["pairs"].items():
-        cells = [f"{d[k]['diff']:+.2f} [{d[k]['low']:+.2f}, {d[k]['high']:+.2f}] ({d[k]['p_holm']:.3f})"
-                 for k in COMPARED]
-        sig = [LABELS[k] for k in COMPARED if d[k]["significant"]]
+        cells = [f"{d[m.name]['diff']:+{m.fmt}} [{d[m.name]['low']:+{m.fmt}}, {d[m.name]['high']:+{m.fmt}}] "
+                 f"({d[m.name]['p_holm']:.3f})" for m in shown]
+        sig = [m.label for m in shown if d[m.name]["significant"]]
         body.append([f"{a} − {b}", *cells, ", ".join(sig) if sig else "no"])
     return [head, *body]
 
@@ -114,20 +140,25 @@ def md_table(rows: list[list[str]]) -> str:
 
 
 
-def csv_rows(runs: list[MethodRuns]) -> list[dict]:
-    """results.csv: one row per method, numbers as numbers, each interval as value / _lo / _hi columns."""
+def csv_rows(runs: list[MethodRuns], boot: dict) -> list[dict]:
+    """results.csv: one row per method, numbers as numbers, each metric's interval as value / _lo / _hi columns (and
+    _std over seeds), the reference summaries' own value of each metric that needs no reference as reference_<name>
+    (the same in every row)."""
     rows = []
+    refs = boot.get("references", {})
     for r in runs:
         scores, p, c, t = r.result.eval, r.result.params, r.result.cost, r.result.training
         std, cost_std = r.eval_std, r.cost_std
         row = {"method": r.method, "seeds": len(r.seeds), "val_loss": scores.val_loss,
                "val_loss_std": std.get("val_loss"), "test_loss": scores.test_loss,
                "test_loss_std": std.get("test_loss"), "test_perplexity": scores.test_perplexity}
-        for k in KEYS:
+        for m in boot["metrics"]:
+            k = m.name
             mean, lo, hi = r.ci[k]
-            row.update({k: scores.value(k), f"{k}_lo": lo, f"{k}_hi": hi, f"{k}_std": std.get(k)})
+            row.update({k: scores.metrics.get(k, mean), f"{k}_lo": lo, f"{k}_hi": hi, f"{k}_std": std.get(k)})
+        row.update({f"reference_{k}": v[0] for k, v in refs.items()})
         row.update(mean_generated_tokens=scores.mean_generated_tokens,
-                   hit_max_new_tokens=scores.hit_max_new_tokens, test_examples=scores.rouge_n,
+                   hit_max_new_tokens=scores.hit_max_new_tokens, test_examples=scores.examples,
                    train_seconds_std=cost_std.get("train_seconds"), peak_memory_bytes_std=cost_std.get("peak_memory_bytes"),
                    params_total=p.total, params_trainable=p.trainable, params_added=p.added,
                    adapter_bytes=p.adapter_bytes, train_seconds=c.train_seconds, eval_seconds=c.eval_seconds,

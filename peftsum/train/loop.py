@@ -34,7 +34,8 @@ from ..errors import TrainingDiverged
 from ..evaluate.cost import synchronize
 from ..evaluate.evaluation import prompts_of
 from ..evaluate.generate import generate_summaries
-from ..evaluate.metrics import HEADLINE, evaluate_loss, rouge_per_example
+from ..evaluate.metrics import evaluate_loss
+from ..evaluate.registry import HEADLINE, get
 from ..methods.base import CachedTrunk, Method
 from ..model.arch import attention_heads, decoder_blocks
 from ..utils import rng_state, save_file_atomic, set_rng_state
@@ -364,7 +365,7 @@ class Trainer:
             generated = generate_summaries(self.model, self.method, self.tokenizer, prompts_of(ds),
                                            self.method.decoding(), self.cfg.eval.batch_size, self.device, self.autocast,
                                            compile=self.cfg.eval.compile)
-        scores = rouge_per_example([s.text for s in generated], list(ds["highlights"]))[HEADLINE]
+        scores = get(HEADLINE).score([s.text for s in generated], list(ds["highlights"]), list(ds["article"]))
         return float(sum(scores) / max(len(scores), 1))
 
     def validate(self) -> None:

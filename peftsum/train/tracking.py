@@ -81,7 +81,7 @@ def final_values(results) -> dict:
     scores, cost, params = results.eval, results.cost, results.params
     values = {"final/val_loss": scores.val_loss, "final/test_loss": scores.test_loss,
               "final/test_perplexity": scores.test_perplexity,
-              **{f"final/{k}": scores.value(k) for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
+              **{f"final/{k}": v for k, v in scores.metrics.items()},
               "final/train_seconds": cost.train_seconds, "final/peak_memory_bytes": cost.peak_memory_bytes,
               "final/train_flops": cost.train_flops, "final/trainable_parameters": params.trainable}
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

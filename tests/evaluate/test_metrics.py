@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from peftsum.evaluate.metrics import HEADLINE, LABELS, rouge_means, rouge_per_example
+from peftsum.evaluate.metrics import HEADLINE, LABELS, rouge_per_example
+from peftsum.evaluate.registry import get
 
 REFERENCE = "Police arrest man.\nFloods hit town.\nSchool closes early today."
 
@@ -38,7 +39,10 @@ def test_rouge_values_worked_out_by_hand():
     assert s["rougeL"][0] == pytest.approx(500 / 6)
     assert s["rougeLsum"][0] == pytest.approx(500 / 6)
     assert s["rouge1"][1] == 0.0 and s["rougeLsum"][1] == 0.0
-    assert rouge_means(s)["rouge2"] == pytest.approx(30.0)
+    # the registered metrics are the same scores, article by article
+    for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert get(k).score(["the cat lay on the mat", "dogs bark loudly"], ["the cat sat on the mat"] * 2,
+                            ["", ""]) == pytest.approx(s[k])
     # the stemmer: "arrested" and "arrests" both stem to "arrest"
     assert rouge_per_example(["police arrested men"], ["police arrests men"])["rouge1"][0] == pytest.approx(100.0)
 
@@ -48,18 +52,3 @@ def test_summary_level_rouge_reads_sentences_split_by_the_splitter():
     counts no more than the reference's."""
     one_line = "School closes early today. Floods hit town. Police arrest man."
     assert rouge_per_example([one_line], [REFERENCE])["rougeLsum"][0] == pytest.approx(100.0)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

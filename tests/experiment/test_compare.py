@@ -54,7 +54,7 @@ def test_compare_demo_end_to_end(tmp_path):
     zero = res["zero-shot"]["eval"]["val_loss"]
     for m in ("prompt-tuning", "lora", "last-layer", "full"):
         assert res[m]["eval"]["val_loss"] < zero, m  # every trained method beats zero-shot
-        assert res[m]["eval"]["rougeLsum"] > res["zero-shot"]["eval"]["rougeLsum"], m
+        assert res[m]["eval"]["metrics"]["rougeLsum"] > res["zero-shot"]["eval"]["metrics"]["rougeLsum"], m
     for f in ("report.md", "report.html", "report.pdf", "results.csv"):
         assert (out / f).is_file()
     assert "not CNN/DailyMail results" in (out / "report.md").read_text()

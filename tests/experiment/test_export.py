@@ -148,7 +148,7 @@ def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, ti
     assert card.data.library_name == ("peft" if kind == "adapter" else "transformers")
     assert card.data.base_model == str(tiny_model_dir)
     rouge_l = [m for r in card.data.eval_results if r.metric_name == "ROUGE-L" for m in [r.metric_value]]
-    assert rouge_l == [round(results["eval"]["rougeLsum"], 2)]  # the headline ROUGE-L is the summary-level one
+    assert rouge_l == [round(results["eval"]["metrics"]["rougeLsum"], 4)]  # the headline ROUGE-L is the summary-level one
     assert ("AutoModelForCausalLM.from_pretrained" in card.text) and (("PeftModel" in card.text) == (kind == "adapter"))
     # the card's code, run as written with transformers / PEFT alone, writes the summaries the report scored
     generation, decoding = json.loads((out / "generation_config.json").read_text()), results["config"]["eval"]["decoding"]

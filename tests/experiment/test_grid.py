@@ -15,7 +15,7 @@ import pytest
 from peftsum.cli import main
 from peftsum.config import load_config
 from peftsum.errors import UserError
-from peftsum.evaluate.metrics import HEADLINE
+from peftsum.evaluate.registry import HEADLINE
 from peftsum.experiment.grid import GRID, grid_cells, model_slug
 from peftsum.report.collect import collect, with_intervals
 from peftsum.report.scale import build_grid_report, gap
@@ -77,14 +77,16 @@ def test_the_scale_report_shows_each_cells_own_figures(compared, tmp_path):
     assert main(["report", str(out)]) == 0  # peftsum report on a grid's folder: the scale report
     paths = build_grid_report(out)
     assert {p.name for p in paths} >= {"results.csv", "report.md", "report.html", "scale_quality.png",
-                                       "scale_gap.png", "scale_cost.png"}
+                                       "scale_gap.png", "scale_novelty.png", "scale_cost.png"}
     rows = list(csv.DictReader(open(out / "results.csv")))
     runs, boot = with_intervals(collect(out / "tiny-n64"), 200)
     assert [r["method"] for r in rows] == [r.method for r in runs]
     for row, r in zip(rows, runs):
         res = r.result
-        assert float(row[HEADLINE]) == pytest.approx(res.eval.rougeLsum)
+        assert float(row[HEADLINE]) == pytest.approx(res.eval.value(HEADLINE))
         assert float(row[f"{HEADLINE}_lo"]) == pytest.approx(r.ci[HEADLINE][1])
+        for k in ("novel_2gram", "density", "rouge2"):  # every metric of the registry, novelty included
+            assert float(row[k]) == pytest.approx(res.eval.value(k))
         assert (float(row["val_loss"]) if row["val_loss"] else None) == pytest.approx(res.eval.val_loss)
         assert int(row["model_params"]) == max(x.result.params.total - x.result.params.added
                                                for x in runs if x.result.params.total)
@@ -99,6 +101,7 @@ def test_the_scale_report_shows_each_cells_own_figures(compared, tmp_path):
             assert row["gap_to_full"] == ""
     md = (out / "report.md").read_text()
     assert "tiny-n64/report.html" in md and "![Gap to full fine-tuning against scale](scale_gap.png)" in md
+    assert "![How abstractive the summaries are, against scale](scale_novelty.png)" in md
     # docs/analysis.md section 2: the gaps of the report, and a copy of its figure beside the file
     analysis = tmp_path / "docs" / "analysis.md"
     analysis.parent.mkdir()

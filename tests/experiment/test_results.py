@@ -27,9 +27,9 @@ def test_the_file_holds_the_returned_record(lora_run):
     out, result = lora_run
     assert isinstance(result, RunResult)
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["schema_version"] == SCHEMA_VERSION == 2
+    assert on_disk["schema_version"] == SCHEMA_VERSION == 3
     assert read_results(out) == result  # every section, the config included, survives the round trip
-    assert result.training.steps == 2 and result.eval.rouge_n == 16 and result.config.method.name == "lora"
+    assert result.training.steps == 2 and result.eval.examples == 16 and result.config.method.name == "lora"
     assert result.article_budget() == on_disk["data"]["budget"]["source"]
     # what ran: fp32 on the CPU (train.mixed_precision auto), no datasheet peak for a CPU, so no MFU
     assert on_disk["cost"]["mixed_precision"] == "no" and result.cost.peak_flops is None and result.cost.mfu is None
@@ -45,8 +45,24 @@ def test_a_file_without_a_version_is_read_as_version_1(lora_run, tmp_path):
     assert read_results(run) == result
 
 
+def test_a_version_2_file_is_read_with_its_rouge_fields_as_metrics(lora_run, tmp_path):
+    """Versions 1 and 2 held the four ROUGE scores as fields of ``eval`` and ``rouge_n`` for the article count."""
+    out, result = lora_run
+    run = tmp_path / "v2"
+    shutil.copytree(out, run)
+    data = json.loads((run / "results.json").read_text())
+    ev = data["eval"]
+    rouge = {k: ev["metrics"][k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    data["eval"] = {**{k: v for k, v in ev.items() if k not in ("metrics", "examples")}, **rouge, "rouge_n": 16}
+    data["schema_version"] = 2
+    (run / "results.json").write_text(json.dumps(data))
+    old = read_results(run)
+    assert old.eval.metrics == rouge and old.eval.examples == 16 and old.eval.value("rougeLsum") == rouge["rougeLsum"]
+    assert old.eval.val_loss == result.eval.val_loss and old.schema_version == SCHEMA_VERSION
+
+
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(schema_version=99), "results schema 99; this peftsum reads 2"),
+    (lambda d: d.update(schema_version=99), "results schema 99; this peftsum reads 3"),
     (lambda d: d.pop("config"), "does not hold a peftsum results record"),
     (lambda d: d["eval"].update(bleu=1.0), "does not hold a peftsum results record"),
 ])

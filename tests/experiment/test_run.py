@@ -17,7 +17,7 @@ from tests.conftest import tiny_overrides, without_seconds
 
 RESULT_KEYS = {
     "params": {"total", "trainable", "added", "adapter_bytes"},
-    "eval": {"val_loss", "test_loss", "test_perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum", "rouge_n"},
+    "eval": {"val_loss", "test_loss", "test_perplexity", "metrics", "examples"},
     "cost": {"train_seconds", "eval_seconds", "examples_per_second", "tokens_per_second", "peak_memory_bytes",
              "train_flops", "device"},
     "training": {"epochs_run", "best_epoch", "steps", "early_stopped", "stopped_reason"},
@@ -64,7 +64,9 @@ def test_results_json_has_every_key_with_sane_values(runs):
         for section, keys in RESULT_KEYS.items():
             assert keys <= set(on_disk[section]), (m, section)
         ev = on_disk["eval"]
-        assert ev["rouge_n"] == 16 and all(0 <= ev[k] <= 100 for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"))
+        assert ev["examples"] == 16 and all(0 <= ev["metrics"][k] <= 100 for k in ("rouge1", "rouge2", "rougeL",
+                                                                                 "rougeLsum", "novel_2gram"))
+        assert {"coverage", "density", "compression", "repeated_3gram", "words", "length_ratio"} <= set(ev["metrics"])
         assert on_disk["cost"]["peak_memory_bytes"] > 0
         for f in ("metrics.jsonl", "predictions.jsonl", "config.yaml", "peftsum_method.json"):
             assert (out / m / f).is_file(), (m, f)

@@ -140,7 +140,7 @@ def test_two_seeds_show_their_spread(tiny_model_dir, demo_dir, tmp_path):
     assert two["lora"]["seeds"] == "2" and float(two["lora"]["val_loss_std"]) > 0
     seed42 = json.loads((tmp_path / "two" / "lora" / "seed-42" / "results.json").read_text())
     seed43 = json.loads((tmp_path / "two" / "lora" / "seed-43" / "results.json").read_text())
-    assert float(two["lora"]["rougeL"]) == pytest.approx((seed42["eval"]["rougeL"] + seed43["eval"]["rougeL"]) / 2)
+    assert float(two["lora"]["rougeL"]) == pytest.approx((seed42["eval"]["metrics"]["rougeL"] + seed43["eval"]["metrics"]["rougeL"]) / 2)
     width = {k: float(r["lora"]["rougeL_hi"]) - float(r["lora"]["rougeL_lo"]) for k, r in (("one", one), ("two", two))}
     assert width["two"] > width["one"]  # the interval holds the seeds' variance too
     md = (tmp_path / "two" / "report.md").read_text()

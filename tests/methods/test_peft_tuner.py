@@ -53,7 +53,7 @@ def _cfg(tiny_model_dir, config_file, **kw):
 def test_compare_runs_peft_tuners_beside_the_built_in_methods(compared):
     for name in ("lora", "peft-ia3", "peft-prefix"):
         r = json.loads((compared / name / "results.json").read_text())
-        assert r["method"] == name and r["training"]["steps"] == 3 and r["eval"]["rougeL"] is not None
+        assert r["method"] == name and r["training"]["steps"] == 3 and r["eval"]["metrics"]["rougeL"] is not None
     report = (compared / "report.md").read_text()
     assert "peft-ia3" in report and "peft-prefix" in report
     rows = (compared / "results.csv").read_text().splitlines()

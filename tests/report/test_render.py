@@ -33,15 +33,15 @@ def test_report_length_columns_and_holm(compared):
 
 def test_compare_writes_every_file(compared):
     for f in ("results.csv", "results_config.csv", "report.md", "report.html", "report.pdf", "loss_curves.png", "rouge.png",
-              "quality_vs_cost.png", "memory.png", "lengths.png"):
+              "summary_stats.png", "coverage_density.png", "quality_vs_cost.png", "memory.png", "lengths.png"):
         assert (compared / f).is_file() and (compared / f).stat().st_size > 0, f
     for m in ALL_METHODS.split(","):
         assert (compared / m / "results.json").is_file()
     pdf = (compared / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
-    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) >= 5  # the five plots are embedded
+    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) >= 7  # the seven plots are embedded
     html = (compared / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "src=\"http" not in html
+    assert html.count("data:image/png;base64,") == 7 and "src=\"http" not in html
     md = (compared / "report.md").read_text()
     assert "not CNN/DailyMail results" in md and "not CNN/DailyMail results" in html
 
@@ -53,8 +53,8 @@ def test_report_numbers_equal_results_json(compared):
     header = [c.strip() for c in next(x for x in md.splitlines() if x.startswith("| method | val loss")).strip("|").split("|")]
     for row in rows:
         r = json.loads((compared / row["method"] / "results.json").read_text())
-        assert float(row["rougeL"]) == pytest.approx(r["eval"]["rougeL"])
-        assert float(row["rougeLsum"]) == pytest.approx(r["eval"]["rougeLsum"])
+        assert float(row["rougeL"]) == pytest.approx(r["eval"]["metrics"]["rougeL"])
+        assert float(row["rougeLsum"]) == pytest.approx(r["eval"]["metrics"]["rougeLsum"])
         assert float(row["rougeL_lo"]) <= float(row["rougeL"]) <= float(row["rougeL_hi"])  # numbers, not tuples
         assert int(row["params_trainable"]) == r["params"]["trainable"]
         assert float(row["mean_generated_tokens"]) == pytest.approx(r["eval"]["mean_generated_tokens"])
@@ -66,8 +66,8 @@ def test_report_numbers_equal_results_json(compared):
         line = next(x for x in md.splitlines() if x.startswith(f"| {row['method']} |") and "[" in x)
         cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
         # the headline ROUGE-L is the summary-level one; the sentence-level one is named for what it is
-        assert cells["ROUGE-L"].startswith(f"{r['eval']['rougeLsum']:.2f} [")
-        assert cells["ROUGE-L (sentence-level)"].startswith(f"{r['eval']['rougeL']:.2f} [")
+        assert cells["ROUGE-L"].startswith(f"{r['eval']['metrics']['rougeLsum']:.2f} [")
+        assert cells["ROUGE-L (sentence-level)"].startswith(f"{r['eval']['metrics']['rougeL']:.2f} [")
         if r["eval"]["val_loss"] is not None:
             assert f"| {r['eval']['val_loss']:.4f} |" in line
         assert f"{r['params']['trainable']:,}" in line
@@ -85,8 +85,8 @@ def test_report_rebuilds_without_training_and_fills_analysis(compared, tmp_path)
     text = doc.read_text()
     assert "old" not in text and text.startswith("# A\n\ntheory") and text.rstrip().endswith("tail")
     best = max((json.loads((compared / m / "results.json").read_text()) for m in ALL_METHODS.split(",")),
-               key=lambda r: r["eval"]["rougeLsum"])
-    assert f"Highest ROUGE-L (summary-level): **{best['method']}** ({best['eval']['rougeLsum']:.2f})" in text
+               key=lambda r: r["eval"]["metrics"]["rougeLsum"])
+    assert f"Highest ROUGE-L (summary-level): **{best['method']}** ({best['eval']['metrics']['rougeLsum']:.2f})" in text
 
 
 def test_report_html_images_load_in_chromium(compared, tmp_path):
@@ -103,7 +103,7 @@ def test_report_html_images_load_in_chromium(compared, tmp_path):
                           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",
                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r"<title>(\d+):(\d+)</title>", res.stdout)
-    assert m and m.group(1) == m.group(2) == "5", res.stdout[:500]
+    assert m and m.group(1) == m.group(2) == "7", res.stdout[:500]
     # the summaries side by side are collapsible and start closed
     assert res.stdout.count("<details class=\"example\">") == 10 and "<details class=\"example\" open" not in res.stdout
 
@@ -143,10 +143,13 @@ def test_report_states_the_protocol_and_shows_summaries(compared):
 
 
 def test_significance_plots_and_analysis_rank_by_the_summary_level_rouge_l():
-    from peftsum.report.tables import COMPARED, pairs_table
+    from peftsum.evaluate.registry import HEADLINE, selected
+    from peftsum.report.tables import pairs_table
 
     d = {k: {"diff": v, "low": v - 1, "high": v + 1, "p_holm": 0.01, "significant": True}
          for k, v in (("rouge1", 1.0), ("rouge2", 2.0), ("rougeL", 3.0), ("rougeLsum", 4.0))}
-    rows = pairs_table({"pairs": {("a", "b"): d}})
+    rouge = [m for m in selected(None) if m.name in d]
+    rows = pairs_table({"pairs": {("a", "b"): d}, "metrics": rouge})
     assert rows[0][3] == "ROUGE-L diff [95% CI] (p Holm)" and rows[1][3].startswith("+4.00 [")
-    assert COMPARED == ("rouge1", "rouge2", "rougeLsum")
+    assert rows[0][4] == "ROUGE-L (sentence-level) diff [95% CI] (p Holm)" and rows[1][4].startswith("+3.00 [")
+    assert HEADLINE == "rougeLsum" and [m.name for m in rouge] == ["rouge1", "rouge2", "rougeLsum", "rougeL"]

@@ -39,7 +39,9 @@ def test_tensorboard_holds_the_metrics_file(tiny_model_dir, demo_dir, tmp_path):
     assert logged["validation/loss"] == {r["step"]: pytest.approx(r["val_loss"], rel=1e-6) for r in evals}
     results = json.loads((run / "results.json").read_text())
     assert logged["final/test_loss"] == {4: pytest.approx(results["eval"]["test_loss"], rel=1e-6)}
-    assert logged["final/rougeL"] == {4: pytest.approx(results["eval"]["rougeL"], rel=1e-6)}
+    for k, v in results["eval"]["metrics"].items():  # every metric the run computed, ROUGE and the statistics
+        assert logged[f"final/{k}"] == {4: pytest.approx(v, rel=1e-6)}, k
+    assert {"final/rougeL", "final/novel_2gram", "final/density"} <= set(logged)
     # the hyperparameters: the whole config
     import yaml
 
@@ -70,7 +72,7 @@ def test_mlflow_holds_params_and_final_metrics_of_each_method(tiny_model_dir, de
         assert r.data.params["method.name"] == method
         assert float(r.data.params["train.batch_size"]) == results["config"]["train"]["batch_size"]
         assert r.data.metrics["final/test_loss"] == pytest.approx(results["eval"]["test_loss"], rel=1e-6)
-        assert r.data.metrics["final/rouge1"] == pytest.approx(results["eval"]["rouge1"], rel=1e-6)
+        assert r.data.metrics["final/rouge1"] == pytest.approx(results["eval"]["metrics"]["rouge1"], rel=1e-6)
         history = client.get_metric_history(r.info.run_id, "train/loss")
         assert [(m.step, m.value) for m in history] == [(t["step"], pytest.approx(t["loss"], rel=1e-6))
                                                         for t in _rows(out / method, "train")]

@@ -1,7 +1,8 @@
 """The ``peftsum`` command line: a thin layer over the package.
 
 Errors a user can cause raise :class:`UserError`: one line on stderr, exit status 2, no traceback
-(3 when training diverges).  Ctrl-C exits 130 (training saves a checkpoint first and says how to resume).
+(3 when training diverges, 4 out of device memory, 5 a full disk: ``peftsum.errors``).  Ctrl-C exits 130 and
+SIGTERM 143 (training saves a checkpoint first and says how to continue).
 
 Each command is a function in :data:`COMMANDS` that imports the package's layers it needs when it runs, so
 that ``peftsum --help`` and a usage error answer at once, without loading torch, transformers and datasets.
@@ -24,7 +25,7 @@ from .config import (
     load_config,
     parse_override,
 )
-from .errors import UserError
+from .errors import Preempted, UserError
 
 log = logging.getLogger("peftsum")
 
@@ -201,9 +202,24 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"peftsum: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Preempted as e:
+        print(f"peftsum: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("peftsum: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk or device memory where no write or pass of ours caught it: one line too
+        if "torch" in sys.modules:  # both come from what loaded torch (a --help never does)
+            from .utils import disk_full, is_disk_full, is_out_of_memory
+
+            if is_disk_full(e):
+                print(f"peftsum: error: {disk_full(Path(getattr(e, 'filename', None) or '.'))}", file=sys.stderr)
+                return 5
+            if is_out_of_memory(e):
+                print(f"peftsum: error: out of device memory ({str(e).splitlines()[0][:200]}); lower "
+                      "train.batch_size / eval.batch_size, or see `peftsum plan --device-memory`", file=sys.stderr)
+                return 4
+        raise
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -406,6 +422,9 @@ def _asks_for_settings(args, overrides) -> bool:
 def _interruptible(fn, out: Path):
     try:
         return fn()
+    except Preempted as e:  # SIGTERM: what a requeued job runs again is the same command
+        raise Preempted(f"stopped by SIGTERM after a checkpoint in {out}; the same command continues where it "
+                        "stopped (train: add --resume)") from e
     except KeyboardInterrupt:
         print(f"peftsum: interrupted; the last checkpoint is in {out}. Resume with the same command and --resume "
               "(compare resumes by itself)", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""Small shared helpers: atomic writes, safetensors files, JSON lines, RNG states, cache directory, the main
-process, peak memory."""
+"""Small shared helpers: atomic writes (a full disk is one clear error, nothing half-written), safetensors files,
+JSON lines, RNG states, cache directory, the main process, peak memory, out-of-memory errors."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime
+import errno
 import gc
 import json
 import os
 import random
 import resource
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from accelerate import PartialState
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from .errors import DiskFull, OutOfMemory, UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -39,21 +41,83 @@ def cache_dir() -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A write that found no space or the quota used up, however the writing library words it: an OSError's errno,
+    torch.save's stream writer ("unexpected pos", "file write failed"), safetensors' and Arrow's messages."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+        return True
+    text = str(e)
+    if isinstance(e, RuntimeError) and ("unexpected pos" in text or "file write failed" in text):
+        return True
+    return any(f"os error {n}" in text for n in DISK_FULL_ERRNOS) or any(
+        os.strerror(n) in text for n in DISK_FULL_ERRNOS)
+
+
+def _size(path: Path) -> int:
+    """Bytes under ``path`` (a file or a folder); 0 where it is gone or not a regular file."""
+    if path.is_dir():
+        return sum(_size(p) for p in path.iterdir())
+    with contextlib.suppress(OSError):
+        if path.is_file() and not path.is_symlink():
+            return path.stat().st_size
+    return 0
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def disk_full(path: Path, needs: int | None = None, written: int = 0) -> DiskFull:
+    """The one-line error of a write that did not fit: the path, what it needed (or had written), what is free."""
+    where = next((p for p in [Path(path), *Path(path).parents] if p.exists()), Path("/"))
+    free = shutil.disk_usage(where).free
+    need = f"it needs {_megabytes(needs)}" if needs else f"it failed after {_megabytes(written)}"
+    return DiskFull(f"no space left on the device (or the quota is used up) writing {path}: {need}, "
+                    f"{_megabytes(free)} free there; nothing of it was left behind. Free some space and run the same "
+                    "command again (a run continues from its last checkpoint: compare by itself, train with --resume)")
+
+
+def _temporary_file(path: Path) -> Path:
+    """A new, empty file beside ``path`` for :func:`atomic_path` (tests put a full disk behind it)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, needs: int | None = None):
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.  A full disk
+    (:func:`is_disk_full`) is a :class:`~peftsum.errors.DiskFull` naming ``path`` and what it ``needs`` (bytes,
+    where the caller knows them); the temporary file is gone and ``path`` untouched either way."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_file(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = _size(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e):
+            raise disk_full(path, needs, written) from None
         raise
+
+
+@contextlib.contextmanager
+def writes_to(path: str | os.PathLike, needs: int | None = None):
+    """Around a write peftsum does not make itself (a library's ``save_pretrained``, a copy): a full disk is one
+    :class:`~peftsum.errors.DiskFull` naming ``path``."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, DiskFull) or not is_disk_full(e):
+            raise
+        raise disk_full(Path(path), needs) from None
 
 
 @contextlib.contextmanager
@@ -61,7 +125,7 @@ def atomic_dir(folder: str | os.PathLike, marker: str):
     """Yield a fresh temporary folder beside ``folder``; when the block succeeds, move it into place in one
     rename.  Several processes may build the same folder at once (each in its own temporary folder): the
     first complete one to arrive stays, the others are dropped.  ``marker`` is a file every complete
-    folder holds."""
+    folder holds.  A full disk is a :class:`~peftsum.errors.DiskFull`; the temporary folder is removed."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
@@ -75,14 +139,18 @@ def atomic_dir(folder: str | os.PathLike, marker: str):
             else:
                 shutil.rmtree(folder, ignore_errors=True)
                 os.rename(tmp, folder)
-    except BaseException:
+    except BaseException as e:
+        written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e):
+            raise disk_full(folder, None, written) from None
         raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = text.encode("utf-8")
+    with atomic_path(path, needs=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -119,8 +187,19 @@ def safe_load_file(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"weights file {path} is truncated or corrupted ({str(e).splitlines()[0]})") from None
 
 
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a (nested) dict / list: what saving them needs, near enough."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needs=tensor_bytes(tensors)) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
@@ -232,3 +311,50 @@ def release_memory(collect: bool = True) -> None:
     if libc:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(libc).malloc_trim(0)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """The device ran out of memory: ``torch.OutOfMemoryError`` (CUDA), or a backend's RuntimeError saying so
+    (MPS, a CUDA error raised outside the allocator)."""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def free_device_memory() -> None:
+    """After an out-of-memory error: collect what the failed attempt left and give the device's cache back."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+_SAID: set = set()
+
+
+def in_halves(fn, items: list, what: str, advice: str) -> list:
+    """``fn(items)``, a list of results (one per item, or any list the caller adds up); out of device memory, the
+    same for each half of ``items``, and so on down to one item, which failing ends the run with one line
+    (:class:`~peftsum.errors.OutOfMemory`: ``what`` did not fit, ``advice``).  For the evaluation's batches: a
+    batch's summaries and summed losses do not depend on how it is split.  The first split of each size is said
+    once."""
+    try:
+        return fn(items)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+    free_device_memory()
+    if len(items) <= 1:
+        raise OutOfMemory(f"out of device memory for {what} even one at a time; {advice}")
+    half = (len(items) + 1) // 2
+    if (what, len(items)) not in _SAID and is_main_process():
+        _SAID.add((what, len(items)))
+        print(f"peftsum: out of device memory for {what}, {len(items)} at once; going on with {half} (the same "
+              "results)", file=sys.stderr, flush=True)
+    return in_halves(fn, items[:half], what, advice) + in_halves(fn, items[half:], what, advice)
+
+
+def max_over_processes(value: int, device) -> int:
+    """The largest of every process's ``value`` (one all-reduce); ``value`` itself without a process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    flag = torch.tensor(value, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item())

@@ -228,3 +228,8 @@ def raw_test_articles(demo_dir, ids):
     with open(demo_dir / "test.csv", newline="", encoding="utf-8") as f:
         by_id = {r["id"]: r["article"] for r in csv.DictReader(f)}
     return [by_id[i] for i in ids]
+
+
+def eval_figure(results: dict, key: str):
+    """A figure of a results.json's ``eval`` section by name: a metric (``rougeLsum``) or a field (``val_loss``)."""
+    return results["eval"]["metrics"][key] if key in results["eval"]["metrics"] else results["eval"][key]

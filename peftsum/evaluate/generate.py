@@ -56,12 +56,14 @@ from ..data.text import first_sentences
 from ..data.tokenize import encode
 from ..methods.base import OwnTrunk
 from ..model.arch import cache_kwarg
-from ..utils import distributed_state
+from ..utils import distributed_state, in_halves
 from .cost import synchronize
 
 # tokens per prefill forward on CPU: larger batches ran slower there (cache effects; see above)
 CPU_PREFILL_TOKENS = 2048
 NEG = -1.0e9  # transformers' beam search marks excluded candidates with this score
+GENERATION_ADVICE = ("lower eval.batch_size, shorten data.max_source_tokens or eval.decoding.max_new_tokens, fewer "
+                     "eval.decoding.num_beams, or quantize the base (model.quantize nf4)")
 
 
 def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -437,13 +439,18 @@ def generate_summaries(model, method, tokenizer, prompts: list[list[int]], decod
     ctx = autocast or contextlib.nullcontext
     done: dict[int, Summary] = {}
     compiled = CompiledDecoding(max(map(len, prompts), default=0) + method.num_virtual_tokens) if compile else None
-    for idx in tqdm(mine, desc="generating", unit="batch", leave=False, disable=not (progress and dist.is_main_process)):
+    def generate(idx: list[int]) -> list[list[int]]:
         padded = collate([{"input_ids": prompts[i], "prompt_len": len(prompts[i])} for i in idx], pad, left_pad=True,
                          with_target=False)
         seeds = [prompt_seed(prompts[i], decoding.seed) for i in idx] if decoding.do_sample else None
         with ctx():
-            rows = generate_ids(model, method, padded["input_ids"].to(device), padded["attention_mask"].to(device),
+            return generate_ids(model, method, padded["input_ids"].to(device), padded["attention_mask"].to(device),
                                 decoding, eos, pad, seeds, compiled)
+
+    for idx in tqdm(mine, desc="generating", unit="batch", leave=False, disable=not (progress and dist.is_main_process)):
+        # out of device memory, the batch in halves: each article is prefilled alone and seeded by its own tokens,
+        # so its summary does not depend on its batch
+        rows = in_halves(generate, idx, "generating summaries", GENERATION_ADVICE)
         for i, row in zip(idx, rows):
             done[i] = finish(tokenizer, row, decoding)
     if dist.num_processes > 1:

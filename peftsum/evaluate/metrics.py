@@ -22,7 +22,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from ..data.collate import collate, seq_lengths, sorted_batches, to_device
 from ..data.text import SPLITTER, split_sentences
-from ..utils import distributed_state
+from ..utils import distributed_state, in_halves
 from .registry import HEADLINE, Metric, register
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeLsum", "rougeL")
@@ -57,19 +57,24 @@ def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, aut
         batches = every[dist.process_index::dist.num_processes]
         if isinstance(summary_lm, FSDPModule):  # sharded: a forward is a collective, so every process runs as many
             batches += [None] * (math.ceil(len(every) / dist.num_processes) - len(batches))
+    sharded = isinstance(summary_lm, FSDPModule)
+
+    def losses(idx: list[int]) -> list[tuple[torch.Tensor, int]]:
+        batch = features.batch(idx, device) if features is not None else _batch(dataset, idx, pad_id, device)
+        with ctx():
+            nll, k = summary_lm(**batch)
+        return [(nll.double().cpu(), k)]
+
     for idx in batches:
         if idx is None:  # a forward only to keep in step with the other processes; its loss is not counted
             with ctx():
                 summary_lm(**_batch(dataset, every[0], pad_id, device))
             continue
-        if features is not None:
-            batch = features.batch(idx, device)
-        else:
-            batch = _batch(dataset, idx, pad_id, device)
-        with ctx():
-            nll, k = summary_lm(**batch)
-        total += nll.double().cpu()
-        n += k
+        # out of memory, the batch in halves (its summed loss is the same); sharded, a forward is a collective
+        parts = losses(idx) if sharded else in_halves(losses, idx, "the loss of a batch", ADVICE)
+        for nll, k in parts:
+            total += nll
+            n += k
     summary_lm.train(was_training)
     if dist.num_processes > 1:
         sums = reduce(torch.tensor([total.item(), float(n)], dtype=torch.float64, device=dist.device), "sum")
@@ -77,6 +82,9 @@ def evaluate_loss(summary_lm, dataset, batch_size: int, device, pad_id: int, aut
     mean = (total / max(n, 1)).item()
     return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "tokens": n}
 
+
+ADVICE = ("lower eval.batch_size, shorten data.max_source_tokens, or quantize the base (model.quantize nf4); "
+          "`peftsum plan --device-memory SIZE` says what fits")
 
 _SCORER = None
 

@@ -118,6 +118,10 @@ class Training:
     selection_seconds: float = 0.0
     validation_scores: list[float] = field(default_factory=list)
     best_value: float | None = None
+    # sequences per forward pass that ran: after out-of-memory back-offs (oom_backoffs of them), else the configured
+    # train.micro_batch_size (None: the whole batch on a GPU, the attention-size rule on a CPU)
+    micro_batch_size: int | None = None
+    oom_backoffs: int = 0
 
 
 @dataclass

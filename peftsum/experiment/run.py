@@ -41,7 +41,15 @@ from ..train.metrics_file import MetricsFile
 from ..train.precision import compute_dtype, enable_cpu_fp16, resolve_mixed_precision, set_tf32
 from ..train.sharding import enable_fsdp, fsdp_plugin
 from ..train.tracking import Tracking, final_values, resolve_trackers
-from ..utils import distributed_state, release_memory, safe_load_file, write_json, write_jsonl, write_text
+from ..utils import (
+    distributed_state,
+    release_memory,
+    safe_load_file,
+    write_json,
+    write_jsonl,
+    write_text,
+    writes_to,
+)
 from .card import model_card
 from .results import Cost, DataSummary, Params, Protocol, RunResult, Scores, Training, write_results
 from .rundir import CONFIG, RESULTS, RunLock, load_run_config
@@ -195,7 +203,8 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
     elif main:
         metrics.reset()
     if main:
-        method.save(model, run_dir)
+        with writes_to(run_dir):  # the method's files (PEFT's adapter config, its weights): a full disk in one line
+            method.save(model, run_dir)
     accelerator.wait_for_everyone()
     memory.phase("train" if trainer is not None else "load")
     results = evaluate_run(cfg, run_dir, parts, data, accelerator, trainer, memory)
@@ -291,7 +300,8 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
             feature_cache_bytes=state.feature_cache_bytes, learning_rate=cfg.learning_rate(), tokens=state.tokens,
             examples=state.examples, target_tokens=state.target_tokens, select_by=cfg.train.select_by,
             selection_seconds=state.selection_seconds, validation_scores=state.score_history,
-            best_value=trainer.stopping.best_value)
+            best_value=trainer.stopping.best_value,
+            micro_batch_size=state.micro_batch or cfg.train.micro_batch_size, oom_backoffs=state.oom_backoffs)
     decoding = method.decoding()
     protocol = Protocol(rouge=ROUGE_PROTOCOL, headline=HEADLINE, sentence_splitter=SPLITTER,
                         decoding=dataclasses.asdict(decoding), decoding_text=describe_decoding(decoding),

@@ -7,6 +7,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from ..utils import atomic_path
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -23,9 +25,13 @@ def color(method: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """The figure as a PNG at ``path``, written whole or not at all."""
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

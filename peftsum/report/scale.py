@@ -19,7 +19,7 @@ from ..config import DEMO_PRESETS
 from ..errors import UserError
 from ..evaluate.registry import HEADLINE, label
 from ..experiment.grid import read_grid
-from ..utils import write_text
+from ..utils import atomic_path, write_text
 from . import plots
 from .collect import MethodRuns, collect, with_intervals
 from .render import BANNER, fill_section, render_html, write_csv
@@ -235,7 +235,8 @@ def _scale_section(path: Path, cells: list[GridCell], figs: dict[str, Path], out
     if "gap" in figs:  # a copy beside the analysis file, linked relatively
         copy = path.parent / "figures" / f"{out.name}_{figs['gap'].name}"
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(figs["gap"], copy)
+        with atomic_path(copy) as tmp:
+            shutil.copyfile(figs["gap"], tmp)
         lines += [f"![each method's gap to full fine-tuning against scale]({copy.relative_to(path.parent).as_posix()})",
                   ""]
     return lines

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from ..config import Config
 from ..experiment.sweep import apply, best_params
-from ..utils import write_json, write_text
+from ..utils import atomic_path, write_json, write_text
 from . import plots
 from .tables import md_table
 
@@ -99,4 +99,5 @@ def adopt_sweep(config_file: str | None, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("sweep.json", "sweep_lr.png"):
             if (source / name).is_file():
-                shutil.copyfile(source / name, out / name)
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(source / name, tmp)

@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..utils import atomic_path
+from ..utils import atomic_path, tensor_bytes
 
 CHECKPOINT = "checkpoint.pt"
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    with atomic_path(Path(run_dir) / CHECKPOINT) as tmp:
+    with atomic_path(Path(run_dir) / CHECKPOINT, needs=tensor_bytes(state)) as tmp:
         torch.save(state, tmp)
 
 

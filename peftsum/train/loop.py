@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from transformers import get_scheduler
 
 from ..config import Config
 from ..data.collate import collate, epoch_batches, seq_lengths, to_device
-from ..errors import TrainingDiverged
+from ..errors import OutOfMemory, TrainingDiverged
 from ..evaluate.cost import synchronize
 from ..evaluate.evaluation import prompts_of
 from ..evaluate.generate import generate_summaries
@@ -38,11 +39,18 @@ from ..evaluate.metrics import evaluate_loss
 from ..evaluate.registry import HEADLINE, get
 from ..methods.base import CachedTrunk, Method
 from ..model.arch import attention_heads, decoder_blocks
-from ..utils import rng_state, save_file_atomic, set_rng_state
+from ..utils import (
+    free_device_memory,
+    is_out_of_memory,
+    max_over_processes,
+    rng_state,
+    save_file_atomic,
+    set_rng_state,
+)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
 from .features import FeatureCache, shard
-from .interrupt import DeferredInterrupt
+from .interrupt import DeferredInterrupt, stop
 from .loss import SummaryLM
 from .metrics_file import MetricsFile
 from .precision import clip_gradients, compute_dtype
@@ -74,6 +82,9 @@ class TrainState:
     initial_val_loss: float | None = None  # before the first step
     feature_cache_bytes: int = 0  # last-layer's cached trunk features
     early_stopping: dict = field(default_factory=dict)
+    # sequences per forward pass since the device ran out of memory (None: as configured), and how often it did
+    micro_batch: int | None = None
+    oom_backoffs: int = 0
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -272,10 +283,14 @@ class Trainer:
         return batch[self.rank::self.world]
 
     def forward_passes(self, idx: list[int]) -> list[list[int]]:
+        """Sequences per pass: the configured micro-batch (``micro_batch_size``; with cached features the whole
+        share), at most ``state.micro_batch`` once the device ran out of memory (:meth:`back_off`)."""
+        limit = self.state.micro_batch
         if self.features is not None:  # the head alone: whole batches
-            return [idx]
+            return _passes(idx, limit)
         longest = max(self.lengths[i] for i in idx) + self.method.num_virtual_tokens
-        return _passes(idx, micro_batch_size(self.train_cfg, self.device, self.model.config, longest))
+        chunk = micro_batch_size(self.train_cfg, self.device, self.model.config, longest)
+        return _passes(idx, min(chunk or len(idx), limit) if limit else chunk)
 
     def passes(self, batch: list[int]) -> list[list[int]]:
         """This process's forward passes over its share of a global batch.  Sharded, every forward gathers weights
@@ -297,25 +312,27 @@ class Trainer:
     def train_step(self, group: list[list[int]]) -> dict:
         """One optimizer step over an accumulation group of global batches (lists of example indices):
         this process takes its share of each batch; the gradient is that of the summed NLL of the whole
-        group divided by its number of summary tokens, on every process."""
+        group divided by its number of summary tokens, on every process.
+
+        Out of device memory in a pass (:meth:`accumulate`), the step starts again with half as many sequences per
+        pass (:meth:`back_off`), its random streams as they were: the same batches, the same dropout, the same
+        token-weighted gradient, so the step's result is the one a run at the smaller micro-batch makes."""
         self.method.train_mode(self.model)
         t0 = time.perf_counter()
         n_target = sum(self.target_lengths[i] for mb in group for i in mb)  # global, known to every rank
-        # the summed NLL stays on the device (float64, as a host sum of the passes' values would be): the host
-        # reads it once, for the log, and goes on preparing the next pass's batch while the device computes
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        passes = [(part, mb) for mb in group for part in self.passes(mb)]
-        for j, (idx, mb) in enumerate(passes):
-            sync = contextlib.nullcontext() if j == len(passes) - 1 else self.accelerator.no_sync(self.ddp_lm)
-            weight = self.world / n_target if idx else 0.0  # an empty part: a stand-in pass that counts zero
-            with sync:
-                with self.autocast():
-                    nll, _ = self.ddp_lm(**self.batch(idx or mb[:1]))
-                # DDP averages gradients over ranks, hence * world: the step's gradient is the gradient
-                # of (sum of NLL over the whole group) / (its number of summary tokens)
-                self.accelerator.backward(nll * weight)
-            if idx:
-                loss_sum += nll.detach().double()
+        streams = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        while True:
+            loss_sum, failed = self.accumulate(group, n_target)
+            if self.world > 1 and not self.fsdp:  # every rank learns whether one ran out of memory
+                failed = max_over_processes(failed, self.device)
+            if not failed:
+                break
+            self.back_off(failed, group)
+            torch.set_rng_state(streams[0])
+            if streams[1] is not None:
+                torch.cuda.set_rng_state_all(streams[1])
+        if self.world > 1 and not self.fsdp:
+            self.average_gradients()
         loss = self.accelerator.reduce(loss_sum.float(), "sum").item() / n_target  # float32 across ranks, as before
         if not math.isfinite(loss):
             self._diverged(f"the training loss is {loss} at step {self.state.step + 1}")
@@ -345,6 +362,87 @@ class Trainer:
             row["skipped"] = True
         self.metrics_file.write(row)
         return row
+
+    def accumulate(self, group: list[list[int]], n_target: int) -> tuple[torch.Tensor, int]:
+        """The forward and backward passes of one step, gradients accumulated in ``.grad``.  Returns the summed NLL
+        (on the device) and, when a pass ran out of device memory, the most sequences a pass of the step held (0:
+        none did).  Under data parallelism no pass synchronises: an out-of-memory error on one rank must not leave
+        the others waiting in a gradient all-reduce, so the ranks first agree that every pass ran, then
+        :meth:`average_gradients`.  Sharded (FSDP), a forward is itself a collective: no back-off."""
+        # the summed NLL stays on the device (float64, as a host sum of the passes' values would be): the host
+        # reads it once, for the log, and goes on preparing the next pass's batch while the device computes
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        passes = [(part, mb) for mb in group for part in self.passes(mb)]
+        local = self.world > 1 and not self.fsdp
+        for j, (idx, mb) in enumerate(passes):
+            last = j == len(passes) - 1 and not local
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_lm)
+            weight = self.world / n_target if idx else 0.0  # an empty part: a stand-in pass that counts zero
+            try:
+                with sync:
+                    with self.autocast():
+                        nll, _ = self.ddp_lm(**self.batch(idx or mb[:1]))
+                    # DDP averages gradients over ranks, hence * world: the step's gradient is the gradient
+                    # of (sum of NLL over the whole group) / (its number of summary tokens)
+                    self.accelerator.backward(nll * weight)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                if self.fsdp:
+                    raise self.out_of_memory(max(len(p) for p, _ in passes), "train.fsdp: the processes "
+                                             "gather weights in every forward, so they cannot back off apart") from None
+                return loss_sum, max(len(p) for p, _ in passes)
+            if idx:
+                loss_sum += nll.detach().double()
+        return loss_sum, 0
+
+    def average_gradients(self, bucket_bytes: int = 25 * 2**20) -> None:
+        """Data parallelism: every rank's gradients replaced by their mean over the ranks, as DDP's all-reduce hook
+        computes it (each divided by the number of processes, then summed), in buckets of DDP's default size."""
+        if not torch.distributed.is_initialized():
+            return
+        grads = []
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        bucket, size = [], 0
+        for k, g in enumerate(grads):
+            bucket.append(g)
+            size += g.numel() * g.element_size()
+            if size >= bucket_bytes or k == len(grads) - 1:
+                flat = torch.cat([x.reshape(-1) for x in bucket]).div_(self.world)
+                torch.distributed.all_reduce(flat)
+                offset = 0
+                for x in bucket:
+                    x.copy_(flat[offset: offset + x.numel()].view_as(x))
+                    offset += x.numel()
+                bucket, size = [], 0
+
+    def back_off(self, tried: int, group: list[list[int]]) -> None:
+        """Out of device memory at ``tried`` sequences per pass: drop the step's partial gradients and go on with
+        half as many (Accelerate's ``find_executable_batch_size``, inside a step: the global batch and the
+        accumulation stay as configured).  Said once per size; one sequence that does not fit ends the run."""
+        self.optimizer.zero_grad(set_to_none=True)
+        free_device_memory()
+        if tried <= 1:
+            raise self.out_of_memory(tried, "")
+        self.state.micro_batch = tried // 2
+        self.state.oom_backoffs += 1
+        if self.accelerator.is_main_process:
+            print(f"peftsum: out of device memory at {tried} sequences per forward pass (step {self.state.step + 1}); "
+                  f"going on with {tried // 2} (the same step: the loss is token-weighted over the whole batch)",
+                  file=sys.stderr, flush=True)
+        log.warning("out of device memory at micro-batch %d: backing off to %d", tried, tried // 2)
+
+    def out_of_memory(self, tried: int, why: str) -> OutOfMemory:
+        longest = max(self.lengths) + self.method.num_virtual_tokens
+        return OutOfMemory(
+            f"out of device memory at {tried} sequence(s) per forward pass (step {self.state.step + 1}"
+            f"{'; ' + why if why else ''}): {self.method.name} on {self.device} does not fit sequences of up to "
+            f"{longest} tokens. Try train.gradient_checkpointing true, method qlora (a 4-bit base), a shorter "
+            "data.max_source_tokens, or see what fits with `peftsum plan --device-memory SIZE`; the last checkpoint "
+            f"is kept in {self.run_dir}")
 
     def _diverged(self, what: str) -> None:
         """NaN or infinite loss: stop, and claim no weights as best."""
@@ -422,14 +520,14 @@ class Trainer:
                 "state": self.state.to_dict(), "rng": rngs[0], "rng_ranks": rngs})
 
     # --- the run -----------------------------------------------------------------------------
-    def interrupted(self, interrupt: DeferredInterrupt) -> bool:
-        """Has Ctrl-C reached any process?  Under torchrun the signal may reach the ranks between different steps
-        (or only some of them): one all-reduced flag per step makes every rank stop after the same step, where
-        rank 0 checkpoints, instead of one rank leaving while the others wait in the next step's all-reduce."""
+    def interrupted(self, interrupt: DeferredInterrupt) -> int:
+        """Has Ctrl-C (1) or SIGTERM (2) reached any process?  Under torchrun a signal may reach the ranks between
+        different steps (or only some of them): one all-reduced flag per step (the strongest request) makes every
+        rank stop after the same step, where rank 0 checkpoints, and leave the same way, instead of one rank
+        leaving while the others wait in the next step's all-reduce."""
         if self.world == 1:
             return interrupt.requested
-        flag = torch.tensor(int(interrupt.requested), device=self.device)
-        return bool(self.accelerator.reduce(flag, "sum").item())
+        return max_over_processes(interrupt.requested, self.device)
 
     def stop_reason(self) -> str:
         """The one place that decides whether training stops, and why: the step limit (``max_steps``, or the
@@ -491,7 +589,7 @@ class Trainer:
                     if s.stopped_reason or every or interrupted:
                         self.checkpoint()
                     if interrupted:
-                        raise KeyboardInterrupt
+                        raise stop(interrupted)
                     if s.stopped_reason:
                         break
                 if s.stopped_reason:

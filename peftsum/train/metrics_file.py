@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
-from ..utils import write_text
+from ..utils import disk_full, is_disk_full, write_text
 
 
 class MetricsFile:
@@ -23,8 +24,18 @@ class MetricsFile:
             sink(row)
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        line = (json.dumps(row) + "\n").encode("utf-8")
+        with open(self.path, "ab") as f:
+            end = f.tell()
+            try:
+                f.write(line)
+                f.flush()
+            except OSError as e:  # a full disk: the file ends at its last whole line, and the run stops
+                if not is_disk_full(e):
+                    raise
+                with contextlib.suppress(OSError):
+                    f.truncate(end)
+                raise disk_full(self.path, len(line)) from None
         self.lines += 1
 
     def truncate_to(self, n: int) -> None:

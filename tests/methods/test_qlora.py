@@ -27,7 +27,7 @@ from peftsum.model.loading import is_quantized, quantization_config
 from peftsum.train.loop import validation_subset
 from peftsum.train.loss import SummaryLM
 from peftsum.utils import read_jsonl
-from tests.conftest import text_batch, tiny_overrides, train_args
+from tests.conftest import eval_figure, text_batch, tiny_overrides, train_args
 
 ARTICLES = ["Officials in Redfield said the new bridge would open in May after two years of work.",
             "The council voted 7 to 2 on Tuesday to raise the tax on property."]
@@ -179,5 +179,5 @@ def test_two_processes_train_qlora_as_one(tiny_model_dir, demo_dir, tmp_path):
             if key in x:
                 assert y[key] == pytest.approx(x[key], rel=1e-5)
     for key in ("val_loss", "test_loss", "rougeLsum"):
-        assert r2["eval"][key] == pytest.approx(r1["eval"][key], rel=1e-5), key
+        assert eval_figure(r2, key) == pytest.approx(eval_figure(r1, key), rel=1e-5), key
     assert r2["cost"]["processes"] == 2 and r2["method_hyperparameters"]["quantize"] == "nf4"

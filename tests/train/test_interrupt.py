@@ -5,12 +5,23 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from peftsum.utils import read_jsonl
 from tests.conftest import train_args
+
+
+def wait_for_steps(metrics: Path, n: int, seconds: float = 300) -> None:
+    """Until ``metrics.jsonl`` holds ``n`` training steps (a run in another process)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        rows = read_jsonl(metrics) if metrics.is_file() else []
+        if sum(r["type"] == "train" for r in rows) >= n:
+            return
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -20,12 +31,7 @@ def test_ctrl_c_checkpoints_says_how_to_resume_and_exits_130(tiny_model_dir, dem
                                                              "train.checkpoint_every_steps": 1000})
     proc = subprocess.Popen([sys.executable, "-m", "peftsum.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        rows = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
-        if sum(r["type"] == "train" for r in rows) >= 2:
-            break
-        time.sleep(0.05)
+    wait_for_steps(out / "metrics.jsonl", 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
@@ -71,3 +77,56 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tiny_model_dir,
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["step"] == 2  # both ranks stopped after step 2; rank 0 saved it
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "train"] == [1, 2]
+
+
+def test_sigterm_is_deferred_like_ctrl_c_and_ends_as_a_preemption(monkeypatch):
+    """The first SIGTERM only asks (2: the step finishes and checkpoints); a second stops at once; what ends the run
+    is Preempted (exit 143), Ctrl-C's is KeyboardInterrupt (130); SIGTERM outranks Ctrl-C when both came."""
+    from peftsum.errors import Preempted
+    from peftsum.train.interrupt import DeferredInterrupt, stop
+
+    interrupt = DeferredInterrupt()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.requested == 2
+        with pytest.raises(Preempted):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        interrupt.restore()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert isinstance(stop(1), KeyboardInterrupt) and isinstance(stop(2), Preempted) and Preempted.exit_code == 143
+    assert not issubclass(Preempted, Exception)  # no `except Exception` on the way up swallows it
+
+
+@pytest.mark.slow
+def test_sigterm_mid_compare_exits_143_and_the_same_command_gives_the_uninterrupted_figures(tiny_model_dir,
+                                                                                           demo_dir, tmp_path):
+    """A scheduler's SIGTERM during LoRA's training in `compare`: the step finishes, a checkpoint is written, exit
+    143 with one line; the same command again (a requeued job) resumes and ends with the figures of a comparison
+    never interrupted: every metrics line, every score, the same predictions."""
+    from peftsum.cli import main
+    from peftsum.experiment.results import read_results
+    from tests.conftest import compare_args, without_seconds
+
+    extra = {"train.max_steps": 8, "train.checkpoint_every_steps": 100, "train.batch_size": 4}
+    assert main(compare_args(tiny_model_dir, demo_dir, tmp_path / "a", "lead-3,lora", **extra)) == 0
+    cmd = [sys.executable, "-m", "peftsum.cli", *compare_args(tiny_model_dir, demo_dir, tmp_path / "b", "lead-3,lora",
+                                                              **extra)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    metrics = tmp_path / "b" / "lora" / "metrics.jsonl"
+    wait_for_steps(metrics, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM after a checkpoint" in err and "the same command continues" in err
+    assert "Traceback" not in err
+    state = torch.load(tmp_path / "b" / "lora" / "checkpoint.pt", weights_only=True)["state"]
+    assert 2 <= state["step"] < 8 and not (tmp_path / "b" / "lora" / "results.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[lead-3] finished earlier" in again.stdout and "[lora] resuming" in again.stdout
+    for m in ("lead-3", "lora"):
+        a, b = read_results(tmp_path / "a" / m), read_results(tmp_path / "b" / m)
+        assert b.eval == a.eval and b.training.steps == a.training.steps
+        assert read_jsonl(tmp_path / "b" / m / "predictions.jsonl") == read_jsonl(tmp_path / "a" / m / "predictions.jsonl")
+    assert without_seconds(read_jsonl(metrics)) == without_seconds(read_jsonl(tmp_path / "a" / "lora" / "metrics.jsonl"))

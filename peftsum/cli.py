@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 
 from .config import (
-    DEFAULT_METHODS,
-    DEFAULT_TRAINED,
     METHODS,
     PEFT_METHOD,
     PRESETS,
@@ -57,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run every method and write the report (the main job)")
     _common(p)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated methods (also qlora: LoRA on the 4-bit base, with peftsum[qlora]); peft:FILE "
-                        "adds any PEFT tuner from its config file")
+    p.add_argument("--methods",
+                   help="comma-separated methods (default: every method that needs no extra; qlora, LoRA on the "
+                        "4-bit base, needs peftsum[qlora]); peft:FILE adds any PEFT tuner from its config file")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.add_argument("--max-steps", type=int, help="cap optimizer steps per method (quick runs)")
     p.add_argument("--rerun", default="", metavar="M1,M2",
@@ -77,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="tune each method on the validation split (one Optuna study per method)")
     _common(p)
-    p.add_argument("--methods", default=",".join(DEFAULT_TRAINED), help="comma-separated trained methods")
+    p.add_argument("--methods", help="comma-separated trained methods (default: those compare runs)")
     p.add_argument("--trials", type=int, help="finished trials per method (sweep.trials)")
     p.add_argument("--steps", type=int, help="optimizer steps of each trial (sweep.steps)")
     p.add_argument("--storage", help="Optuna storage URL shared by workers (default: a journal file in --out)")
@@ -132,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="time a few real steps here and project the whole protocol")
     _common(p)
-    p.add_argument("--methods", default=",".join(DEFAULT_TRAINED))
+    p.add_argument("--methods", help="comma-separated trained methods (default: those compare runs)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--steps", type=int,
                    help="timed passes per method (default: up to 3, fewer where a pass takes over 10 s)")
@@ -303,6 +301,7 @@ def cmd_summarize(args, overrides) -> int:
 
 def cmd_compare(args, overrides) -> int:
     from .experiment import compare_methods
+    from .methods import default_methods
     from .report.render import build_report
     from .report.sweep import adopt_sweep
     from .train.tracking import resolve_trackers
@@ -310,7 +309,7 @@ def cmd_compare(args, overrides) -> int:
 
     cfg = config_from_args(args, [*overrides, *_grid_overrides(args)], max_steps=args.max_steps)
     resolve_trackers(cfg.train.report_to)
-    methods, rerun = _method_list(args.methods), _method_list(args.rerun)
+    methods, rerun = _method_list(args.methods, default_methods()), _method_list(args.rerun)
     out = Path(args.out)
     if cfg.grid.models or cfg.grid.train_sizes:
         return _compare_grid(args, cfg, methods, rerun, out)
@@ -339,6 +338,7 @@ def _compare_grid(args, cfg, methods, rerun, out: Path) -> int:
 
 def cmd_sweep(args, overrides) -> int:
     from .experiment.sweep import sweep
+    from .methods import default_methods
     from .report.sweep import write_sweep_report
     from .train.tracking import resolve_trackers
     from .utils import is_main_process
@@ -347,7 +347,7 @@ def cmd_sweep(args, overrides) -> int:
     cfg = config_from_args(args, [*overrides, *extra])
     resolve_trackers(cfg.train.report_to)
     out = Path(args.out)
-    studies = sweep(cfg, _method_list(args.methods), out, args.storage)
+    studies = sweep(cfg, _method_list(args.methods, default_methods(trained_only=True)), out, args.storage)
     if is_main_process():
         for p in write_sweep_report(cfg, studies, out):
             print(p)
@@ -367,9 +367,10 @@ def cmd_report(args, overrides) -> int:
 
 
 def cmd_plan(args, overrides) -> int:
+    from .methods import default_methods
     from .report.plan import plan
 
-    if args.steps is not None and args.steps < 1:  # 0 used to time one pass anyway and exit 0
+    if args.steps is not None and args.steps < 1:  # no timed pass: nothing to project from
         raise UserError(f"--steps must be at least 1 (timed passes per method), got {args.steps}")
     memory = None
     if args.device_memory is not None:
@@ -382,7 +383,7 @@ def cmd_plan(args, overrides) -> int:
     cfg = config_from_args(args, [*overrides, *_grid_overrides(args)])
     if args.processes < 1:
         raise UserError(f"--processes must be at least 1, got {args.processes}")
-    print(plan(cfg, _method_list(args.methods), args.device, args.steps, args.shape, args.levers, memory,
+    print(plan(cfg, _method_list(args.methods, default_methods(trained_only=True)), args.device, args.steps, args.shape, args.levers, memory,
                args.processes))
     return 0
 
@@ -403,8 +404,11 @@ def _grid_overrides(args) -> list[tuple[str, str]]:
     return [(k, text) for k, text in (("grid.models", args.models), ("grid.train_sizes", args.train_sizes)) if text]
 
 
-def _method_list(text: str) -> list[str]:
-    """Built-in methods, ``peft:FILE`` entries (any PEFT tuner), and (for --rerun) their ``peft-<name>`` folders."""
+def _method_list(text: str | None, default: tuple[str, ...] = ()) -> list[str]:
+    """Built-in methods, ``peft:FILE`` entries (any PEFT tuner), and (for --rerun) their ``peft-<name>`` folders;
+    ``default`` where none are given."""
+    if text is None:
+        return list(default)
     methods = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS and not m.startswith((f"{PEFT_METHOD}:", f"{PEFT_METHOD}-"))]
     if bad:

@@ -21,15 +21,11 @@ from .errors import UserError
 
 METHODS = ("zero-shot", "lead-3", "prompt-tuning", "lora", "qlora", "last-layer", "full")
 PEFT_METHOD = "peft"  # any PEFT tuner from its config file (method.peft.config); compare: --methods peft:FILE
-TRAINED_METHODS = ("prompt-tuning", "lora", "qlora", "last-layer", "full")
-# what compare / sweep / plan run when --methods is not given: QLoRA needs the optional bitsandbytes (peftsum[qlora])
-DEFAULT_METHODS = tuple(m for m in METHODS if m != "qlora")
-DEFAULT_TRAINED = tuple(m for m in TRAINED_METHODS if m != "qlora")
 QLORA = "qlora"  # LoRA (method.lora's settings) on the base quantized to model.quantize (nf4 where that says none)
 # the methods that train base weights: a quantized base (model.quantize) has none to train
 UNQUANTIZABLE = ("last-layer", "full")
 FSDP_METHODS = ("full", "lora")  # the methods train.fsdp shards (tested against data parallel)
-UNTRAINED_METHODS = ("zero-shot", "lead-3")
+UNTRAINED_METHODS = ("zero-shot", "lead-3")  # the registry checks these against its Untrained entries
 PRESETS = ("demo", "demo-scale", "assignment")
 DEMO_PRESETS = ("demo", "demo-scale")  # the synthetic corpus: reports say their numbers are not CNN/DailyMail's
 
@@ -204,8 +200,8 @@ class TrainConfig:
     # float32 matmuls on TF32 tensor cores (Ampere and later; 10-bit mantissa inputs, fp32 accumulation), as
     # torch.set_float32_matmul_precision("high") does on a GPU; the CPU keeps exact float32
     tf32: bool = True
-    # AdamW's fused kernel (one launch for every tensor): "auto" on CUDA, off on the CPU (where the per-tensor
-    # loop keeps CPU results bit-identical to earlier runs)
+    # AdamW's fused kernel (one launch for every tensor): "auto" on CUDA, off on the CPU (where torch's per-tensor
+    # loop is its reference implementation; the fused kernel's float rounding differs in the last bits)
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
     # Activation (gradient) checkpointing: each decoder block keeps only its input in the forward and runs its
     # forward again in the backward: less activation memory for one more forward of the blocks the backward

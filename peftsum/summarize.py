@@ -19,7 +19,7 @@ from .errors import UserError
 from .evaluate.generate import Summary, generate_summaries
 from .evaluate.registry import selected
 from .experiment import Components, accelerator_for, load_components, load_trained
-from .methods import ModelFree
+from .methods import REGISTRY, ModelFree
 from .utils import atomic_path
 
 
@@ -38,11 +38,13 @@ def read_article(file: str) -> str:
 
 
 def _components(args) -> Components | None:
-    """The run's model (or zero-shot's base model); None for Lead-3."""
-    if args.run == "lead-3":
-        return None
-    if args.run == "zero-shot":
-        overrides = [("method.name", "zero-shot")]
+    """The run's model, or a baseline's by its name (zero-shot: the base model); None for a method without a model
+    (Lead-3)."""
+    baseline = REGISTRY.get(args.run)
+    if baseline is not None and not baseline.trained():
+        if issubclass(baseline, ModelFree):
+            return None
+        overrides = [("method.name", args.run)]
         if args.model:
             overrides += [("model.name", args.model), ("model.tokenizer", None)]
         cfg = load_config(args.preset or ("demo" if not args.model else None), None, overrides)
@@ -51,7 +53,8 @@ def _components(args) -> Components | None:
         return parts
     run = Path(args.run)
     if not run.is_dir():
-        raise UserError(f"{args.run!r} is neither a run directory nor one of zero-shot / lead-3")
+        names = " / ".join(m for m, cls in REGISTRY.items() if not cls.trained())
+        raise UserError(f"{args.run!r} is neither a run directory nor one of {names}")
     parts = load_trained(run)
     return None if isinstance(parts.method, ModelFree) else parts
 

@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from ..config import DEMO_PRESETS
 from ..data.sources import is_hub_id
 from ..evaluate.registry import registry
+from ..methods import PeftTuner, entry
 from ..model.demo_base import is_demo_model
 from .results import RunResult
 
@@ -75,7 +76,7 @@ def how_to_load(results: RunResult, kind: str, path: str, base: str) -> str:
     from ..data.tokenize import Template
 
     template = Template.parse(results.config.data.template)
-    soft = results.method == "prompt-tuning"
+    soft = entry(results.method).soft_prompt
     code = SUMMARIZE.format(imports="from peft import PeftModel\n" if kind == "adapter" else "",
                             load=LOADING[kind].format(path=path, base=base), path=path, before=template.before,
                             between=template.between, budget=results.article_budget(),
@@ -88,7 +89,7 @@ def how_to_load(results: RunResult, kind: str, path: str, base: str) -> str:
     if decoding.do_sample:
         caveats.append("the evaluation sampled with a generator seeded per article; `generate()` draws from torch's "
                        "global generator, so sampled summaries differ")
-    if results.method.startswith("peft-"):
+    if entry(results.method) is PeftTuner:
         caveats.append("a PEFT prompt-learning tuner other than prompt tuning (prefix tuning, P-tuning) feeds its "
                        "virtual tokens itself: load it with PEFT and call `model.generate(input_ids=...)`, which applies "
                        "the no-repeat rule to the article too")
@@ -140,7 +141,7 @@ def model_card(results: RunResult, kind: str, path: str = ".", base: str | None 
     labels = _metric_labels(results)
     formats = {k: m.fmt for k, m in registry().items()}
     # a run directory of LoRA, prompt tuning or a PEFT tuner is a PEFT adapter folder
-    adapter_run = kind == "run" and (method in ("lora", "qlora", "prompt-tuning") or method.startswith("peft-"))
+    adapter_run = kind == "run" and entry(method).adapter_folder
     library = "peft" if kind == "adapter" or adapter_run else "transformers"
     lines = ["---", card_data(results, library).to_yaml(), "---", "",
              f"# {method} on {results.model} for summarization", ""]

@@ -12,8 +12,9 @@ import copy
 import time
 from pathlib import Path
 
-from ..config import METHODS, PEFT_METHOD, TRAINED_METHODS, Config, peft_method_name, resolve
+from ..config import METHODS, PEFT_METHOD, Config, peft_method_name, resolve
 from ..errors import UserError
+from ..methods import entry
 from ..utils import distributed_state, is_main_process
 from .run import run_experiment
 from .rundir import (
@@ -56,9 +57,9 @@ def planned_runs(cfg: Config, methods: list[str], out: Path, seeds: int = 1) -> 
     methods come in their canonical order, then PEFT tuners (``peft:FILE``) in the order given."""
     runs = []
     ordered = [m for m in METHODS if m in methods] + [m for m in methods if m.startswith(f"{PEFT_METHOD}:")]
-    for entry in ordered:
-        m, mcfg = run_name(entry), method_config(cfg, entry)
-        if seeds == 1 or mcfg.method.name not in (*TRAINED_METHODS, PEFT_METHOD):
+    for given in ordered:
+        m, mcfg = run_name(given), method_config(cfg, given)
+        if seeds == 1 or not entry(mcfg.method.name).trained():
             runs.append((m, out / m, mcfg))
             continue
         for i in range(seeds):

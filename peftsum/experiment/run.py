@@ -32,7 +32,7 @@ from ..evaluate.evaluation import evaluate_split
 from ..evaluate.generate import describe_decoding
 from ..evaluate.metrics import ROUGE_PROTOCOL, evaluate_loss
 from ..evaluate.registry import HEADLINE, selected
-from ..methods import CachedTrunk, ModelFree, Untrained, build_method, method_class
+from ..methods import CachedTrunk, ModelFree, Untrained, ZeroShot, build_method, method_class
 from ..methods.base import read_method_file
 from ..model.loading import is_quantized, load_base, load_tokenizer, n_positions, resolve_model_name
 from ..train.loop import BEST, Trainer, train
@@ -305,7 +305,7 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
     decoding = method.decoding()
     protocol = Protocol(rouge=ROUGE_PROTOCOL, headline=HEADLINE, sentence_splitter=SPLITTER,
                         decoding=dataclasses.asdict(decoding), decoding_text=describe_decoding(decoding),
-                        zero_shot=cfg.method.zero_shot.protocol if method.name == "zero-shot" else None,
+                        zero_shot=cfg.method.zero_shot.protocol if isinstance(method, ZeroShot) else None,
                         select_by=None if isinstance(method, Untrained) else cfg.train.select_by)
     truncated = {s: float(sum(data[s]["source_truncated"]) / max(len(data[s]), 1)) for s in ("train", "test")}
     summary = DataSummary(train=len(data["train"]), validation=len(data["validation"]), test=len(data["test"]),

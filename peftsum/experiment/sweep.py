@@ -33,10 +33,10 @@ import torch
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from ..config import TRAINED_METHODS, Config, section_key
+from ..config import Config, section_key
 from ..data.tokenize import load_tokenized
 from ..errors import UserError
-from ..methods import build_method
+from ..methods import build_method, entry, trained_methods
 from ..model.loading import (
     is_quantized,
     load_base,
@@ -147,11 +147,7 @@ def suggest(trial: optuna.Trial, cfg: Config, method: str) -> dict[str, object]:
     section = section_key(method)
     lr0, f = default_lr(cfg, method), cfg.sweep.lr_factor
     params: dict[str, object] = {f"method.{section}.lr": trial.suggest_float("lr", lr0 / f, lr0 * f, log=True)}
-    choices = {"lora": [("rank", cfg.sweep.lora_ranks), ("rslora", cfg.sweep.lora_rslora),
-                        ("lr_ratio", cfg.sweep.lora_lr_ratios), ("dora", cfg.sweep.lora_dora)],
-               "prompt_tuning": [("num_prompts", cfg.sweep.num_prompts)],
-               "last_layer": [("blocks", cfg.sweep.last_layer_blocks)]}
-    for key, values in choices.get(section, []):
+    for key, values in entry(method).search_space(cfg.sweep):
         if values:
             params[f"method.{section}.{key}"] = trial.suggest_categorical(key, list(values))
     return params
@@ -269,9 +265,9 @@ def sweep_method(res: SweepResources, storage, method: str, say=print) -> optuna
 
 
 def sweep(cfg: Config, methods: list[str], out: Path, storage_url: str | None = None) -> dict[str, optuna.Study]:
-    bad = [m for m in methods if m not in TRAINED_METHODS]
+    bad = [m for m in methods if m not in trained_methods()]
     if bad:
-        raise UserError(f"sweep tunes trained methods only ({', '.join(TRAINED_METHODS)}), not {', '.join(bad)}")
+        raise UserError(f"sweep tunes trained methods only ({', '.join(trained_methods())}), not {', '.join(bad)}")
     for m in methods:  # each method's settings valid for it (model.quantize with full: refused before any trial)
         method_config(cfg, m)
     storage = open_storage(out, storage_url)

@@ -53,10 +53,30 @@ def count(params) -> int:
 
 
 class Method:
-    """The core every method implements (the baselines included)."""
+    """The core every method implements (the baselines included).
+
+    Its traits, which every other layer asks the registry entry for (``peftsum.methods.entry(name)``) instead of
+    naming methods: whether it trains (:class:`Untrained`), whether its run folder is a PEFT adapter folder, its
+    colour in the figures, why its defaults are what they are (the report), whether a default comparison runs it,
+    whether it is the reference the scale report measures gaps to, and what a sweep searches besides the rate."""
 
     name: str = ""
     num_virtual_tokens: int = 0  # soft-prompt rows the method puts in front of the input (context it uses)
+    adapter_folder: bool = False  # the run folder is a PEFT adapter folder (adapter_config.json + weights)
+    soft_prompt: bool = False  # its export generates with a soft prompt in front (PEFT's get_prompt)
+    color: str | None = None  # in the figures; None: one of the colours the built-in methods leave free
+    rationale: str = ""  # the report's "why these defaults"
+    in_defaults: bool = True  # run by `compare` / `sweep` without --methods
+    gap_reference: bool = False  # the scale report's gap of every other method is to this one
+
+    @classmethod
+    def trained(cls) -> bool:
+        return not issubclass(cls, Untrained)
+
+    @classmethod
+    def search_space(cls, sweep_cfg) -> list[tuple[str, list]]:
+        """What a sweep's trial chooses besides the learning rate: (setting of the method's section, its values)."""
+        return []
 
     def __init__(self, cfg, tokenizer=None, compute_dtype: torch.dtype | None = None):
         """``cfg``: the whole config (the method reads its own section); ``tokenizer``: the model's, for a method

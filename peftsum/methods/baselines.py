@@ -21,6 +21,7 @@ class ZeroShot(Untrained, Method):
     ``eval.decoding`` like every other method."""
 
     name = "zero-shot"
+    color = "#7f7f7f"
 
     def decoding(self):
         if self.cfg.method.zero_shot.protocol == "gpt2-paper":
@@ -35,3 +36,4 @@ class Lead3(ModelFree, Method):
     """The first three sentences of the article (the split rule of ``data.text``)."""
 
     name = "lead-3"
+    color = "#bcbd22"

@@ -10,6 +10,9 @@ from .base import Method
 
 class Full(Method):
     name = "full"
+    color = "#d62728"
+    rationale = "AdamW 5e-5, the usual rate for full fine-tuning of GPT-2 small: every weight moves, so steps are small."
+    gap_reference = True
 
     def _adapt(self, model) -> None:
         for p in model.parameters():

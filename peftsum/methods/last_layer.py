@@ -34,6 +34,13 @@ def frozen_trunk(settings) -> bool:
 
 class LastLayer(Method):
     name = "last-layer"
+    color = "#ff7f0e"
+    rationale = ("AdamW 1e-4 on an untied copy of the LM head: the assignment's recipe would train the tied input "
+                 "embeddings too. The trunk is frozen, so its features are computed once and cached.")
+
+    @classmethod
+    def search_space(cls, sweep_cfg) -> list[tuple[str, list]]:
+        return [("blocks", sweep_cfg.last_layer_blocks)]
 
     def __init__(self, cfg, tokenizer=None, compute_dtype=None):
         super().__init__(cfg, tokenizer, compute_dtype)

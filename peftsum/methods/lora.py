@@ -123,24 +123,15 @@ class LoRALayer(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
+        """Fold the update into the base weight (W + ΔW; DoRA: s (W + ΔW)), once: what ``merge_and_unload`` exports."""
         if self.merged:
             return
         if self.lora_magnitude is None:
             self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-        else:  # W' = s (W + ΔW): unmerge divides by the same s
-            self._merged_scale = self._magnitude_scale()
-            self.base.weight.copy_(((self.base.weight + self.delta_weight()) * self._merged_scale).to(self.base.weight.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        if self.lora_magnitude is None:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
         else:
-            self.base.weight.copy_((self.base.weight / self._merged_scale - self.delta_weight()).to(self.base.weight.dtype))
-        self.merged = False
+            self.base.weight.copy_(((self.base.weight + self.delta_weight()) * self._magnitude_scale())
+                                   .to(self.base.weight.dtype))
+        self.merged = True
 
 
 def matches(name: str, targets: list[str]) -> bool:
@@ -153,6 +144,15 @@ class LoRA(Method):
     """LoRA with peftsum's own :class:`LoRALayer` (``method.lora.backend: peftsum``, the default)."""
 
     name = "lora"
+    adapter_folder = True
+    color = "#2ca02c"
+    rationale = ("AdamW 2e-4, linear decay, r=8, alpha=16, dropout 0.05 on attn.c_attn: the GPT-2 settings of Hu et al. "
+                 "(2021) (they used 2e-4, r=4, alpha=32 on the query/value projections of GPT-2 M).")
+
+    @classmethod
+    def search_space(cls, sweep_cfg) -> list[tuple[str, list]]:
+        return [("rank", sweep_cfg.lora_ranks), ("rslora", sweep_cfg.lora_rslora), ("lr_ratio", sweep_cfg.lora_lr_ratios),
+                ("dora", sweep_cfg.lora_dora)]
 
     def __init__(self, cfg, tokenizer=None, compute_dtype=None):
         super().__init__(cfg, tokenizer, compute_dtype)
@@ -196,18 +196,6 @@ class LoRA(Method):
 
     def layers(self, model: nn.Module) -> dict[str, LoRALayer]:
         return {n: m for n, m in model.named_modules() if isinstance(m, LoRALayer)}
-
-    def merge(self, model):
-        """Fold every ΔW into its base weight (inference at no extra cost); ``unmerge`` takes it out."""
-        if is_quantized(model):
-            raise UserError("LoRA on a quantized base cannot be merged in place (the base weights are 4- or 8-bit); "
-                            "peftsum export merges it onto the full-precision base")
-        for m in self.layers(model).values():
-            m.merge()
-
-    def unmerge(self, model):
-        for m in self.layers(model).values():
-            m.unmerge()
 
     # --- PEFT-format save / load ----------------------------------------------------------
     def peft_state_dict(self, model) -> dict[str, torch.Tensor]:
@@ -291,6 +279,11 @@ class QLoRA(LoRA):
     the frozen base changes: the row beside LoRA's shows what 4-bit weights cost in quality and save in memory."""
 
     name = "qlora"
+    color = "#98df8a"
+    rationale = ("LoRA's settings on the base quantized to 4-bit NF4 with double quantization as it loads (Dettmers et "
+                 "al. 2023, bitsandbytes): only the frozen weights change, so its row beside LoRA's shows what 4-bit "
+                 "weights cost in quality and save in memory.")
+    in_defaults = False  # it needs bitsandbytes: compare --methods names it
 
 
 class PeftLoRA(LoRA):
@@ -314,11 +307,6 @@ class PeftLoRA(LoRA):
             name = k[len(PEFT_PREFIX):]
             name = name + ".default.weight" if name.endswith(MAGNITUDE) else name.replace(".weight", ".default.weight")
             params[name].copy_(v)
-
-    def merge(self, model):
-        raise UserError("merging in place is implemented for method.lora.backend: peftsum only")
-
-    unmerge = merge
 
     def merge_and_unload(self, model: nn.Module) -> nn.Module:
         return merge_peft_layers(model)

@@ -69,6 +69,8 @@ def read_peft_config(path: str | Path) -> PeftConfig:
 
 
 class PeftTuner(Method):
+    adapter_folder = True
+
     def __init__(self, cfg, tokenizer=None, compute_dtype=None):
         super().__init__(cfg, tokenizer, compute_dtype)
         self.settings = cfg.method.peft

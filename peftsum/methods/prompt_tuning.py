@@ -37,6 +37,17 @@ class SoftPrompt(nn.Module):
 
 class PromptTuning(Method):
     name = "prompt-tuning"
+    adapter_folder = True
+    soft_prompt = True
+    color = "#1f77b4"
+    rationale = ("AdamW on the soft prompt only. Lester et al. (2021) needed a very large learning rate (0.3 with "
+                 "Adafactor): the prompt starts far from a useful point and only 20 vectors move. With AdamW's "
+                 "normalised steps we default to 3e-2 on GPT-2 small (a starting point, not tuned on CNN/DailyMail "
+                 "here); init from the text \"[SUMMARIZE]\" (6 BPE tokens, cycled to 20 rows).")
+
+    @classmethod
+    def search_space(cls, sweep_cfg) -> list[tuple[str, list]]:
+        return [("num_prompts", sweep_cfg.num_prompts)]
 
     def __init__(self, cfg, tokenizer=None, compute_dtype=None):
         super().__init__(cfg, tokenizer, compute_dtype)

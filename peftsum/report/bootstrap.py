@@ -23,16 +23,9 @@ def _single(idx: np.ndarray) -> np.ndarray:
 
 
 def interval(scores, idx: np.ndarray) -> tuple[float, float, float]:
-    """Mean of one run's per-article scores and its 95 % interval over the article resamples ``idx``."""
+    """Mean of one run's per-article scores and its 95 % interval over the article resamples ``idx`` (the reference
+    summaries' own statistics)."""
     return interval_two_level(np.asarray(scores, dtype=float)[None], idx, _single(idx))
-
-
-def paired_difference(a, b, idx: np.ndarray) -> dict:
-    """Mean difference a - b, its 95 % interval, and the two-sided bootstrap p-value of "no difference":
-    twice the smaller share of resampled means on either side of zero, with the +1 correction so that
-    it is never 0 (Davison & Hinkley 1997)."""
-    return paired_difference_two_level(np.asarray(a, dtype=float)[None], np.asarray(b, dtype=float)[None], idx,
-                                       _single(idx), _single(idx))
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -61,8 +54,10 @@ def interval_two_level(scores, idx: np.ndarray, seed_idx: np.ndarray) -> tuple[f
 
 
 def paired_difference_two_level(a, b, idx: np.ndarray, seed_idx_a: np.ndarray, seed_idx_b: np.ndarray) -> dict:
-    """:func:`paired_difference` over seeds x articles: each method's seeds resampled too (the articles
-    are paired, the seeds are not)."""
+    """Mean difference a - b over seeds x articles, its 95 % interval, and the two-sided bootstrap p-value of "no
+    difference": twice the smaller share of resampled means on either side of zero, with the +1 correction so that
+    it is never 0 (Davison & Hinkley 1997).  The articles are paired (the same draw ``idx`` for both); each method's
+    seeds are resampled apart (one seed: the plain paired bootstrap)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     means = resampled_means(a, idx, seed_idx_a) - resampled_means(b, idx, seed_idx_b)
     lo, hi = np.percentile(means, [2.5, 97.5])

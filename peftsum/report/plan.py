@@ -263,10 +263,10 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
                 k = len(timings) + 1
                 timings.append(_timed(dev, trainer.train_step, [[(k * pass_size + i) % len(ds) for i in range(pass_size)]]))
-            # the median: one pass slowed by the machine (seen here: a projection at 2.25x of the run) moves it little
+            # the median: one pass slowed by a busy machine moves it little (a mean follows the outlier)
             step_s = float(np.median(timings)) * passes_per_step
-            # the activations a pass keeps for its backward, on one more untimed pass (measured in the warm-up instead,
-            # plan's projection fell to 0.73-0.74x of the run in two of four checks; 0.94-1.22x before)
+            # the activations a pass keeps for its backward, on one more untimed pass: measuring them inside a timed or
+            # warm-up pass slows that pass (the hooks) and so the projection
             one_more = functools.partial(trainer.train_step, [[i % len(ds) for i in range(pass_size)]])
             _, activations = costs.activation_bytes(one_more, model)
             # validation as the loop runs it: on cached features for a frozen trunk, else the trunk's forward

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 
+from ..methods import entry
 from ..utils import atomic_path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"zero-shot": "#7f7f7f", "lead-3": "#bcbd22", "prompt-tuning": "#1f77b4", "lora": "#2ca02c",
-          "qlora": "#98df8a", "last-layer": "#ff7f0e", "full": "#d62728"}
-# PEFT tuners (peft-<name>) in the order they first appear: tab10's colours the built-in methods leave free
+# a method without a colour of its own (a PEFT tuner's peft-<name>), in the order they first appear: tab10's
+# colours the built-in methods leave free
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#393b79", "#637939", "#843c39", "#7b4173"]
+_ASSIGNED: dict[str, str] = {}
 
 
 def color(method: str) -> str:
-    if method not in COLORS:
-        COLORS[method] = EXTRA_COLORS[(len(COLORS) - 6) % len(EXTRA_COLORS)]
-    return COLORS[method]
+    """The method's colour (its registry entry's), or the next free one for a method that has none."""
+    with contextlib.suppress(KeyError):
+        own = entry(method).color
+        if own:
+            return own
+    if method not in _ASSIGNED:
+        _ASSIGNED[method] = EXTRA_COLORS[len(_ASSIGNED) % len(EXTRA_COLORS)]
+    return _ASSIGNED[method]
 
 
 def _save(fig, path: Path) -> Path:

@@ -17,6 +17,7 @@ from ..config import DEMO_PRESETS
 from ..errors import UserError
 from ..evaluate.metrics import ROUGE_PROTOCOL
 from ..evaluate.registry import GROUPS, HEADLINE, label
+from ..methods import ModelFree, entry
 from ..utils import atomic_path, write_text
 from . import plots
 from .collect import collect, flatten, with_intervals
@@ -35,21 +36,11 @@ from .tables import (
 
 BANNER = ("synthetic demo corpus and a small GPT-2 — a demonstration of the pipeline, not CNN/DailyMail results")
 
-DEFAULTS_WHY = {
-    "prompt-tuning": "AdamW on the soft prompt only. Lester et al. (2021) needed a very large learning rate "
-                     "(0.3 with Adafactor): the prompt starts far from a useful point and only 20 vectors move. "
-                     "With AdamW's normalised steps we default to 3e-2 on GPT-2 small (a starting point, not "
-                     "tuned on CNN/DailyMail here); init from the text \"[SUMMARIZE]\" (6 BPE tokens, "
-                     "cycled to 20 rows).",
-    "lora": "AdamW 2e-4, linear decay, r=8, alpha=16, dropout 0.05 on attn.c_attn: the GPT-2 settings of Hu et al. "
-            "(2021) (they used 2e-4, r=4, alpha=32 on the query/value projections of GPT-2 M).",
-    "qlora": "LoRA's settings on the base quantized to 4-bit NF4 with double quantization as it loads (Dettmers et al. "
-             "2023, bitsandbytes): only the frozen weights change, so its row beside LoRA's shows what 4-bit weights "
-             "cost in quality and save in memory.",
-    "last-layer": "AdamW 1e-4 on an untied copy of the LM head: the assignment's recipe would train the tied input "
-                  "embeddings too. The trunk is frozen, so its features are computed once and cached.",
-    "full": "AdamW 5e-5, the usual rate for full fine-tuning of GPT-2 small: every weight moves, so steps are small.",
-}
+
+
+def rationale(method: str) -> str:
+    """Why a method's defaults are what they are (its registry entry's words; none for a PEFT tuner's run)."""
+    return entry(method).rationale
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -189,7 +180,7 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
         parts += [f"### {titles[k]}", "", f"![{titles[k]}]({p.name})", ""]
     parts += ["## Hyperparameters", "", md_table(hyper_table(runs)), "",
               "Why these defaults (per method, from the literature — not one shared learning rate):", ""]
-    parts += [f"- **{m}**: {why}" for m, why in DEFAULTS_WHY.items() if any(r.method == m for r in runs)]
+    parts += [f"- **{r.method}**: {why}" for r in runs if (why := rationale(r.method))]
     if demo:
         parts += ["- The demo preset raises these rates (see the table): a run of a few hundred steps on a tiny "
                   "model; it also uses fewer examples and epochs."]
@@ -228,14 +219,14 @@ def protocol_text(runs) -> str:
     """What the scores mean: the ROUGE variant, stemmer and sentence splitter, each decoding, the article budget."""
     decodings: dict[str, list[str]] = {}
     for r in runs:
-        if r.method != "lead-3":  # Lead-3 generates nothing
+        if not issubclass(entry(r.method), ModelFree):  # Lead-3 generates nothing
             text = r.result.protocol.decoding_text or "see the config"
             decodings.setdefault(text, []).append(r.method)
     if len(decodings) == 1:
         dec = f"Summaries are decoded the same way for every method: {next(iter(decodings))}."
     else:
         dec = "Decoding: " + "; ".join(f"{', '.join(ms)}: {text}" for text, ms in decodings.items()) + "."
-    zs = next((r.result.protocol.zero_shot for r in runs if r.method == "zero-shot"), None)
+    zs = next((r.result.protocol.zero_shot for r in runs if r.result.protocol.zero_shot), None)
     if zs == "gpt2-paper":
         dec += (" Zero-shot follows the GPT-2 paper (Radford et al., 2019, section 3.6): top-k sampling with k = 2 "
                 "after \"TL;DR:\", 100 tokens, the first 3 generated sentences kept.")
@@ -246,7 +237,8 @@ def protocol_text(runs) -> str:
             "(the short \" . \"-separated header pieces before the first sentence: authors, \"Follow @@...\", time "
             "stamps) is removed; that cleaning is Lead-3's only: the prompts give every method the article as the data "
             "set has it, byline included, as the published CNN/DailyMail systems read it, while Lead-3's first "
-            "sentences would otherwise be header pieces." if any(r.method == "lead-3" for r in runs) else "")
+            "sentences would otherwise be header pieces." if any(issubclass(entry(r.method), ModelFree) for r in runs)
+            else "")
     return (f"{runs[0].result.protocol.rouge or ROUGE_PROTOCOL} {dec} Every method read the same article "
             f"tokens: at most {budget}{cut}.{lead}")
 
@@ -322,9 +314,9 @@ def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = Non
     table(memory_table(runs), font=7)
     table(hyper_table(runs), font=7)
     pdf.set_font("Helvetica", size=8)
-    for m, why in DEFAULTS_WHY.items():
-        if any(r.method == m for r in runs):
-            pdf.multi_cell(0, 4.5, _latin1(f"{m}: {why}"), new_x="LMARGIN", new_y="NEXT")
+    for r in runs:
+        if why := rationale(r.method):
+            pdf.multi_cell(0, 4.5, _latin1(f"{r.method}: {why}"), new_x="LMARGIN", new_y="NEXT")
     for p in figs.values():
         pdf.add_page()
         pdf.image(str(p), w=230)

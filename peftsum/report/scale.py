@@ -19,13 +19,15 @@ from ..config import DEMO_PRESETS
 from ..errors import UserError
 from ..evaluate.registry import HEADLINE, label
 from ..experiment.grid import read_grid
+from ..methods import REGISTRY
 from ..utils import atomic_path, write_text
 from . import plots
 from .collect import MethodRuns, collect, with_intervals
 from .render import BANNER, fill_section, render_html, write_csv
 from .tables import fmt, human, md_table
 
-REFERENCE = "full"  # the gap of each PEFT method is to full fine-tuning
+# the gap of each PEFT method is to full fine-tuning: the registry's reference entry
+REFERENCE = next(name for name, cls in REGISTRY.items() if cls.gap_reference)
 NOVELTY = ("novel_2gram", "density")  # how abstractive: new bigrams, and the length of copied fragments
 SCALE_START, SCALE_END = "<!-- scale:start -->", "<!-- scale:end -->"
 

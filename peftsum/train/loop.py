@@ -333,7 +333,7 @@ class Trainer:
                 torch.cuda.set_rng_state_all(streams[1])
         if self.world > 1 and not self.fsdp:
             self.average_gradients()
-        loss = self.accelerator.reduce(loss_sum.float(), "sum").item() / n_target  # float32 across ranks, as before
+        loss = self.accelerator.reduce(loss_sum.float(), "sum").item() / n_target  # gloo / NCCL reduce float32
         if not math.isfinite(loss):
             self._diverged(f"the training loss is {loss} at step {self.state.step + 1}")
         grad_norm, skipped = clip_gradients(self.accelerator, self.optimizer, self.params,

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from peftsum.cli import main
-from peftsum.config import TRAINED_METHODS
 from peftsum.experiment import load_trained, run_experiment
 from peftsum.experiment.results import read_results
+from peftsum.methods import trained_methods
 from peftsum.utils import read_jsonl
 from tests.conftest import tiny_overrides, without_seconds
+
+TRAINED_METHODS = trained_methods()
 
 RESULT_KEYS = {
     "params": {"total", "trainable", "added", "adapter_bytes"},

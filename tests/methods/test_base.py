@@ -2,6 +2,7 @@
 save -> PEFT's load -> identical logits."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,3 +254,28 @@ def test_frozen_weights_in_the_compute_dtype_change_nothing_but_the_casts(tiny_m
     if got[True][1] is not None:
         assert all(torch.equal(a, b) for a, b in zip(got[True][1], got[False][1], strict=True))
     assert got[True][2] == got[False][2]
+
+
+def test_a_method_is_one_registry_entry_that_every_layer_asks():
+    """The traits callers read (trained, adapter folder, colour, defaults, the scale report's reference, the sweep's
+    search space) live on the entries."""
+    from peftsum.config import METHODS, SweepConfig, load_config
+    from peftsum.experiment.compare import planned_runs
+    from peftsum.methods import REGISTRY, default_methods, entry, trained_methods
+    from peftsum.report import plots, scale
+
+    assert trained_methods() == ("prompt-tuning", "lora", "qlora", "last-layer", "full")
+    assert default_methods() == tuple(m for m in METHODS if m != "qlora")
+    assert default_methods(trained_only=True) == ("prompt-tuning", "lora", "last-layer", "full")
+    assert [m for m in METHODS if entry(m).adapter_folder] == ["prompt-tuning", "lora", "qlora"]
+    assert entry("peft-ia3").adapter_folder and entry("peft-ia3").trained() and scale.REFERENCE == "full"
+    assert len({entry(m).color for m in METHODS}) == len(METHODS)
+    assert plots.color("peft-ia3") == plots.EXTRA_COLORS[0] != plots.color("lora") == entry("lora").color
+    sweep = SweepConfig(lora_ranks=[4, 8], num_prompts=[10])
+    assert dict(entry("qlora").search_space(sweep))["rank"] == [4, 8]
+    assert dict(entry("prompt-tuning").search_space(sweep)) == {"num_prompts": [10]}
+    assert entry("full").search_space(sweep) == []
+    # compare asks the entry whether a method trains: the baselines run once whatever the seeds
+    runs = planned_runs(load_config("demo"), ["lead-3", "full"], Path("o"), seeds=2)
+    assert [(m, run.name) for m, run, _ in runs] == [("lead-3", "lead-3"), ("full", "seed-42"), ("full", "seed-43")]
+    assert all(REGISTRY[m].name == m for m in METHODS)

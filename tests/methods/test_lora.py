@@ -53,11 +53,9 @@ def test_lora_starts_as_the_base_model_and_merges(tiny_model_dir, tokenizer):
             lay.lora_B.normal_(0, 0.05)
     unmerged = summary_logits(model, m, ids, mask)
     assert not torch.allclose(unmerged, summary_logits(base, m, ids, mask))
-    m.merge(model)
-    assert torch.allclose(summary_logits(model, m, ids, mask), unmerged, atol=1e-5)
-    m.unmerge(model)
-    assert torch.allclose(summary_logits(model, m, ids, mask), unmerged, atol=1e-5)
     assert {n for n, _ in m.trainable_parameters(model)} == {f"{k}.{ab}" for k in layers for ab in ("lora_A", "lora_B")}
+    m.merge_and_unload(model)  # the export's merge: the base architecture again, the same outputs
+    assert not m.layers(model) and torch.allclose(summary_logits(model, m, ids, mask), unmerged, atol=1e-5)
 
 
 def test_lora_layer_wraps_linear_too():
@@ -159,9 +157,5 @@ def test_dora_equals_peft_in_training_and_its_adapter_loads_in_peft(tiny_model_d
         loaded = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), tmp_path / "dora").eval()
         torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, ours[2], rtol=0, atol=1e-5)
         m, model = ours[3], ours[4]
-        before = {n: lay.base.weight.clone() for n, lay in m.layers(model).items()}
-        m.merge(model)
+        m.merge_and_unload(model)  # DoRA's s (W + ΔW) folded into the plain base layers: the same outputs
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, ours[2], rtol=0, atol=1e-4)
-        m.unmerge(model)
-        for n, lay in m.layers(model).items():
-            torch.testing.assert_close(lay.base.weight, before[n], rtol=0, atol=1e-6)

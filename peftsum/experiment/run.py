@@ -10,6 +10,7 @@ saves them, then evaluates the validation and test splits with the one evaluatio
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import importlib.metadata as md
 import logging
@@ -112,6 +113,23 @@ def run_dtype(cfg: Config, device=None) -> torch.dtype:
     return compute_dtype(resolve_mixed_precision(cfg.train.mixed_precision, on.type != "cuda"))
 
 
+def adapted_model(cfg: Config, method, device=None, base: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The base model adapted by ``method``, where it runs: every run, sweep trial and ``plan`` probe sets up its model
+    here.  The seed of the method's initialisation (LoRA's A, the soft prompt), the base (loaded, quantized as it
+    loads where ``model.quantize`` says; or a copy of ``base``, loaded once for many trials), ``prepare_model``, the
+    device (a quantized model is loaded where it runs; its bitsandbytes layers cannot be copied, so a quantized
+    ``base`` is adapted itself)."""
+    torch.manual_seed(cfg.train.seed)
+    if base is None:
+        model = load_base(cfg, device, run_dtype(cfg, device))
+    else:
+        model = base if is_quantized(base) else copy.deepcopy(base)
+    method.prepare_model(model)
+    if device is not None and not is_quantized(model):
+        model.to(device)
+    return model
+
+
 def load_components(cfg: Config, device=None, full_precision: bool = False) -> Components:
     """Model, tokenizer and method (model prepared, on ``device``); no data.  ``full_precision``: the frozen weights
     kept in float32 whatever the run's mixed precision (an export merges into them)."""
@@ -119,16 +137,11 @@ def load_components(cfg: Config, device=None, full_precision: bool = False) -> C
     name = resolve_model_name(cfg.model.name) if uses_model or cfg.model.tokenizer is None else cfg.model.name
     model = summary_lm = None
     positions = 1024
-    if uses_model:
-        torch.manual_seed(cfg.train.seed)  # LoRA / soft-prompt initialisation
-        model = load_base(cfg, device, run_dtype(cfg, device))
     tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
     method = build_method(cfg, tokenizer, None if full_precision else run_dtype(cfg, device))
     if uses_model:
-        method.prepare_model(model)
+        model = adapted_model(cfg, method, device)
         positions = n_positions(model)
-        if device is not None and not is_quantized(model):  # a quantized model loaded where it runs
-            model.to(device)
         summary_lm = SummaryLM(model, method)
     return Components(cfg, method, model, summary_lm, tokenizer,
                       PromptBuilder(tokenizer, cfg.data, positions, method.num_virtual_tokens,

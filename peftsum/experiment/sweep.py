@@ -38,21 +38,19 @@ from ..data.tokenize import load_tokenized
 from ..errors import UserError
 from ..methods import build_method, entry, trained_methods
 from ..model.loading import (
-    is_quantized,
-    load_base,
     load_model,
     load_tokenizer,
     n_positions,
     resolve_model_name,
     set_dropout,
 )
-from ..train.loop import Trainer
+from ..train.loop import Trainer, steps_per_epoch
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..train.tracking import Tracking
 from ..utils import is_main_process, release_memory
 from .compare import method_config
-from .run import accelerator_for, run_dtype
+from .run import accelerator_for, adapted_model, run_dtype
 
 JOURNAL = "optuna.journal"
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # peftsum prints one line per trial itself
@@ -186,19 +184,12 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
     mth = build_method(probe)
     data = res.splits(mth.num_virtual_tokens)
     world = accelerator_for(res.cfg).num_processes
-    steps_per_epoch = math.ceil(math.ceil(len(data["train"]) / (res.cfg.train.batch_size * world))
-                                / res.cfg.train.grad_accum)
-    tcfg = trial_config(res.cfg, method, params, steps_per_epoch)
+    per_epoch = steps_per_epoch(len(data["train"]), res.cfg.train.batch_size, world, res.cfg.train.grad_accum)
+    tcfg = trial_config(res.cfg, method, params, per_epoch)
     accelerator = accelerator_for(tcfg)
     method_obj = build_method(tcfg, res.tokenizer, run_dtype(tcfg, accelerator.device))
-    torch.manual_seed(tcfg.train.seed)  # the adapter's initialisation, as a run does it
-    if tcfg.quantization() != "none":  # QLoRA: a base quantized as it loads (bitsandbytes' layers are not copied)
-        model = load_base(tcfg, accelerator.device, run_dtype(tcfg, accelerator.device))
-    else:
-        model = copy.deepcopy(res.base)  # the shared base stays as loaded
-    method_obj.prepare_model(model)
-    if not is_quantized(model):
-        model.to(accelerator.device)
+    # the shared base stays as loaded (a copy is adapted); QLoRA's is quantized as it loads, for each trial
+    model = adapted_model(tcfg, method_obj, accelerator.device, None if tcfg.quantization() != "none" else res.base)
     t0 = time.perf_counter()
     tracking = Tracking(accelerator, tcfg, res.out, f"{method}/trial-{trial.number}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,6 +30,7 @@ from ..evaluate import cost as costs
 from ..evaluate.generate import decode_ids, generate_summaries
 from ..experiment import accelerator_for
 from ..experiment.compare import method_config, run_name
+from ..experiment.run import adapted_model
 from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method, method_class
 from ..model.arch import decoder_blocks
 from ..model.loading import (
@@ -41,7 +42,7 @@ from ..model.loading import (
     set_dropout,
 )
 from ..model.tokenizer import GPT2_FAMILY, hub_alias
-from ..train.loop import Trainer, micro_batch_size, uncompile
+from ..train.loop import Trainer, micro_batch_size, steps_per_epoch, uncompile
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..train.precision import compute_dtype
@@ -231,10 +232,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             continue
         t_method = time.perf_counter()
         quantized = mcfg.quantization() != "none"  # QLoRA: the base loaded quantized, where it runs
-        model = bases.get(mcfg.quantization()) if quantized else copy.deepcopy(base)
-        method.prepare_model(model)
-        if not quantized:
-            model.to(dev)
+        model = adapted_model(mcfg, method, dev, bases.get(mcfg.quantization()) if quantized else base)
         summary_lm = SummaryLM(model, method)
         n_val = min(eval_cfg.batch_size, CPU_PROBE_EXAMPLES) if cpu else eval_cfg.batch_size
         n_ex = max(bs, eval_cfg.batch_size)
@@ -298,11 +296,11 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
         seq_len = mean_len + method.num_virtual_tokens
         # each training-set size of a grid (the examples the data has at most): the same probes, projected
         for n_train in [min(n, sizes["train"]) for n in train_sizes] if train_sizes else [sizes["train"]]:
-            steps_per_epoch = math.ceil(math.ceil(n_train / bs) / train_cfg.grad_accum)
-            total_steps = steps_per_epoch * train_cfg.epochs
+            per_epoch = steps_per_epoch(n_train, bs, 1, train_cfg.grad_accum)
+            total_steps = per_epoch * train_cfg.epochs
             if train_cfg.max_steps:
                 total_steps = min(total_steps, train_cfg.max_steps)
-            epochs = total_steps / steps_per_epoch
+            epochs = total_steps / per_epoch
             train_s = total_steps * step_s
             if cached:  # the trunk runs once over the training and validation examples
                 train_s += (n_train + n_early) * cache_per_ex

@@ -106,6 +106,15 @@ def micro_batch_size(train_cfg, device, model_config, seq_len: int) -> int | Non
     return max(1, CPU_ATTENTION_BYTES // (4 * attention_heads(model_config) * seq_len * seq_len))
 
 
+def steps_per_epoch(examples: int, batch_size: int, processes: int, grad_accum: int) -> int:
+    """Optimizer steps in an epoch: global batches of ``batch_size`` x ``processes`` (the last one smaller, dropped
+    under several processes when it has fewer examples than processes: each needs a share), ``grad_accum`` of them a
+    step.  What :meth:`Trainer.epoch_groups` makes, for the sweep's and plan's projections."""
+    full, rest = divmod(examples, batch_size * processes)
+    batches = full + (1 if rest and (processes == 1 or rest >= processes) else 0)
+    return math.ceil(batches / grad_accum)
+
+
 def _passes(idx: list[int], chunk: int | None) -> list[list[int]]:
     """A rank's share of a batch, cut into forward passes of at most ``chunk`` sequences."""
     if not chunk or len(idx) <= chunk:
@@ -196,7 +205,8 @@ class Trainer:
         self.lengths = seq_lengths(train_ds)
         self.target_lengths = [n - p for n, p in zip(self.lengths, train_ds["prompt_len"])]
         self.global_batch = train_cfg.batch_size * self.world
-        self.total_steps = len(self.epoch_groups(0)) * train_cfg.epochs  # every epoch has as many groups
+        self.total_steps = steps_per_epoch(len(train_ds), train_cfg.batch_size, self.world,
+                                           train_cfg.grad_accum) * train_cfg.epochs
         if train_cfg.max_steps is not None:
             self.total_steps = min(train_cfg.max_steps, self.total_steps)
 

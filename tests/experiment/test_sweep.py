@@ -123,7 +123,7 @@ def test_best_settings_round_trip_into_compare(tiny_model_dir, demo_dir, tmp_pat
     assert ran["training"]["learning_rate"] == pytest.approx(best["lora"]["method.lora.lr"])
     md = (tmp_path / "c" / "report.md").read_text()  # the comparison's report shows the tuning it came from
     assert "## Tuning" in md and "sweep_lr.png" in md
-    assert (tmp_path / "c" / "report.html").read_text().count("data:image/png;base64,") == 6
+    assert (tmp_path / "c" / "report.html").read_text().count("data:image/png;base64,") == 8
 
 
 @pytest.mark.slow

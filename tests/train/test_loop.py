@@ -382,6 +382,10 @@ def test_the_schedule_ends_where_the_steps_end_when_processes_drop_a_last_batch(
                               "train.warmup_ratio": 0.0})
     trainer = _trainer(cfg, tmp_path / "r")
     assert [len(g) for g in trainer.epoch_groups(0)] == [1] and trainer.total_steps == 3
+    from peftsum.train.loop import steps_per_epoch  # the count sweep and plan project with, by hand
+
+    assert steps_per_epoch(9, 4, 2, 1) == 1 and steps_per_epoch(9, 4, 1, 1) == 3 and steps_per_epoch(10, 4, 2, 1) == 2
+    assert steps_per_epoch(100, 8, 1, 4) == 4 and steps_per_epoch(96, 8, 1, 4) == 3
     trainer.run()
     rows = [m for m in read_jsonl(tmp_path / "r" / "metrics.jsonl") if m["type"] == "train"]
     assert [m["step"] for m in rows] == [1, 2, 3] and rows[-1]["lr"] == 0.0  # the linear schedule's end

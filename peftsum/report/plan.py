@@ -204,6 +204,56 @@ def _timed(dev, fn, *args) -> float:
     return time.perf_counter() - t0
 
 
+@dataclasses.dataclass
+class Probe:
+    """What one method's probes measured on this device: the pieces a projection multiplies."""
+
+    step_seconds: float  # one optimizer step: its passes x the median timed pass
+    passes_per_step: int
+    pass_size: int  # sequences per forward/backward pass (micro-batch)
+    activation_bytes: int  # what one pass keeps for its backward
+    validation_per_example: float  # seconds: the loop's validation (cached features for a frozen trunk)
+    forward_per_example: float  # seconds: the trunk's forward (the final evaluation's loss)
+    cache_per_example: float  # seconds: building the frozen trunk's feature cache (0 without one)
+    state: dict  # exact bytes: weights, gradients, optimizer
+    unit_bytes: int  # what one FSDP unit gathers whole
+    generation_per_batch: float  # seconds: one batch's prefill and max_new_tokens decode steps
+    peak_memory_bytes: int | None
+    trainable: int
+    shape_flops: object
+    seq_len: float  # mean tokens of a training sequence, soft prompt included
+    mean_len: float
+    mean_target: float
+
+
+@dataclasses.dataclass
+class PlanRow:
+    """One projected row: a method (and lever) at one training-set size."""
+
+    method: str
+    train_size: int
+    step_seconds: float
+    steps: int
+    epochs: float
+    train_seconds: float
+    selection_seconds: float
+    validation_seconds: float
+    final_eval_seconds: float
+    total_seconds: float
+    peak_memory_bytes: int | None
+    state_bytes: int
+    weights_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    unit_bytes: int
+    activation_bytes: int
+    pass_size: int
+    train_flops: float
+    trainable: int
+    tokens_per_second: float
+    mfu: float | None
+
+
 def measure(cfg: Config, methods: list[str], device: str | None, steps: int | None = None, shape: str = "real",
             progress: bool = False, levers: bool = False, train_sizes: list[int] | None = None) -> dict:
     """Time the loop's own optimizer step (one forward/backward pass per probe step, scaled by the passes
@@ -214,144 +264,167 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
     dtype = compute_dtype(accelerator.mixed_precision)
     bases = _Bases(cfg, shape, dev, dtype)
     base = bases.get()
-    tokenizer, model_desc = bases.tokenizer, bases.desc
-    positions = n_positions(base)
     peak_flops = costs.peak_flops(costs.device_name(dev), costs.matmul_precision(accelerator.mixed_precision))
     peak_source = "datasheet" if peak_flops else f"measured {str(dtype).replace('torch.', '')} matmul"
     if peak_flops is None:
         peak_flops = costs.matmul_peak(dev, dtype)
-    cpu = dev.type == "cpu"  # where a batch's time grows linearly with its sequences: probes on a few
     rng = np.random.default_rng(cfg.train.seed)
-    train_cfg, eval_cfg = cfg.train, cfg.eval
-    bs = train_cfg.batch_size
     rows, source, sizes = [], "", {}
     t_plan = time.perf_counter()
     for m, mcfg in _variants(cfg, methods, levers):
-        method = build_method(mcfg, tokenizer, dtype)
+        method = build_method(mcfg, bases.tokenizer, dtype)
         if isinstance(method, Untrained):
             continue
         t_method = time.perf_counter()
         quantized = mcfg.quantization() != "none"  # QLoRA: the base loaded quantized, where it runs
         model = adapted_model(mcfg, method, dev, bases.get(mcfg.quantization()) if quantized else base)
-        summary_lm = SummaryLM(model, method)
-        n_val = min(eval_cfg.batch_size, CPU_PROBE_EXAMPLES) if cpu else eval_cfg.batch_size
-        n_ex = max(bs, eval_cfg.batch_size)
-        ex, mean_len, source, sizes = _examples(mcfg, tokenizer, positions, method.num_virtual_tokens, n_ex, rng)
-        mean_target = float(np.mean([len(e["input_ids"]) - e["prompt_len"] for e in ex]))
-        # a forward/backward pass as the loop makes it: micro-batches of the batch (the cached head: whole batches)
-        longest = max(len(e["input_ids"]) for e in ex) + method.num_virtual_tokens
-        cached = isinstance(method, CachedTrunk)
-        pass_size = bs if cached else min(bs, micro_batch_size(train_cfg, dev, model.config, longest) or bs)
-        passes_per_step = math.ceil(bs / pass_size) * train_cfg.grad_accum
-        # the loop itself, on the sampled examples: a probe step is one pass (batch = pass size, no accumulation)
-        probe_cfg = copy.deepcopy(mcfg)
-        probe_cfg.train.batch_size, probe_cfg.train.grad_accum, probe_cfg.train.max_steps = pass_size, 1, None
-        probe_cfg.train.val_limit = None
-        ds = Dataset.from_list([{"input_ids": e["input_ids"], "prompt_len": e["prompt_len"]} for e in ex])
-        costs.reset_peak_memory(dev)
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(probe_cfg, Path(tmp), summary_lm=summary_lm, method=method, train_ds=ds,
-                              val_ds=ds.select(range(n_val)), accelerator=accelerator,
-                              tokenizer=tokenizer, metrics_file=MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
-            # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU); compiled
-            # blocks: three, so the first shape's graph and the dynamic one for the others are built before the clock
-            for w in range(3 if mcfg.train.compile else 1):
-                trainer.train_step([[(w * pass_size + i) % len(ds) for i in range(pass_size)]])
-            timings = []  # --steps passes, or (by default) up to 3 and until 10 s of timing
-            while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
-                k = len(timings) + 1
-                timings.append(_timed(dev, trainer.train_step, [[(k * pass_size + i) % len(ds) for i in range(pass_size)]]))
-            # the median: one pass slowed by a busy machine moves it little (a mean follows the outlier)
-            step_s = float(np.median(timings)) * passes_per_step
-            # the activations a pass keeps for its backward, on one more untimed pass: measuring them inside a timed or
-            # warm-up pass slows that pass (the hooks) and so the projection
-            one_more = functools.partial(trainer.train_step, [[i % len(ds) for i in range(pass_size)]])
-            _, activations = costs.activation_bytes(one_more, model)
-            # validation as the loop runs it: on cached features for a frozen trunk, else the trunk's forward
-            val_per_ex = _timed(dev, trainer.validation_loss) / n_val
-            # the final evaluation's loss runs the trunk; with a frozen trunk that is what building its feature
-            # cache timed (the head on the summary positions adds a few per cent)
-            fwd_per_ex = trainer.cache_seconds / len(ds) if cached else val_per_ex
-            cache_per_ex = fwd_per_ex if cached else 0.0
-            state = costs.training_state_bytes(model, trainer.params, trainer.optimizer)
-            # what one FSDP unit gathers whole: the root's own weights (embeddings, final norm) and the largest block
-            units = [costs.tensor_bytes(b.parameters()) for b in decoder_blocks(model)]
-            gathered = state["weights"] - sum(units) + max(units, default=0)
-            accelerator.free_memory()
-            uncompile(trainer.compiled)  # the evaluation generates eager, as a run's does after training
-        # a batch's generation = its prefill + one decode step per further token (both timed in one call)
-        prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
-        decoding = method.decoding()
-        model.eval()  # as the evaluation generates: no dropout, and a cache even where activations are checkpointed
-        prefill_s, per_token = _generation_seconds(model, method, tokenizer, prompts, decoding, eval_cfg.batch_size,
-                                                   accelerator, min(8, decoding.max_new_tokens), few=cpu)
-        gen_per_batch = prefill_s + per_token * (decoding.max_new_tokens - 1)
-        peak = costs.peak_memory(dev)
-
-        n_val, n_test = sizes["validation"], sizes["test"]  # what a run would use
-        if eval_cfg.limit:
-            n_test = min(n_test, eval_cfg.limit)
-        n_early = min(n_val, train_cfg.val_limit or n_val)  # validation examples early stopping reads
-        counts, shape_flops = method.param_counts(model), costs.flop_shape(model, method)
-        seq_len = mean_len + method.num_virtual_tokens
-        # each training-set size of a grid (the examples the data has at most): the same probes, projected
+        ex, mean_len, source, sizes = _examples(mcfg, bases.tokenizer, n_positions(base), method.num_virtual_tokens,
+                                                max(cfg.train.batch_size, cfg.eval.batch_size), rng)
+        probe = _probe(mcfg, model, method, bases.tokenizer, ex, mean_len, accelerator, steps)
         for n_train in [min(n, sizes["train"]) for n in train_sizes] if train_sizes else [sizes["train"]]:
-            per_epoch = steps_per_epoch(n_train, bs, 1, train_cfg.grad_accum)
-            total_steps = per_epoch * train_cfg.epochs
-            if train_cfg.max_steps:
-                total_steps = min(total_steps, train_cfg.max_steps)
-            epochs = total_steps / per_epoch
-            train_s = total_steps * step_s
-            if cached:  # the trunk runs once over the training and validation examples
-                train_s += (n_train + n_early) * cache_per_ex
-            evaluations = math.ceil(epochs) + 1 + (total_steps // train_cfg.eval_every_steps if train_cfg.eval_every_steps else 0)
-            val_s = evaluations * n_early * val_per_ex
-            select_s = 0.0  # ROUGE-based selection generates for its subset at every validation after the start
-            if train_cfg.select_by != "loss":
-                select_s = (evaluations - 1) * math.ceil(min(n_val, train_cfg.rouge_examples) / eval_cfg.batch_size) * gen_per_batch
-            gen_s = math.ceil(n_test / eval_cfg.batch_size) * gen_per_batch
-            test_loss_s = (n_val + n_test) * fwd_per_ex
-            seqs = total_steps * bs * train_cfg.grad_accum
-            flops = costs.train_flops(shape_flops, int(seqs * seq_len), int(seqs * mean_target), seq_len,
-                                      int(n_train * mean_len) if cached else 0, recompute=mcfg.train.gradient_checkpointing)
-            rows.append({"method": m, "train_size": n_train, "step_seconds": step_s, "steps": total_steps, "epochs": epochs,
-                         "train_seconds": train_s + select_s, "selection_seconds": select_s, "validation_seconds": val_s,
-                         "final_eval_seconds": test_loss_s + gen_s, "total_seconds": train_s + select_s + val_s + test_loss_s + gen_s, "peak_memory_bytes": peak,
-                         "state_bytes": sum(state.values()), "weights_bytes": state["weights"],
-                         "gradient_bytes": state["gradients"], "optimizer_bytes": state["optimizer"],
-                         "unit_bytes": gathered,
-                         "activation_bytes": activations, "pass_size": pass_size,
-                         "train_flops": flops, "trainable": counts["trainable"],
-                         "tokens_per_second": bs * train_cfg.grad_accum * seq_len / step_s,
-                         "mfu": flops / train_s / peak_flops if train_s else None})
+            rows.append(dataclasses.asdict(_project(m, mcfg, probe, n_train, sizes, peak_flops)))
         if progress:
-            print(f"[plan] {m}: {step_s:.3f} s/step ({passes_per_step} passes of {pass_size}), measured in "
-                  f"{time.perf_counter() - t_method:.0f}s", file=sys.stderr, flush=True)
-        del model, summary_lm, trainer
+            print(f"[plan] {m}: {probe.step_seconds:.3f} s/step ({probe.passes_per_step} passes of "
+                  f"{probe.pass_size}), measured in {time.perf_counter() - t_method:.0f}s", file=sys.stderr, flush=True)
+        del model
         release_memory()
-    return {"device": costs.device_name(dev), "model": model_desc, "rows": rows, "data": source,
+    return {"device": costs.device_name(dev), "model": bases.desc, "rows": rows, "data": source,
             "peak_flops": peak_flops, "peak_source": peak_source, "seconds": time.perf_counter() - t_plan,
-            "assumptions": [
-                f"every method runs all {train_cfg.epochs} epochs (early stopping can only shorten this)"
-                + (f", capped at {train_cfg.max_steps} steps" if train_cfg.max_steps else ""),
-                f"batch {bs} x accumulation {train_cfg.grad_accum}; lengths from {source or 'n/a'}",
-                "examples: " + (" / ".join(f"{sizes[k]} {k}" for k in ("train", "validation", "test")) if sizes else
-                                "n/a") + " (the configured sizes, or all the data has where it has fewer)",
-                f"validation on {min(sizes.get('validation', 0), train_cfg.val_limit or sizes.get('validation', 0))} "
-                "examples before training and after every epoch (last-layer: on its cached features)",
-                f"ROUGE generation: {cfg.eval.decoding.max_new_tokens} new tokens for every test article (no early "
-                f"eos), {cfg.eval.decoding.num_beams} beam(s), batch {eval_cfg.batch_size}"
-                + (f"; on the CPU, the prefill timed on {CPU_PROBE_EXAMPLES} articles and scaled by prompt tokens, a "
-                   "decode step from three probes (few or all rows, whole or short prompts), and validation on "
-                   f"{CPU_PROBE_EXAMPLES} examples" if cpu else ""),
-                "a step = its forward/backward passes x the median time of one pass of the training loop ("
-                + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
-                + " after one warm-up; --steps N for more); state: the weights (quantized ones as stored), gradients "
-                "and optimizer state, exactly; activ.: what one pass of the run's size keeps for its backward "
-                "(measured on one more untimed pass, every storage once, on any device); peak memory is the process's (CPU: "
-                "RSS)",
-                f"MFU against the {peak_source} peak of {peak_flops / 1e12:.3g} TFLOP/s",
-            ]}
+            "assumptions": _assumptions(cfg, steps, source, sizes, dev.type == "cpu", peak_source, peak_flops)}
+
+
+def _probe(mcfg: Config, model, method, tokenizer, ex: list[dict], mean_len: float, accelerator,
+           steps: int | None) -> Probe:
+    """The training loop's step, validation and feature cache timed on the sampled examples ``ex``, the training
+    state and activations measured, then one batch's generation timed."""
+    dev, train_cfg, eval_cfg = accelerator.device, mcfg.train, mcfg.eval
+    bs, cpu = train_cfg.batch_size, accelerator.device.type == "cpu"
+    # a forward/backward pass as the loop makes it: micro-batches of the batch (the cached head: whole batches)
+    longest = max(len(e["input_ids"]) for e in ex) + method.num_virtual_tokens
+    cached = isinstance(method, CachedTrunk)
+    pass_size = bs if cached else min(bs, micro_batch_size(train_cfg, dev, model.config, longest) or bs)
+    n_val = min(eval_cfg.batch_size, CPU_PROBE_EXAMPLES) if cpu else eval_cfg.batch_size
+    # the loop itself, on the sampled examples: a probe step is one pass (batch = pass size, no accumulation)
+    probe_cfg = copy.deepcopy(mcfg)
+    probe_cfg.train.batch_size, probe_cfg.train.grad_accum, probe_cfg.train.max_steps = pass_size, 1, None
+    probe_cfg.train.val_limit = None
+    ds = Dataset.from_list([{"input_ids": e["input_ids"], "prompt_len": e["prompt_len"]} for e in ex])
+    costs.reset_peak_memory(dev)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(probe_cfg, Path(tmp), summary_lm=SummaryLM(model, method), method=method, train_ds=ds,
+                          val_ds=ds.select(range(n_val)), accelerator=accelerator,
+                          tokenizer=tokenizer, metrics_file=MetricsFile(Path(tmp) / "m.jsonl", enabled=False))
+        step_s = _step_seconds(trainer, dev, pass_size, len(ds), steps, mcfg.train.compile)
+        # the activations a pass keeps for its backward, on one more untimed pass: measuring them inside a timed or
+        # warm-up pass slows that pass (the hooks) and so the projection
+        one_more = functools.partial(trainer.train_step, [[i % len(ds) for i in range(pass_size)]])
+        _, activations = costs.activation_bytes(one_more, model)
+        # validation as the loop runs it: on cached features for a frozen trunk, else the trunk's forward
+        val_per_ex = _timed(dev, trainer.validation_loss) / n_val
+        # the final evaluation's loss runs the trunk; with a frozen trunk that is what building its feature
+        # cache timed (the head on the summary positions adds a few per cent)
+        fwd_per_ex = trainer.cache_seconds / len(ds) if cached else val_per_ex
+        state = costs.training_state_bytes(model, trainer.params, trainer.optimizer)
+        # what one FSDP unit gathers whole: the root's own weights (embeddings, final norm) and the largest block
+        units = [costs.tensor_bytes(b.parameters()) for b in decoder_blocks(model)]
+        gathered = state["weights"] - sum(units) + max(units, default=0)
+        accelerator.free_memory()
+        uncompile(trainer.compiled)  # the evaluation generates eager, as a run's does after training
+    # a batch's generation = its prefill + one decode step per further token (both timed in one call)
+    prompts = [e["input_ids"][: e["prompt_len"]] for e in ex[: eval_cfg.batch_size]]
+    decoding = method.decoding()
+    model.eval()  # as the evaluation generates: no dropout, and a cache even where activations are checkpointed
+    prefill_s, per_token = _generation_seconds(model, method, tokenizer, prompts, decoding, eval_cfg.batch_size,
+                                               accelerator, min(8, decoding.max_new_tokens), few=cpu)
+    return Probe(step_seconds=step_s * math.ceil(bs / pass_size) * train_cfg.grad_accum,
+                 passes_per_step=math.ceil(bs / pass_size) * train_cfg.grad_accum, pass_size=pass_size,
+                 activation_bytes=activations, validation_per_example=val_per_ex, forward_per_example=fwd_per_ex,
+                 cache_per_example=fwd_per_ex if cached else 0.0, state=state, unit_bytes=gathered,
+                 generation_per_batch=prefill_s + per_token * (decoding.max_new_tokens - 1),
+                 peak_memory_bytes=costs.peak_memory(dev), trainable=method.param_counts(model)["trainable"],
+                 shape_flops=costs.flop_shape(model, method), seq_len=mean_len + method.num_virtual_tokens,
+                 mean_len=mean_len,
+                 mean_target=float(np.mean([len(e["input_ids"]) - e["prompt_len"] for e in ex])))
+
+
+def _step_seconds(trainer: Trainer, dev, pass_size: int, n: int, steps: int | None, compiled: bool) -> float:
+    """The median of the timed passes of the loop's ``train_step`` after a warm-up: ``steps`` of them, or by default
+    up to 3 and until 10 s of timing.  The median: one pass slowed by a busy machine moves it little."""
+    # warm-up: a full pass (a shorter one left the first timed pass 1.6x slower on the 2-core CPU); compiled
+    # blocks: three, so the first shape's graph and the dynamic one for the others are built before the clock
+    for w in range(3 if compiled else 1):
+        trainer.train_step([[(w * pass_size + i) % n for i in range(pass_size)]])
+    timings: list[float] = []
+    while len(timings) < (steps or 3) and (steps or sum(timings) < 10.0 or not timings):
+        k = len(timings) + 1
+        timings.append(_timed(dev, trainer.train_step, [[(k * pass_size + i) % n for i in range(pass_size)]]))
+    return float(np.median(timings))
+
+
+def _project(m: str, mcfg: Config, probe: Probe, n_train: int, sizes: dict, peak_flops: float) -> PlanRow:
+    """The whole protocol of one method at ``n_train`` training examples, from its probes."""
+    train_cfg, eval_cfg, bs = mcfg.train, mcfg.eval, mcfg.train.batch_size
+    n_val, n_test = sizes["validation"], sizes["test"]  # what a run would use
+    if eval_cfg.limit:
+        n_test = min(n_test, eval_cfg.limit)
+    n_early = min(n_val, train_cfg.val_limit or n_val)  # validation examples early stopping reads
+    per_epoch = steps_per_epoch(n_train, bs, 1, train_cfg.grad_accum)
+    total_steps = per_epoch * train_cfg.epochs
+    if train_cfg.max_steps:
+        total_steps = min(total_steps, train_cfg.max_steps)
+    epochs = total_steps / per_epoch
+    train_s = total_steps * probe.step_seconds
+    cached = probe.cache_per_example > 0
+    if cached:  # the trunk runs once over the training and validation examples
+        train_s += (n_train + n_early) * probe.cache_per_example
+    evaluations = math.ceil(epochs) + 1 + (total_steps // train_cfg.eval_every_steps if train_cfg.eval_every_steps else 0)
+    val_s = evaluations * n_early * probe.validation_per_example
+    select_s = 0.0  # ROUGE-based selection generates for its subset at every validation after the start
+    if train_cfg.select_by != "loss":
+        select_s = ((evaluations - 1) * math.ceil(min(n_val, train_cfg.rouge_examples) / eval_cfg.batch_size)
+                    * probe.generation_per_batch)
+    final_s = (n_val + n_test) * probe.forward_per_example + math.ceil(n_test / eval_cfg.batch_size) * probe.generation_per_batch
+    seqs = total_steps * bs * train_cfg.grad_accum
+    flops = costs.train_flops(probe.shape_flops, int(seqs * probe.seq_len), int(seqs * probe.mean_target),
+                              probe.seq_len, int(n_train * probe.mean_len) if cached else 0,
+                              recompute=mcfg.train.gradient_checkpointing)
+    state = probe.state
+    return PlanRow(method=m, train_size=n_train, step_seconds=probe.step_seconds, steps=total_steps, epochs=epochs,
+                   train_seconds=train_s + select_s, selection_seconds=select_s, validation_seconds=val_s,
+                   final_eval_seconds=final_s, total_seconds=train_s + select_s + val_s + final_s,
+                   peak_memory_bytes=probe.peak_memory_bytes, state_bytes=sum(state.values()),
+                   weights_bytes=state["weights"], gradient_bytes=state["gradients"],
+                   optimizer_bytes=state["optimizer"], unit_bytes=probe.unit_bytes,
+                   activation_bytes=probe.activation_bytes, pass_size=probe.pass_size, train_flops=flops,
+                   trainable=probe.trainable, tokens_per_second=bs * train_cfg.grad_accum * probe.seq_len / probe.step_seconds,
+                   mfu=flops / train_s / peak_flops if train_s else None)
+
+
+def _assumptions(cfg: Config, steps: int | None, source: str, sizes: dict, cpu: bool, peak_source: str,
+                 peak_flops: float) -> list[str]:
+    """What a projection takes for granted, printed under its table."""
+    train_cfg, eval_cfg = cfg.train, cfg.eval
+    return [
+        f"every method runs all {train_cfg.epochs} epochs (early stopping can only shorten this)"
+        + (f", capped at {train_cfg.max_steps} steps" if train_cfg.max_steps else ""),
+        f"batch {train_cfg.batch_size} x accumulation {train_cfg.grad_accum}; lengths from {source or 'n/a'}",
+        "examples: " + (" / ".join(f"{sizes[k]} {k}" for k in ("train", "validation", "test")) if sizes else
+                        "n/a") + " (the configured sizes, or all the data has where it has fewer)",
+        f"validation on {min(sizes.get('validation', 0), train_cfg.val_limit or sizes.get('validation', 0))} "
+        "examples before training and after every epoch (last-layer: on its cached features)",
+        f"ROUGE generation: {eval_cfg.decoding.max_new_tokens} new tokens for every test article (no early "
+        f"eos), {eval_cfg.decoding.num_beams} beam(s), batch {eval_cfg.batch_size}"
+        + (f"; on the CPU, the prefill timed on {CPU_PROBE_EXAMPLES} articles and scaled by prompt tokens, a "
+           "decode step from three probes (few or all rows, whole or short prompts), and validation on "
+           f"{CPU_PROBE_EXAMPLES} examples" if cpu else ""),
+        "a step = its forward/backward passes x the median time of one pass of the training loop ("
+        + (f"{steps} timed" if steps else "up to 3 timed, fewer where one pass takes over 10 s")
+        + " after one warm-up; --steps N for more); state: the weights (quantized ones as stored), gradients "
+        "and optimizer state, exactly; activ.: what one pass of the run's size keeps for its backward "
+        "(measured on one more untimed pass, every storage once, on any device); peak memory is the process's (CPU: "
+        "RSS)",
+        f"MFU against the {peak_source} peak of {peak_flops / 1e12:.3g} TFLOP/s",
+    ]
 
 
 def _generation_seconds(model, method, tokenizer, prompts, decoding, batch_size: int, accelerator,

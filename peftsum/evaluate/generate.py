@@ -288,8 +288,7 @@ def _beam_search(dec: _Decoder, B: int, decoding, eos_id: int, pad_id: int) -> t
     """transformers' beam search (``GenerationMixin._beam_search``, no prompt tokens: the prompt is embeddings),
     over the rows of :class:`_Decoder` (``num_beams`` per article).  Returns each article's best finished
     hypothesis."""
-    K, N = decoding.num_beams, decoding.max_new_tokens
-    lp, early = decoding.length_penalty, decoding.early_stopping
+    K, N, lp, early = decoding.num_beams, decoding.max_new_tokens, decoding.length_penalty, decoding.early_stopping
     logits = dec.first_logits
     V, device = logits.shape[-1], logits.device
     no_repeat = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size) if decoding.no_repeat_ngram_size else None

@@ -129,68 +129,31 @@ def make_figures(out: Path, runs, boot) -> dict[str, Path]:
     return figs
 
 
+FIGURE_TITLES = {"loss": "Loss curves", "rouge": "Agreement with the reference, with 95 % intervals",
+                 "summary": "What the summaries are, with 95 % intervals (dashed: the reference summaries)",
+                 "fragments": "Extractive fragments: coverage against density (Grusky et al. 2018)",
+                 "cost": "Quality against cost", "memory": "Memory: the training state by its parts, and the measured peaks",
+                 "sweep": "Sweep: validation loss against learning rate", "lengths": "Generated summary lengths"}
+
+
 def render_markdown(runs, boot, figs, out: Path) -> str:
+    """report.md: the results, what the summaries are, memory, significance, tuning, figures, hyperparameters."""
     r0 = runs[0].result
-    cfg = r0.config
     demo = any(r.result.preset in DEMO_PRESETS for r in runs)
-    parts = ["# peftsum comparison report", ""]
-    if demo:
-        parts += [f"> **{BANNER}**", ""]
-    parts += [f"Model: `{r0.model}` · data: `{cfg.data.source}` ({r0.data.train} train / "
-              f"{r0.data.validation} validation / {r0.data.test} test) · device: {r0.cost.device}",
-              "", "## Results", "",
-              f"ROUGE F1 x 100 on {boot['n']} test articles, with 95 % paired-bootstrap intervals "
-              f"({boot['resamples']} resamples over test articles). {protocol_text(runs)} Losses are token-weighted "
-              "NLL of the summary "
-              "tokens. The test split was used only for this final evaluation; early stopping and the best "
-              "checkpoint used the validation split. ROUGE rewards length, so the mean number of generated tokens "
-              "and the share of summaries cut at the token limit stand beside it. Peak memory: "
-              f"{r0.cost.memory_measure or 'see results.json'}.", ""]
-    if max(boot.get("seeds", [1])) > 1:
-        parts += [f"Each trained method ran {max(boot['seeds'])} seeds (initialisation, data order, dropout; the "
-                  "data split fixed): its figures are the mean ± standard deviation across seeds, and every "
-                  "interval and pairwise difference resamples the test articles and the seeds (a two-level "
-                  "bootstrap), so it holds both sources of variance. The baselines train nothing and ran once. "
-                  "Loss curves show each method's first seed; the ROUGE plot marks every seed.", ""]
-    parts += [md_table(results_table(runs, boot["metrics"])), ""]
+    parts = ["# peftsum comparison report", "", *([f"> **{BANNER}**", ""] if demo else [])]
+    parts += results_section(runs, boot)
     parts += summary_section(runs, boot)
     parts += ["## Memory", "", "The training state by its parts, in exact bytes of the tensors (the weights include "
               "the frozen ones; gradients and optimizer state exist for the trained ones only), beside the measured "
               "peaks of training and of evaluation, each from the start of its phase "
               f"({r0.cost.memory_measure or 'see results.json'}).", "", md_table(memory_table(runs)), ""]
-    if boot["pairs"]:
-        parts += ["## Which differences are significant", "",
-                  f"Paired bootstrap of each difference on the same test articles ({boot['resamples']} resamples): "
-                  "the mean difference, its 95 % interval and a two-sided bootstrap p-value. With "
-                  f"{len(boot['pairs'])} pairs tested at once, the p-values of each metric are adjusted together "
-                  "by Holm–Bonferroni; a difference is called significant when its adjusted p is below 0.05.",
-                  "", md_table(pairs_table(boot, "overlap")), ""]
-        if in_group(boot["metrics"], "summary"):
-            parts += ["The same for what the summaries are (a significant difference says the methods write "
-                      "differently, not that one is better):", "", md_table(pairs_table(boot, "summary")), ""]
-    titles = {"loss": "Loss curves", "rouge": "Agreement with the reference, with 95 % intervals",
-              "summary": "What the summaries are, with 95 % intervals (dashed: the reference summaries)",
-              "fragments": "Extractive fragments: coverage against density (Grusky et al. 2018)",
-              "cost": "Quality against cost",
-              "memory": "Memory: the training state by its parts, and the measured peaks", "sweep": "Sweep: validation loss against learning rate",
-              "lengths": "Generated summary lengths"}
+    parts += significance_section(boot)
     parts += tuning_section(out)
     parts += ["## Figures", ""]
     for k, p in figs.items():
-        parts += [f"### {titles[k]}", "", f"![{titles[k]}]({p.name})", ""]
-    parts += ["## Hyperparameters", "", md_table(hyper_table(runs)), "",
-              "Why these defaults (per method, from the literature — not one shared learning rate):", ""]
-    parts += [f"- **{r.method}**: {why}" for r in runs if (why := rationale(r.method))]
-    if demo:
-        parts += ["- The demo preset raises these rates (see the table): a run of a few hundred steps on a tiny "
-                  "model; it also uses fewer examples and epochs."]
-    parts += ["", "Protocol shared by every method: same data subset and seed, AdamW, warmup then "
-              f"{cfg.train.schedule} decay, gradient clipping at {cfg.train.max_grad_norm}, up to "
-              f"{cfg.train.epochs} epochs with early stopping (stop after {cfg.train.patience} consecutive "
-              "validations without improvement; the best checkpoint and early stopping judged by the validation "
-              f"{'loss' if cfg.train.select_by == 'loss' else 'ROUGE-Lsum'}), the decoding above "
-              "for every method.", "",
-              "## Notes on correctness", "",
+        parts += [f"### {FIGURE_TITLES[k]}", "", f"![{FIGURE_TITLES[k]}]({p.name})", ""]
+    parts += hyperparameter_section(runs, demo)
+    parts += ["## Notes on correctness", "",
               "- GPT-2 ties `lm_head` to `wte`: the assignment's last-layer recipe would also train the input "
               "embeddings. peftsum unties the head (a copy) and trains only it unless `last_layer.tied: true`.",
               "- Loss is computed on the summary tokens of the same concatenated sequence only (article, template "
@@ -199,6 +162,57 @@ def render_markdown(runs, boot, figs, out: Path) -> str:
               "- 'added' counts new parameters once (the tied matrix is not double-counted).", "",
               "## Software", "", ", ".join(f"{k} {v}" for k, v in r0.versions.items()), ""]
     return "\n".join(parts)
+
+
+def results_section(runs, boot) -> list[str]:
+    r0 = runs[0].result
+    parts = [f"Model: `{r0.model}` · data: `{r0.config.data.source}` ({r0.data.train} train / "
+             f"{r0.data.validation} validation / {r0.data.test} test) · device: {r0.cost.device}",
+             "", "## Results", "",
+             f"ROUGE F1 x 100 on {boot['n']} test articles, with 95 % paired-bootstrap intervals "
+             f"({boot['resamples']} resamples over test articles). {protocol_text(runs)} Losses are token-weighted "
+             "NLL of the summary tokens. The test split was used only for this final evaluation; early stopping and "
+             "the best checkpoint used the validation split. ROUGE rewards length, so the mean number of generated "
+             "tokens and the share of summaries cut at the token limit stand beside it. Peak memory: "
+             f"{r0.cost.memory_measure or 'see results.json'}.", ""]
+    if max(boot.get("seeds", [1])) > 1:
+        parts += [f"Each trained method ran {max(boot['seeds'])} seeds (initialisation, data order, dropout; the "
+                  "data split fixed): its figures are the mean ± standard deviation across seeds, and every "
+                  "interval and pairwise difference resamples the test articles and the seeds (a two-level "
+                  "bootstrap), so it holds both sources of variance. The baselines train nothing and ran once. "
+                  "Loss curves show each method's first seed; the ROUGE plot marks every seed.", ""]
+    return [*parts, md_table(results_table(runs, boot["metrics"])), ""]
+
+
+def significance_section(boot) -> list[str]:
+    if not boot["pairs"]:
+        return []
+    parts = ["## Which differences are significant", "",
+             f"Paired bootstrap of each difference on the same test articles ({boot['resamples']} resamples): "
+             "the mean difference, its 95 % interval and a two-sided bootstrap p-value. With "
+             f"{len(boot['pairs'])} pairs tested at once, the p-values of each metric are adjusted together "
+             "by Holm–Bonferroni; a difference is called significant when its adjusted p is below 0.05.",
+             "", md_table(pairs_table(boot, "overlap")), ""]
+    if in_group(boot["metrics"], "summary"):
+        parts += ["The same for what the summaries are (a significant difference says the methods write "
+                  "differently, not that one is better):", "", md_table(pairs_table(boot, "summary")), ""]
+    return parts
+
+
+def hyperparameter_section(runs, demo: bool) -> list[str]:
+    cfg = runs[0].result.config
+    parts = ["## Hyperparameters", "", md_table(hyper_table(runs)), "",
+             "Why these defaults (per method, from the literature — not one shared learning rate):", ""]
+    parts += [f"- **{r.method}**: {why}" for r in runs if (why := rationale(r.method))]
+    if demo:
+        parts += ["- The demo preset raises these rates (see the table): a run of a few hundred steps on a tiny "
+                  "model; it also uses fewer examples and epochs."]
+    return [*parts, "", "Protocol shared by every method: same data subset and seed, AdamW, warmup then "
+            f"{cfg.train.schedule} decay, gradient clipping at {cfg.train.max_grad_norm}, up to "
+            f"{cfg.train.epochs} epochs with early stopping (stop after {cfg.train.patience} consecutive "
+            "validations without improvement; the best checkpoint and early stopping judged by the validation "
+            f"{'loss' if cfg.train.select_by == 'loss' else 'ROUGE-Lsum'}), the decoding above "
+            "for every method.", ""]
 
 
 def summary_section(runs, boot) -> list[str]:
@@ -267,69 +281,67 @@ def _latin1(s: str) -> str:
     return s.encode("latin-1", "replace").decode("latin-1")
 
 
-def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = None) -> None:
-    """The report as a PDF with fpdf2 (pure Python, renders offline): tables, plots, hyperparameters."""
-    pdf = FPDF(orientation="L", unit="mm", format="A4")
-    pdf.set_auto_page_break(True, margin=12)
-    pdf.add_page()
-    pdf.set_font("Helvetica", "B", 16)
-    pdf.cell(0, 10, "peftsum comparison report", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", size=9)
-    if any(r.result.preset in DEMO_PRESETS for r in runs):
-        pdf.set_fill_color(255, 243, 205)
-        pdf.set_font("Helvetica", "B", 10)
-        pdf.multi_cell(0, 6, _latin1(BANNER), fill=True, new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", size=9)
-    r0 = runs[0].result
-    pdf.multi_cell(0, 5, _latin1(f"Model {r0.model}; data {r0.config.data.source} ({r0.data.train}/"
-                                 f"{r0.data.validation}/{r0.data.test}); device {r0.cost.device}. "
-                                 f"ROUGE F1 x100 on {boot['n']} test articles with 95% paired-bootstrap intervals "
-                                 f"({boot['resamples']} resamples). {protocol_text(runs)}"), new_x="LMARGIN",
-                   new_y="NEXT")
+class _Pdf(FPDF):
+    """fpdf2 with the report's pieces: a heading, a table of cells, a paragraph (latin-1: the core fonts')."""
 
-    def table(rows, font=6.5):
-        pdf.set_font("Helvetica", size=font)
-        with pdf.table(text_align="LEFT", line_height=4) as t:
+    def heading(self, text: str) -> None:
+        self.set_font("Helvetica", "B", 12)
+        self.cell(0, 8, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+
+    def rows(self, rows, font: float = 6.5) -> None:
+        self.set_font("Helvetica", size=font)
+        with self.table(text_align="LEFT", line_height=4) as t:
             for r in rows:
                 row = t.row()
                 for c in r:
                     row.cell(_latin1(str(c)))
-        pdf.ln(3)
+        self.ln(3)
 
-    pdf.set_font("Helvetica", "B", 12)
-    pdf.cell(0, 8, "Results", new_x="LMARGIN", new_y="NEXT")
-    table(results_table(runs, boot["metrics"]))
+    def paragraph(self, text: str, size: float = 8, height: float = 4.5) -> None:
+        self.set_font("Helvetica", size=size)
+        self.multi_cell(0, height, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+
+
+def render_pdf(path: Path, runs, boot, figs, examples_md: list[str] | None = None) -> None:
+    """The report as a PDF with fpdf2 (pure Python, renders offline): tables, plots, hyperparameters."""
+    pdf = _Pdf(orientation="L", unit="mm", format="A4")
+    pdf.set_auto_page_break(True, margin=12)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(0, 10, "peftsum comparison report", new_x="LMARGIN", new_y="NEXT")
+    if any(r.result.preset in DEMO_PRESETS for r in runs):
+        pdf.set_fill_color(255, 243, 205)
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.multi_cell(0, 6, _latin1(BANNER), fill=True, new_x="LMARGIN", new_y="NEXT")
+    r0 = runs[0].result
+    pdf.paragraph(f"Model {r0.model}; data {r0.config.data.source} ({r0.data.train}/{r0.data.validation}/"
+                  f"{r0.data.test}); device {r0.cost.device}. ROUGE F1 x100 on {boot['n']} test articles with 95% "
+                  f"paired-bootstrap intervals ({boot['resamples']} resamples). {protocol_text(runs)}", 9, 5)
+    pdf.heading("Results")
+    pdf.rows(results_table(runs, boot["metrics"]))
     if in_group(boot["metrics"], "summary"):
-        pdf.set_font("Helvetica", "B", 12)
-        pdf.cell(0, 8, GROUPS["summary"], new_x="LMARGIN", new_y="NEXT")
-        table(summary_table(runs, boot), font=7)
+        pdf.heading(GROUPS["summary"])
+        pdf.rows(summary_table(runs, boot), font=7)
     if boot["pairs"]:
-        pdf.set_font("Helvetica", "B", 12)
-        pdf.cell(0, 8, "Pairwise differences (paired bootstrap)", new_x="LMARGIN", new_y="NEXT")
+        pdf.heading("Pairwise differences (paired bootstrap)")
         for group in GROUPS:
             if in_group(boot["metrics"], group):
-                table(pairs_table(boot, group), font=6)
-    pdf.set_font("Helvetica", "B", 12)
-    pdf.cell(0, 8, "Hyperparameters", new_x="LMARGIN", new_y="NEXT")
-    table(memory_table(runs), font=7)
-    table(hyper_table(runs), font=7)
-    pdf.set_font("Helvetica", size=8)
+                pdf.rows(pairs_table(boot, group), font=6)
+    pdf.heading("Hyperparameters")
+    pdf.rows(memory_table(runs), font=7)
+    pdf.rows(hyper_table(runs), font=7)
     for r in runs:
         if why := rationale(r.method):
-            pdf.multi_cell(0, 4.5, _latin1(f"{r.method}: {why}"), new_x="LMARGIN", new_y="NEXT")
+            pdf.paragraph(f"{r.method}: {why}")
     for p in figs.values():
         pdf.add_page()
         pdf.image(str(p), w=230)
     if examples_md:
         pdf.add_page()
-        pdf.set_font("Helvetica", size=7.5)
         for line in examples_md:
-            text = line.lstrip("#").strip().replace("**", "").replace("`", "")
-            if text:
-                pdf.multi_cell(0, 4, _latin1(text), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", size=8)
-    pdf.multi_cell(0, 4.5, _latin1("Software: " + ", ".join(f"{k} {v}" for k, v in r0.versions.items())),
-                   new_x="LMARGIN", new_y="NEXT")
+            if text := line.lstrip("#").strip().replace("**", "").replace("`", ""):
+                pdf.paragraph(text, 7.5, 4)
+    pdf.paragraph("Software: " + ", ".join(f"{k} {v}" for k, v in r0.versions.items()))
     with atomic_path(path) as tmp:
         pdf.output(str(tmp))
 

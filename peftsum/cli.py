@@ -14,6 +14,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import (
@@ -28,125 +30,64 @@ from .errors import Preempted, UserError
 log = logging.getLogger("peftsum")
 
 
-def _common(p: argparse.ArgumentParser, method: bool = False) -> None:
-    p.add_argument("--preset", choices=PRESETS, help="start from a preset (demo: offline, tiny)")
-    p.add_argument("--config", help="YAML config file (sections model, data, method, train, eval)")
-    p.add_argument("--data", help="data source: Kaggle-style dir, CSV/JSON/JSONL/Parquet file, hub id, or demo")
-    p.add_argument("--model", help="model hub id or local directory (save_pretrained)")
-    p.add_argument("--text-column", help="article column of your data")
-    p.add_argument("--summary-column", help="summary column of your data")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.lr=3e-4 (or --train.lr 3e-4)")
-    if method:
-        p.add_argument("--method", choices=(*METHODS, PEFT_METHOD),
-                       help="fine-tuning method or baseline; peft: any PEFT tuner (--set method.peft.config=FILE)")
+@dataclass(frozen=True)
+class Command:
+    """One subcommand, declared once beside the function that runs it (``@command``): its help, its arguments (each
+    a function that adds some to its parser) and the handler, which imports the layers it needs when it runs, so
+    that ``--help`` and usage errors answer without loading torch."""
+
+    name: str
+    help: str
+    arguments: tuple
+    run: Callable[[argparse.Namespace, list], int]
 
 
-def _report_to(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--report-to", metavar="NAME[,NAME]|all|none",
-                   help="experiment trackers through Accelerate: tensorboard, wandb, mlflow, aim, ... (default none); "
-                        "local ones log under OUT/tracking")
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, *arguments):
+    def register(fn):
+        COMMANDS[name] = Command(name, help, arguments, fn)
+        return fn
+    return register
+
+
+def arg(*flags, **kwargs) -> Callable[[argparse.ArgumentParser], None]:
+    """One argument of a command, as argparse's ``add_argument`` takes it."""
+    return lambda p: p.add_argument(*flags, **kwargs)
+
+
+# the settings every command that builds a config takes
+SETTINGS = (
+    arg("--preset", choices=PRESETS, help="start from a preset (demo: offline, tiny)"),
+    arg("--config", help="YAML config file (sections model, data, method, train, eval)"),
+    arg("--data", help="data source: Kaggle-style dir, CSV/JSON/JSONL/Parquet file, hub id, or demo"),
+    arg("--model", help="model hub id or local directory (save_pretrained)"),
+    arg("--text-column", help="article column of your data"),
+    arg("--summary-column", help="summary column of your data"),
+    arg("--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=3e-4 (or --train.lr 3e-4)"),
+)
+METHOD = arg("--method", choices=(*METHODS, PEFT_METHOD),
+             help="fine-tuning method or baseline; peft: any PEFT tuner (--set method.peft.config=FILE)")
+REPORT_TO = arg("--report-to", metavar="NAME[,NAME]|all|none",
+                help="experiment trackers through Accelerate: tensorboard, wandb, mlflow, aim, ... (default none); "
+                     "local ones log under OUT/tracking")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="peftsum", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("compare", help="run every method and write the report (the main job)")
-    _common(p)
-    p.add_argument("--methods",
-                   help="comma-separated methods (default: every method that needs no extra; qlora, LoRA on the "
-                        "4-bit base, needs peftsum[qlora]); peft:FILE adds any PEFT tuner from its config file")
-    p.add_argument("--out", default="runs/compare", help="output directory")
-    p.add_argument("--max-steps", type=int, help="cap optimizer steps per method (quick runs)")
-    p.add_argument("--rerun", default="", metavar="M1,M2",
-                   help="start these methods over (their earlier runs in --out are removed)")
-    _report_to(p)
-    p.add_argument("--seeds", type=int, default=1,
-                   help="train each method with K seeds (train.seed, +1, ...); the report gives mean ± sd and "
-                        "intervals over articles and seeds")
-    p.add_argument("--models", metavar="M1,M2",
-                   help="a grid: every method on each of these models (grid.models), one comparison per cell "
-                        "OUT/<model>-n<size>, and a scale report in OUT; several workers may share OUT")
-    p.add_argument("--train-sizes", metavar="N1,N2",
-                   help="a grid over training-set sizes (grid.train_sizes): each a seeded subset of the same "
-                        "training split, validation and test unchanged")
-
-    p = sub.add_parser("sweep", help="tune each method on the validation split (one Optuna study per method)")
-    _common(p)
-    p.add_argument("--methods", help="comma-separated trained methods (default: those compare runs)")
-    p.add_argument("--trials", type=int, help="finished trials per method (sweep.trials)")
-    p.add_argument("--steps", type=int, help="optimizer steps of each trial (sweep.steps)")
-    p.add_argument("--storage", help="Optuna storage URL shared by workers (default: a journal file in --out)")
-    _report_to(p)
-    p.add_argument("--out", default="runs/sweep", help="output directory")
-
-    p = sub.add_parser("train", help="train (and evaluate) one method")
-    _common(p, method=True)
-    p.add_argument("--out", help="run directory (default runs/<method>)")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-    _report_to(p)
-
-    p = sub.add_parser("eval", help="evaluate a finished run on a split")
-    p.add_argument("run_dir")
-    p.add_argument("--split", choices=("validation", "test"), default="test")
-    p.add_argument("--limit", type=int)
-
-    p = sub.add_parser("export", help="write a finished run as a folder transformers / PEFT load without peftsum")
-    p.add_argument("run_dir")
-    p.add_argument("out", help="a new folder")
-    p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
-                   help="LoRA: merge into the base weights (default) or, with --no-merge, keep a PEFT adapter")
-
-    p = sub.add_parser("summarize", help="summarize articles with a saved run (or zero-shot / lead-3)")
-    p.add_argument("run", help="run directory, or the name zero-shot / lead-3")
-    p.add_argument("file", nargs="?", default="-", help="one article's text file, or - for stdin")
-    p.add_argument("--input", help="many articles: a CSV / JSON / JSONL / Parquet file or a folder of .txt files")
-    p.add_argument("--output", help="with --input: write JSON lines (id, prediction, generated_tokens) here")
-    p.add_argument("--text-column", help="article column of --input (default: article)")
-    p.add_argument("--id-column", help="id column of --input (default: id; the row number where absent)")
-    p.add_argument("--model", help="model for zero-shot (default: the demo base)")
-    p.add_argument("--preset", choices=PRESETS)
-    p.add_argument("--metrics", action="store_true",
-                   help="also each summary's statistics against its article (novel n-grams, extractive fragments, "
-                        "repetition, length): after the summary, or as 'metrics' in each JSON line")
-
-    p = sub.add_parser("data", help="print per-split statistics of a data source")
-    _common(p)
-
-    p = sub.add_parser("demo-data", help="write the synthetic demo corpus as train/validation/test CSV")
-    p.add_argument("dir")
-    p.add_argument("--train", type=int, default=2000)
-    p.add_argument("--validation", type=int, default=300)
-    p.add_argument("--test", type=int, default=300)
-    p.add_argument("--seed", type=int, default=1234)
-
-    p = sub.add_parser("report", help="rebuild the comparison report from the run directories")
-    p.add_argument("dir")
-    p.add_argument("--analysis", action="store_true", help="also fill docs/analysis.md's results section")
-    p.add_argument("--analysis-file", default="docs/analysis.md")
-
-    p = sub.add_parser("plan", help="time a few real steps here and project the whole protocol")
-    _common(p)
-    p.add_argument("--methods", help="comma-separated trained methods (default: those compare runs)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--steps", type=int,
-                   help="timed passes per method (default: up to 3, fewer where a pass takes over 10 s)")
-    p.add_argument("--shape", choices=("real", "random", "gpt2-small"), default="real",
-                   help="random: the model's shape with random weights, nothing downloaded (GPT-2's sizes are known "
-                        "offline, another model needs its config.json); gpt2-small: GPT-2 small's shape")
-    p.add_argument("--levers", action="store_true",
-                   help="also probe each method with activation checkpointing switched (add qlora to --methods for "
-                        "a 4-bit base)")
-    p.add_argument("--device-memory", metavar="SIZE",
-                   help="e.g. 24GB: say which methods and levers fit a device of this memory")
-    p.add_argument("--processes", type=int, default=1, metavar="N",
-                   help="with --levers: also each method's memory per process under train.fsdp over N processes")
-    p.add_argument("--models", metavar="M1,M2", help="project compare's grid over these models (grid.models)")
-    p.add_argument("--train-sizes", metavar="N1,N2", help="... and training-set sizes (grid.train_sizes)")
+    for c in COMMANDS.values():
+        p = sub.add_parser(c.name, help=c.help)
+        for add in c.arguments:
+            add(p)
     return ap
+
+
+def dispatch(args, overrides) -> int:
+    return COMMANDS[args.command].run(args, overrides)
 
 
 def _split_dotted(argv: list[str]) -> tuple[list[str], list[tuple[str, object]]]:
@@ -232,73 +173,23 @@ def _quiet_libraries(verbose: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def cmd_demo_data(args, overrides) -> int:
-    from .data.demo import write_demo_corpus
-
-    out = write_demo_corpus(args.dir, {"train": args.train, "validation": args.validation, "test": args.test},
-                            args.seed)
-    print(f"wrote {args.train} / {args.validation} / {args.test} examples to {out}/{{train,validation,test}}.csv")
-    return 0
-
-
-def cmd_data(args, overrides) -> int:
-    from .data.stats import compute_stats, format_stats
-    from .model.loading import load_tokenizer, resolve_model_name
-
-    cfg = config_from_args(args, overrides)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or resolve_model_name(cfg.model.name), cfg.model.trust_remote_code)
-    print(format_stats(compute_stats(cfg.data, tokenizer, reserve=cfg.virtual_token_reserve(),
-                                     generated=cfg.generation_tokens())))
-    return 0
-
-
-def cmd_train(args, overrides) -> int:
-    from .experiment import run_experiment
-    from .experiment.rundir import resume_config
-    from .train.tracking import resolve_trackers
-    from .utils import is_main_process
-
-    out = Path(args.out or f"runs/{args.method}")
-    if args.resume and (out / "config.yaml").is_file():  # the run's own config, as it started
-        asked = ((lambda method: config_from_args(args, overrides, method, args.max_steps))
-                 if _asks_for_settings(args, overrides) else None)
-        report_to = [t for t in args.report_to.split(",") if t.strip()] if args.report_to is not None else None
-        cfg = resume_config(out, args.method, asked, args.max_steps, report_to)
-    else:
-        if not args.method and not any(k == "method.name" for k, _ in overrides):
-            raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
-        cfg = config_from_args(args, overrides, args.method, args.max_steps)
-    resolve_trackers(cfg.train.report_to)  # a missing tracker package: said before anything runs
-    results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
-    if is_main_process():  # several processes: only rank 0 prints
-        _print_results(results, out)
-    return 0
-
-
-def cmd_eval(args, overrides) -> int:
-    from .experiment import evaluate_saved
-
-    res = evaluate_saved(Path(args.run_dir), args.split, args.limit)
-    for k, v in {**{k: v for k, v in res.items() if k != "metrics"}, **res.get("metrics", {})}.items():
-        print(f"{k:>12}: {v:.4f}" if isinstance(v, float) else f"{k:>12}: {v}")
-    return 0
-
-
-def cmd_export(args, overrides) -> int:
-    from .experiment.export import export_run
-
-    r = export_run(Path(args.run_dir), Path(args.out), args.merge)
-    print(f"exported {r['kind']} -> {r['path']}" + (f"\n{r['note']}" if r["note"] else ""))
-    return 0
-
-
-def cmd_summarize(args, overrides) -> int:
-    from .summarize import summarize_cli
-
-    summarize_cli(args)
-    return 0
-
-
+@command("compare", "run every method and write the report (the main job)", *SETTINGS,
+         arg("--methods", help="comma-separated methods (default: every method that needs no extra; qlora, LoRA on the "
+                               "4-bit base, needs peftsum[qlora]); peft:FILE adds any PEFT tuner from its config file"),
+         arg("--out", default="runs/compare", help="output directory"),
+         arg("--max-steps", type=int, help="cap optimizer steps per method (quick runs)"),
+         arg("--rerun", default="", metavar="M1,M2",
+             help="start these methods over (their earlier runs in --out are removed)"),
+         REPORT_TO,
+         arg("--seeds", type=int, default=1,
+             help="train each method with K seeds (train.seed, +1, ...); the report gives mean ± sd and intervals "
+                  "over articles and seeds"),
+         arg("--models", metavar="M1,M2",
+             help="a grid: every method on each of these models (grid.models), one comparison per cell "
+                  "OUT/<model>-n<size>, and a scale report in OUT; several workers may share OUT"),
+         arg("--train-sizes", metavar="N1,N2",
+             help="a grid over training-set sizes (grid.train_sizes): each a seeded subset of the same training "
+                  "split, validation and test unchanged"))
 def cmd_compare(args, overrides) -> int:
     from .experiment import compare_methods
     from .methods import default_methods
@@ -336,6 +227,12 @@ def _compare_grid(args, cfg, methods, rerun, out: Path) -> int:
     return 0
 
 
+@command("sweep", "tune each method on the validation split (one Optuna study per method)", *SETTINGS,
+         arg("--methods", help="comma-separated trained methods (default: those compare runs)"),
+         arg("--trials", type=int, help="finished trials per method (sweep.trials)"),
+         arg("--steps", type=int, help="optimizer steps of each trial (sweep.steps)"),
+         arg("--storage", help="Optuna storage URL shared by workers (default: a journal file in --out)"),
+         REPORT_TO, arg("--out", default="runs/sweep", help="output directory"))
 def cmd_sweep(args, overrides) -> int:
     from .experiment.sweep import sweep
     from .methods import default_methods
@@ -354,6 +251,100 @@ def cmd_sweep(args, overrides) -> int:
     return 0
 
 
+@command("train", "train (and evaluate) one method", *SETTINGS, METHOD,
+         arg("--out", help="run directory (default runs/<method>)"), arg("--max-steps", type=int),
+         arg("--resume", action="store_true", help="continue from the run directory's checkpoint"), REPORT_TO)
+def cmd_train(args, overrides) -> int:
+    from .experiment import run_experiment
+    from .experiment.rundir import resume_config
+    from .train.tracking import resolve_trackers
+    from .utils import is_main_process
+
+    out = Path(args.out or f"runs/{args.method}")
+    if args.resume and (out / "config.yaml").is_file():  # the run's own config, as it started
+        asked = ((lambda method: config_from_args(args, overrides, method, args.max_steps))
+                 if _asks_for_settings(args, overrides) else None)
+        report_to = [t for t in args.report_to.split(",") if t.strip()] if args.report_to is not None else None
+        cfg = resume_config(out, args.method, asked, args.max_steps, report_to)
+    else:
+        if not args.method and not any(k == "method.name" for k, _ in overrides):
+            raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
+        cfg = config_from_args(args, overrides, args.method, args.max_steps)
+    resolve_trackers(cfg.train.report_to)  # a missing tracker package: said before anything runs
+    results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
+    if is_main_process():  # several processes: only rank 0 prints
+        _print_results(results, out)
+    return 0
+
+
+@command("eval", "evaluate a finished run on a split", arg("run_dir"),
+         arg("--split", choices=("validation", "test"), default="test"), arg("--limit", type=int))
+def cmd_eval(args, overrides) -> int:
+    from .experiment import evaluate_saved
+
+    res = evaluate_saved(Path(args.run_dir), args.split, args.limit)
+    for k, v in {**{k: v for k, v in res.items() if k != "metrics"}, **res.get("metrics", {})}.items():
+        print(f"{k:>12}: {v:.4f}" if isinstance(v, float) else f"{k:>12}: {v}")
+    return 0
+
+
+@command("export", "write a finished run as a folder transformers / PEFT load without peftsum", arg("run_dir"),
+         arg("out", help="a new folder"),
+         arg("--merge", action=argparse.BooleanOptionalAction, default=True,
+             help="LoRA: merge into the base weights (default) or, with --no-merge, keep a PEFT adapter"))
+def cmd_export(args, overrides) -> int:
+    from .experiment.export import export_run
+
+    r = export_run(Path(args.run_dir), Path(args.out), args.merge)
+    print(f"exported {r['kind']} -> {r['path']}" + (f"\n{r['note']}" if r["note"] else ""))
+    return 0
+
+
+@command("summarize", "summarize articles with a saved run (or zero-shot / lead-3)",
+         arg("run", help="run directory, or the name zero-shot / lead-3"),
+         arg("file", nargs="?", default="-", help="one article's text file, or - for stdin"),
+         arg("--input", help="many articles: a CSV / JSON / JSONL / Parquet file or a folder of .txt files"),
+         arg("--output", help="with --input: write JSON lines (id, prediction, generated_tokens) here"),
+         arg("--text-column", help="article column of --input (default: article)"),
+         arg("--id-column", help="id column of --input (default: id; the row number where absent)"),
+         arg("--model", help="model for zero-shot (default: the demo base)"), arg("--preset", choices=PRESETS),
+         arg("--metrics", action="store_true",
+             help="also each summary's statistics against its article (novel n-grams, extractive fragments, "
+                  "repetition, length): after the summary, or as 'metrics' in each JSON line"))
+def cmd_summarize(args, overrides) -> int:
+    from .summarize import summarize_cli
+
+    summarize_cli(args)
+    return 0
+
+
+@command("data", "print per-split statistics of a data source", *SETTINGS)
+def cmd_data(args, overrides) -> int:
+    from .data.stats import compute_stats, format_stats
+    from .model.loading import load_tokenizer, resolve_model_name
+
+    cfg = config_from_args(args, overrides)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or resolve_model_name(cfg.model.name), cfg.model.trust_remote_code)
+    print(format_stats(compute_stats(cfg.data, tokenizer, reserve=cfg.virtual_token_reserve(),
+                                     generated=cfg.generation_tokens())))
+    return 0
+
+
+@command("demo-data", "write the synthetic demo corpus as train/validation/test CSV", arg("dir"),
+         arg("--train", type=int, default=2000), arg("--validation", type=int, default=300),
+         arg("--test", type=int, default=300), arg("--seed", type=int, default=1234))
+def cmd_demo_data(args, overrides) -> int:
+    from .data.demo import write_demo_corpus
+
+    out = write_demo_corpus(args.dir, {"train": args.train, "validation": args.validation, "test": args.test},
+                            args.seed)
+    print(f"wrote {args.train} / {args.validation} / {args.test} examples to {out}/{{train,validation,test}}.csv")
+    return 0
+
+
+@command("report", "rebuild the comparison report from the run directories", arg("dir"),
+         arg("--analysis", action="store_true", help="also fill docs/analysis.md's results section"),
+         arg("--analysis-file", default="docs/analysis.md"))
 def cmd_report(args, overrides) -> int:
     from .experiment.grid import GRID
     from .report.render import build_report
@@ -366,6 +357,21 @@ def cmd_report(args, overrides) -> int:
     return 0
 
 
+@command("plan", "time a few real steps here and project the whole protocol", *SETTINGS,
+         arg("--methods", help="comma-separated trained methods (default: those compare runs)"),
+         arg("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
+         arg("--steps", type=int, help="timed passes per method (default: up to 3, fewer where a pass takes over 10 s)"),
+         arg("--shape", choices=("real", "random", "gpt2-small"), default="real",
+             help="random: the model's shape with random weights, nothing downloaded (GPT-2's sizes are known "
+                  "offline, another model needs its config.json); gpt2-small: GPT-2 small's shape"),
+         arg("--levers", action="store_true",
+             help="also probe each method with activation checkpointing switched (add qlora to --methods for a "
+                  "4-bit base)"),
+         arg("--device-memory", metavar="SIZE", help="e.g. 24GB: say which methods and levers fit a device of this memory"),
+         arg("--processes", type=int, default=1, metavar="N",
+             help="with --levers: also each method's memory per process under train.fsdp over N processes"),
+         arg("--models", metavar="M1,M2", help="project compare's grid over these models (grid.models)"),
+         arg("--train-sizes", metavar="N1,N2", help="... and training-set sizes (grid.train_sizes)"))
 def cmd_plan(args, overrides) -> int:
     from .methods import default_methods
     from .report.plan import plan
@@ -386,17 +392,6 @@ def cmd_plan(args, overrides) -> int:
     print(plan(cfg, _method_list(args.methods, default_methods(trained_only=True)), args.device, args.steps, args.shape, args.levers, memory,
                args.processes))
     return 0
-
-
-# The command table: each subcommand of build_parser() and the function that runs it (litgpt's layout).  Each
-# imports the layers it needs when called, so that --help and usage errors answer without loading torch.
-COMMANDS = {"compare": cmd_compare, "sweep": cmd_sweep, "train": cmd_train, "eval": cmd_eval, "export": cmd_export,
-            "summarize": cmd_summarize, "data": cmd_data, "demo-data": cmd_demo_data, "report": cmd_report,
-            "plan": cmd_plan}
-
-
-def dispatch(args, overrides) -> int:
-    return COMMANDS[args.command](args, overrides)
 
 
 def _grid_overrides(args) -> list[tuple[str, str]]:

@@ -113,17 +113,20 @@ def run_dtype(cfg: Config, device=None) -> torch.dtype:
     return compute_dtype(resolve_mixed_precision(cfg.train.mixed_precision, on.type != "cuda"))
 
 
-def adapted_model(cfg: Config, method, device=None, base: torch.nn.Module | None = None) -> torch.nn.Module:
-    """The base model adapted by ``method``, where it runs: every run, sweep trial and ``plan`` probe sets up its model
-    here.  The seed of the method's initialisation (LoRA's A, the soft prompt), the base (loaded, quantized as it
-    loads where ``model.quantize`` says; or a copy of ``base``, loaded once for many trials), ``prepare_model``, the
-    device (a quantized model is loaded where it runs; its bitsandbytes layers cannot be copied, so a quantized
-    ``base`` is adapted itself)."""
+def base_for(cfg: Config, device=None, shared: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The base model a run adapts, set up one way for every run, sweep trial and ``plan`` probe (then :func:`adapt`):
+    the seed of the method's initialisation (LoRA's A, the soft prompt: the random streams loading draws from come
+    after it), then the base loaded (quantized as it loads where ``model.quantize`` says), or a copy of ``shared``,
+    loaded once for many (bitsandbytes' layers cannot be copied: a quantized ``shared`` base is used itself)."""
     torch.manual_seed(cfg.train.seed)
-    if base is None:
-        model = load_base(cfg, device, run_dtype(cfg, device))
-    else:
-        model = base if is_quantized(base) else copy.deepcopy(base)
+    if shared is None:
+        return load_base(cfg, device, run_dtype(cfg, device))
+    return shared if is_quantized(shared) else copy.deepcopy(shared)
+
+
+def adapt(model: torch.nn.Module, method, device=None) -> torch.nn.Module:
+    """``method`` prepares ``model`` (freeze, inject, untie), which then moves where it runs (a quantized model was
+    loaded there)."""
     method.prepare_model(model)
     if device is not None and not is_quantized(model):
         model.to(device)
@@ -137,10 +140,12 @@ def load_components(cfg: Config, device=None, full_precision: bool = False) -> C
     name = resolve_model_name(cfg.model.name) if uses_model or cfg.model.tokenizer is None else cfg.model.name
     model = summary_lm = None
     positions = 1024
+    if uses_model:  # the model first: a bad model path is what the user hears about
+        model = base_for(cfg, device)
     tokenizer = load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
     method = build_method(cfg, tokenizer, None if full_precision else run_dtype(cfg, device))
     if uses_model:
-        model = adapted_model(cfg, method, device)
+        adapt(model, method, device)
         positions = n_positions(model)
         summary_lm = SummaryLM(model, method)
     return Components(cfg, method, model, summary_lm, tokenizer,

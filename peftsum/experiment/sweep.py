@@ -50,7 +50,7 @@ from ..train.metrics_file import MetricsFile
 from ..train.tracking import Tracking
 from ..utils import is_main_process, release_memory
 from .compare import method_config
-from .run import accelerator_for, adapted_model, run_dtype
+from .run import accelerator_for, adapt, base_for, run_dtype
 
 JOURNAL = "optuna.journal"
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # peftsum prints one line per trial itself
@@ -189,7 +189,8 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
     accelerator = accelerator_for(tcfg)
     method_obj = build_method(tcfg, res.tokenizer, run_dtype(tcfg, accelerator.device))
     # the shared base stays as loaded (a copy is adapted); QLoRA's is quantized as it loads, for each trial
-    model = adapted_model(tcfg, method_obj, accelerator.device, None if tcfg.quantization() != "none" else res.base)
+    model = adapt(base_for(tcfg, accelerator.device, None if tcfg.quantization() != "none" else res.base), method_obj,
+                  accelerator.device)
     t0 = time.perf_counter()
     tracking = Tracking(accelerator, tcfg, res.out, f"{method}/trial-{trial.number}")
     with tempfile.TemporaryDirectory() as tmp:

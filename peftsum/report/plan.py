@@ -30,7 +30,7 @@ from ..evaluate import cost as costs
 from ..evaluate.generate import decode_ids, generate_summaries
 from ..experiment import accelerator_for
 from ..experiment.compare import method_config, run_name
-from ..experiment.run import adapted_model
+from ..experiment.run import adapt, base_for
 from ..methods import CachedTrunk, OwnTrunk, Untrained, build_method, method_class
 from ..model.arch import decoder_blocks
 from ..model.loading import (
@@ -277,7 +277,7 @@ def measure(cfg: Config, methods: list[str], device: str | None, steps: int | No
             continue
         t_method = time.perf_counter()
         quantized = mcfg.quantization() != "none"  # QLoRA: the base loaded quantized, where it runs
-        model = adapted_model(mcfg, method, dev, bases.get(mcfg.quantization()) if quantized else base)
+        model = adapt(base_for(mcfg, dev, bases.get(mcfg.quantization()) if quantized else base), method, dev)
         ex, mean_len, source, sizes = _examples(mcfg, bases.tokenizer, n_positions(base), method.num_virtual_tokens,
                                                 max(cfg.train.batch_size, cfg.eval.batch_size), rng)
         probe = _probe(mcfg, model, method, bases.tokenizer, ex, mean_len, accelerator, steps)

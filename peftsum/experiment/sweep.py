@@ -193,23 +193,21 @@ def run_trial(res: SweepResources, trial: optuna.Trial, method: str) -> float:
                   accelerator.device)
     t0 = time.perf_counter()
     tracking = Tracking(accelerator, tcfg, res.out, f"{method}/trial-{trial.number}")
+    last: dict[str, float] = {}
+
+    def report(step: int, value: float) -> None:  # the pruner reads every validation
+        last["value"] = value
+        trial.report(value, step)
+        if step < tcfg.train.max_steps and trial.should_prune():
+            raise optuna.TrialPruned(f"validation {objective(tcfg)} {value:.4f} at step {step}")
+
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(tcfg, Path(tmp), summary_lm=SummaryLM(model, method_obj), method=method_obj,
                           train_ds=data["train"], val_ds=data["validation"], accelerator=accelerator,
                           tokenizer=res.tokenizer,
                           metrics_file=MetricsFile(Path(tmp) / "metrics.jsonl", enabled=False,
-                                                   sinks=[tracking.log_row]))
-
-        last: dict[str, float] = {}
-
-        def report(step: int, value: float) -> None:
-            last["value"] = value
-            trial.report(value, step)
-            if step < tcfg.train.max_steps and trial.should_prune():
-                raise optuna.TrialPruned(f"validation {objective(tcfg)} {value:.4f} at step {step}")
-
-        trainer.validation_hooks.append(report)
-        trainer.validate_at_start = False
+                                                   sinks=[tracking.log_row]),
+                          validation_hooks=(report,), validate_at_start=False)
         try:
             trainer.run()
         finally:

@@ -22,7 +22,8 @@ does).  In the forward that is ``y = base(x) + (s - 1) * (x W) + s * dropout(x) 
 A starts kaiming-uniform and B at zero, so at initialisation the model is exactly the base model
 and the update ΔW = A B (rank <= r) grows from nothing.  Only A and B train: r (in + out) numbers
 per adapted matrix instead of in x out.  ``merge()`` folds ΔW into W for inference at zero extra
-cost; ``unmerge()`` takes it out again.  transformers' GPT-2 uses ``Conv1D`` whose weight is stored
+cost (the export).  A variant (DoRA) is a :class:`LoraVariant`: the parameters it adds, its forward and its
+merged weight, beside plain LoRA's.  transformers' GPT-2 uses ``Conv1D`` whose weight is stored
 [in, out]; ``nn.Linear`` stores [out, in]: both are handled.
 
 Saved in HF PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``, lora_A.weight
@@ -51,6 +52,51 @@ from .base import Method
 
 PEFT_PREFIX = "base_model.model."
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's magnitude in PEFT's files (its parameter: lora_magnitude_vector.default.weight)
+
+
+class LoraVariant:
+    """What a variant of LoRA changes, PEFT's ``LoraVariant`` hooks: the parameters it adds to a layer (``init``), the
+    layer's output from the base's output ``y``, the update path's (dropped) input ``h`` and the update
+    ``(h A B) * scaling`` (``forward``), and the weight a merge writes (``merged_weight``, in the base layer's storage
+    layout).  Plain LoRA adds the update.  A new variant is one more subclass, picked in :class:`LoRALayer`."""
+
+    @staticmethod
+    def init(layer: LoRALayer) -> None:
+        pass
+
+    @staticmethod
+    def forward(layer: LoRALayer, y: torch.Tensor, h: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        return y + update
+
+    @staticmethod
+    def merged_weight(layer: LoRALayer) -> torch.Tensor:
+        return layer.base.weight + layer.delta_weight()
+
+
+class DoraVariant(LoraVariant):
+    """DoRA (the module's docstring): a trained magnitude per output, ``lora_magnitude``, starting at ||W||_c."""
+
+    @staticmethod
+    def init(layer: LoRALayer) -> None:  # m = ||W||_c: at initialisation W' = W
+        with torch.no_grad():
+            layer.lora_magnitude = nn.Parameter(torch.linalg.norm(layer.dense_weight().float(), dim=0))
+
+    @staticmethod
+    def forward(layer: LoRALayer, y: torch.Tensor, h: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        dtype = update.dtype
+        w = layer.dense_weight().to(dtype)
+        with torch.no_grad():  # ||W + ΔW||_c, a constant to the backward (DoRA §4.3)
+            norm = torch.linalg.norm(w + (layer.lora_A.to(dtype) @ layer.lora_B.to(dtype)) * layer.scaling, dim=0)
+        s = layer.lora_magnitude.to(dtype) / norm
+        if isinstance(layer.dropout, nn.Identity) or not layer.training:
+            frozen = y if layer.base.bias is None else y - layer.base.bias.to(y.dtype)  # x W
+        else:
+            frozen = h @ w
+        return y + (s - 1) * frozen + s * update
+
+    @staticmethod
+    def merged_weight(layer: LoRALayer) -> torch.Tensor:
+        return (layer.base.weight + layer.delta_weight()) * layer._magnitude_scale()
 
 
 class LoRALayer(nn.Module):
@@ -83,9 +129,8 @@ class LoRALayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.lora_magnitude = None
-        if dora:  # m = ||W||_c: at initialisation W' = W
-            with torch.no_grad():
-                self.lora_magnitude = nn.Parameter(torch.linalg.norm(self.dense_weight().float(), dim=0))
+        self.variant = DoraVariant if dora else LoraVariant
+        self.variant.init(self)
 
     def dense_weight(self) -> torch.Tensor:
         """W as [in, out] (a quantized base's dequantized)."""
@@ -107,31 +152,16 @@ class LoRALayer(nn.Module):
         if self.merged:
             return y
         h = self.dropout(x)
-        a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
-        update = (h @ a @ b) * self.scaling
-        if self.lora_magnitude is None:
-            return y + update
-        w = self.dense_weight().to(x.dtype)
-        with torch.no_grad():  # ||W + ΔW||_c, a constant to the backward (DoRA §4.3)
-            norm = torch.linalg.norm(w + (a @ b) * self.scaling, dim=0)
-        s = self.lora_magnitude.to(x.dtype) / norm
-        if isinstance(self.dropout, nn.Identity) or not self.training:
-            frozen = y if self.base.bias is None else y - self.base.bias.to(y.dtype)  # x W
-        else:
-            frozen = h @ w
-        return y + (s - 1) * frozen + s * update
+        update = (h @ self.lora_A.to(x.dtype) @ self.lora_B.to(x.dtype)) * self.scaling
+        return self.variant.forward(self, y, h, update)
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the update into the base weight (W + ΔW; DoRA: s (W + ΔW)), once: what ``merge_and_unload`` exports."""
-        if self.merged:
-            return
-        if self.lora_magnitude is None:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-        else:
-            self.base.weight.copy_(((self.base.weight + self.delta_weight()) * self._magnitude_scale())
-                                   .to(self.base.weight.dtype))
-        self.merged = True
+        """Fold the update into the base weight (the variant's merged weight), once: what ``merge_and_unload``
+        exports."""
+        if not self.merged:
+            self.base.weight.copy_(self.variant.merged_weight(self).to(self.base.weight.dtype))
+            self.merged = True
 
 
 def matches(name: str, targets: list[str]) -> bool:

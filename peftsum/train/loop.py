@@ -175,20 +175,24 @@ class Trainer:
     weights are selected, the frozen trunk's feature cache."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, summary_lm: SummaryLM, method: Method, train_ds: Dataset,
-                 val_ds: Dataset, accelerator: Accelerator, tokenizer, metrics_file: MetricsFile):
+                 val_ds: Dataset, accelerator: Accelerator, tokenizer, metrics_file: MetricsFile,
+                 validation_hooks: tuple = (), validate_at_start: bool = True):
+        """``validation_hooks``: ``f(step, value)`` after each validation (the loss or ROUGE-Lsum, ``select_by``; a
+        sweep's pruner); ``validate_at_start``: validate the starting point before any step (a sweep's trials
+        do not)."""
         self.cfg, self.train_cfg, self.run_dir = cfg, cfg.train, Path(run_dir)
         self.summary_lm, self.model, self.method = summary_lm, summary_lm.model, method
         self.accelerator, self.device, self.autocast = accelerator, accelerator.device, accelerator.autocast
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.tokenizer, self.pad_id, self.metrics_file = tokenizer, tokenizer.pad_token_id, metrics_file
-        self.validation_hooks: list = []  # f(step, value) after each validation: the loss or ROUGE-Lsum (select_by)
-        self.validate_at_start = True  # the starting point's validation loss (a sweep's trials skip it)
+        self.validation_hooks, self.validate_at_start = list(validation_hooks), validate_at_start
         self.state = TrainState()
         self.resumed = False
         self._setup_data(train_ds, val_ds)
         self._setup_optimizer()
         self._setup_schedule()
-        self.ddp_lm, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
+        # what Accelerate prepared: the summary LM itself (one process), wrapped by DDP, or sharded in place (FSDP)
+        self.prepared, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
         # sharded (train.fsdp): the module is sharded in place; its parameters are now DTensor shards
         self.fsdp = is_fsdp(accelerator)
         self.compiled = compile_blocks(self.model) if self.train_cfg.compile else []
@@ -268,7 +272,7 @@ class Trainer:
         if self.fsdp:  # every process takes its shard of the whole tensors the checkpoint holds
             params = dict(self.model.named_parameters(remove_duplicate=False))
             self.method.load_state_dict(self.model, distribute_like(ckpt["weights"], params))
-            load_optimizer_state(self.ddp_lm, self.optimizer.optimizer, ckpt["optimizer"])
+            load_optimizer_state(self.prepared, self.optimizer.optimizer, ckpt["optimizer"])
         else:
             self.method.load_state_dict(self.model, ckpt["weights"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -386,12 +390,12 @@ class Trainer:
         local = self.world > 1 and not self.fsdp
         for j, (idx, mb) in enumerate(passes):
             last = j == len(passes) - 1 and not local
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_lm)
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.prepared)
             weight = self.world / n_target if idx else 0.0  # an empty part: a stand-in pass that counts zero
             try:
                 with sync:
                     with self.autocast():
-                        nll, _ = self.ddp_lm(**self.batch(idx or mb[:1]))
+                        nll, _ = self.prepared(**self.batch(idx or mb[:1]))
                     # DDP averages gradients over ranks, hence * world: the step's gradient is the gradient
                     # of (sum of NLL over the whole group) / (its number of summary tokens)
                     self.accelerator.backward(nll * weight)
@@ -510,12 +514,12 @@ class Trainer:
         """The method's trained tensors, whole (sharded: gathered, a collective every process calls)."""
         if not self.fsdp:
             return self.method.state_dict(self.model)
-        reshard(self.ddp_lm)
+        reshard(self.prepared)
         return gather(self.method.state_dict(self.model))
 
     def checkpoint(self) -> None:
         if self.fsdp:  # whole weights and optimizer state, gathered by every process; process 0 writes them
-            weights, optimizer = self.trained_state(), optimizer_state(self.ddp_lm, self.optimizer.optimizer)
+            weights, optimizer = self.trained_state(), optimizer_state(self.prepared, self.optimizer.optimizer)
         elif self.accelerator.is_main_process:
             weights, optimizer = self.trained_state(), self.optimizer.state_dict()
         # every process's random streams: each draws its dropout for its own examples, so they differ

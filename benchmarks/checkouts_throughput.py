@@ -11,7 +11,6 @@ method, so a machine that slows down slows both.  Prints each checkout's median 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,9 @@ from _common import args, machine
 HERE = Path(__file__).resolve().parent
 ONE = """
 import json, sys
-sys.path.insert(0, {bench!r})
+# the checkout's peftsum, not an editable install's (its finder sits before the path on sys.meta_path)
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path[:0] = [{checkout!r}, {bench!r}]
 import peftsum
 from _common import gpt2_small, synthetic_examples
 from train_throughput import run_peftsum
@@ -35,9 +36,8 @@ print(json.dumps({{"file": peftsum.__file__, "rate": n / seconds}}))
 
 
 def rate(checkout: Path, method: str, steps: int, batch: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    code = ONE.format(bench=str(HERE), steps=steps, batch=batch, method=method)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    code = ONE.format(checkout=str(checkout.resolve()), bench=str(HERE), steps=steps, batch=batch, method=method)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(out["file"]).resolve().is_relative_to(checkout.resolve()), out["file"]  # the checkout's peftsum ran
     return out["rate"]

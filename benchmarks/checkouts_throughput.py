@@ -45,6 +45,8 @@ def rate(checkout: Path, method: str, steps: int, batch: int) -> float:
 
 def main():
     a = args(__doc__.splitlines()[0], before="", after=".", methods="lora,prompt-tuning", steps=3, batch=4, rounds=2)
+    if not a.before:
+        sys.exit("--before CHECKOUT: the checkout to compare with (a git worktree of the commit before)")
     before, after = Path(a.before), Path(a.after)
     print(f"machine: {machine()}")
     print(f"GPT-2 small shape, random weights; {a.steps} steps x batch {a.batch}; {a.rounds} rounds, alternating")

@@ -4,8 +4,9 @@ Errors a user can cause raise :class:`UserError`: one line on stderr, exit statu
 (3 when training diverges, 4 out of device memory, 5 a full disk: ``peftsum.errors``).  Ctrl-C exits 130 and
 SIGTERM 143 (training saves a checkpoint first and says how to continue).
 
-Each command is a function in :data:`COMMANDS` that imports the package's layers it needs when it runs, so
-that ``peftsum --help`` and a usage error answer at once, without loading torch, transformers and datasets.
+Each command is declared once, with ``@command`` beside the function that runs it (:data:`COMMANDS`); the function
+imports the package's layers it needs when it runs, so that ``peftsum --help`` and a usage error answer at once,
+without loading torch, transformers and datasets.
 """
 
 from __future__ import annotations
@@ -151,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         if "torch" in sys.modules:  # both come from what loaded torch (a --help never does)
             from .utils import disk_full, is_disk_full, is_out_of_memory
 
-            if is_disk_full(e):
-                print(f"peftsum: error: {disk_full(Path(getattr(e, 'filename', None) or '.'))}", file=sys.stderr)
+            if is_disk_full(e):  # an OSError's errno, or a library's own words for it (no guess from torch.save's)
+                where = getattr(e, "filename", None)
+                print(f"peftsum: error: {disk_full(Path(where), cleaned=False)}" if where else
+                      f"peftsum: error: no space left on a device (or a quota used up): {str(e).splitlines()[0][:200]}",
+                      file=sys.stderr)
                 return 5
             if is_out_of_memory(e):
                 print(f"peftsum: error: out of device memory ({str(e).splitlines()[0][:200]}); lower "

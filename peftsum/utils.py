@@ -44,16 +44,27 @@ def cache_dir() -> Path:
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def is_disk_full(e: BaseException) -> bool:
-    """A write that found no space or the quota used up, however the writing library words it: an OSError's errno,
-    torch.save's stream writer ("unexpected pos", "file write failed"), safetensors' and Arrow's messages."""
-    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
-        return True
+LOW_SPACE = 64 * 2**20  # free bytes under which a write that failed for no stated reason is taken for a full disk
+
+
+def is_disk_full(e: BaseException, path: Path | None = None) -> bool:
+    """A write that found no space or the quota used up, however the writing library words it: an OSError's errno
+    (or, from Arrow, its text without one), safetensors' "os error 28 / 122".  torch.save's stream writer says only
+    that a write failed ("unexpected pos", "file write failed": EIO and a file-size limit read the same), so that
+    counts only for a write to ``path`` whose filesystem has under LOW_SPACE free."""
     text = str(e)
-    if isinstance(e, RuntimeError) and ("unexpected pos" in text or "file write failed" in text):
+    if isinstance(e, OSError):
+        return e.errno in DISK_FULL_ERRNOS or (e.errno is None and any(os.strerror(n) in text for n in DISK_FULL_ERRNOS))
+    if any(f"os error {n})" in text for n in DISK_FULL_ERRNOS):
         return True
-    return any(f"os error {n}" in text for n in DISK_FULL_ERRNOS) or any(
-        os.strerror(n) in text for n in DISK_FULL_ERRNOS)
+    if path is not None and isinstance(e, RuntimeError) and ("unexpected pos" in text or "file write failed" in text):
+        return _free_bytes(path) < LOW_SPACE
+    return False
+
+
+def _free_bytes(path: Path) -> int:
+    where = next((p for p in [Path(path), *Path(path).parents] if p.exists()), Path("/"))
+    return shutil.disk_usage(where).free
 
 
 def _size(path: Path) -> int:
@@ -70,14 +81,14 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-def disk_full(path: Path, needs: int | None = None, written: int = 0) -> DiskFull:
-    """The one-line error of a write that did not fit: the path, what it needed (or had written), what is free."""
-    where = next((p for p in [Path(path), *Path(path).parents] if p.exists()), Path("/"))
-    free = shutil.disk_usage(where).free
+def disk_full(path: Path, needs: int | None = None, written: int = 0, cleaned: bool = True) -> DiskFull:
+    """The one-line error of a write that did not fit: the path, what it needed (or had written), what is free, and
+    (``cleaned``: an atomic write's temporary file is gone) that nothing of it was left."""
     need = f"it needs {_megabytes(needs)}" if needs else f"it failed after {_megabytes(written)}"
+    left = "nothing of it was left behind. " if cleaned else ""
     return DiskFull(f"no space left on the device (or the quota is used up) writing {path}: {need}, "
-                    f"{_megabytes(free)} free there; nothing of it was left behind. Free some space and run the same "
-                    "command again (a run continues from its last checkpoint: compare by itself, train with --resume)")
+                    f"{_megabytes(_free_bytes(path))} free there; {left}Free some space and run the same command again "
+                    "(a run continues from its last checkpoint: compare by itself, train with --resume)")
 
 
 def _temporary_file(path: Path) -> Path:
@@ -103,7 +114,7 @@ def atomic_path(path: str | os.PathLike, needs: int | None = None):
         written = _size(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e):
+        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e, path):
             raise disk_full(path, needs, written) from None
         raise
 
@@ -115,9 +126,9 @@ def writes_to(path: str | os.PathLike, needs: int | None = None):
     try:
         yield
     except Exception as e:
-        if isinstance(e, DiskFull) or not is_disk_full(e):
+        if isinstance(e, DiskFull) or not is_disk_full(e, Path(path)):
             raise
-        raise disk_full(Path(path), needs) from None
+        raise disk_full(Path(path), needs, cleaned=False) from None
 
 
 @contextlib.contextmanager
@@ -142,7 +153,7 @@ def atomic_dir(folder: str | os.PathLike, marker: str):
     except BaseException as e:
         written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e):
+        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e, folder):
             raise disk_full(folder, None, written) from None
         raise
 

@@ -34,6 +34,7 @@ def full_disk_for(monkeypatch, *names: str) -> list[Path]:
         return tmp
 
     monkeypatch.setattr(utils, "_temporary_file", temporary)
+    monkeypatch.setattr(utils, "_free_bytes", lambda path: 4096)  # what the filesystem of a full disk says is free
     return tried
 
 
@@ -86,8 +87,11 @@ def test_the_best_weights_and_the_metrics_lines(tiny_model_dir, demo_dir, tmp_pa
     import peftsum.train.metrics_file as metrics_file
 
     class HalfWritten:
-        def __init__(self, path, mode):
-            self.f = open(path, mode)  # noqa: SIM115
+        """The kernel's way: a write that fits part of the line returns its length; the next one fails."""
+
+        def __init__(self, path, mode, buffering=-1):
+            self.f = open(path, mode, buffering=buffering)  # noqa: SIM115
+            self.full = False
 
         def __enter__(self):
             return self
@@ -101,14 +105,12 @@ def test_the_best_weights_and_the_metrics_lines(tiny_model_dir, demo_dir, tmp_pa
         def truncate(self, n):
             return self.f.truncate(n)
 
-        def flush(self):
-            self.f.flush()
-
         def write(self, data):
-            if b'"type": "train"' in data and b'"step": 2' in data:
-                self.f.write(data[: len(data) // 2])
-                self.f.flush()
+            if self.full:
                 raise OSError(errno.ENOSPC, "No space left on device")
+            if b'"type": "train"' in bytes(data) and b'"step": 2' in bytes(data):
+                self.full = True
+                return self.f.write(data[: len(data) // 2])
             return self.f.write(data)
 
     monkeypatch.setattr(metrics_file, "open", HalfWritten, raising=False)
@@ -162,3 +164,33 @@ def test_a_full_disk_in_an_export_and_in_the_data_cache(compared, tiny_model_dir
     assert f"writing {cache}" in line and "it failed after 1.0 kB" in line
     assert list(cache.iterdir()) == []  # neither the entry nor its temporary folder
     assert not out.exists() or not (out / "results.json").exists()
+
+
+def test_the_metrics_file_on_a_full_device_is_one_error(tmp_path):
+    """Unbuffered appends: the kernel's ENOSPC reaches the write (a buffered file would raise it again at close,
+    over the one-line error)."""
+    from peftsum.errors import DiskFull
+    from peftsum.train.metrics_file import MetricsFile
+
+    path = tmp_path / "metrics.jsonl"
+    path.symlink_to("/dev/full")
+    with pytest.raises(DiskFull, match=f"writing {path}: it needs "):
+        MetricsFile(path).write({"type": "train", "step": 1})
+
+
+def test_only_a_full_disk_is_called_one(tmp_path):
+    """torch.save's writer says only that a write failed: with space to spare it is not called a full disk (an I/O
+    error, a file-size limit); an errno other than ENOSPC / EDQUOT neither."""
+    import torch
+
+    link = tmp_path / "x.pt"
+    link.symlink_to("/dev/full")
+    with pytest.raises(RuntimeError) as failed:
+        torch.save({"a": torch.zeros(1000)}, link)
+    assert utils.is_disk_full(failed.value) is False  # no path: no guess
+    assert utils.is_disk_full(failed.value, tmp_path) is (utils._free_bytes(tmp_path) < utils.LOW_SPACE)
+    assert utils.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert utils.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not utils.is_disk_full(OSError(errno.EIO, "Input/output error"))
+    assert utils.is_disk_full(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not utils.is_disk_full(RuntimeError("NCCL error: No space left on device (28)"))

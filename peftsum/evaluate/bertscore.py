@@ -12,16 +12,30 @@ Nothing here imports ``bert_score`` or its model until the metric is computed: a
 
 from __future__ import annotations
 
+import importlib.util
+
 from ..errors import UserError
 from .registry import Metric, register
 
 
-def bertscore_f1(predictions: list[str], references: list[str], articles: list[str], eval_cfg) -> list[float]:
-    try:
-        import bert_score
-    except ImportError:
+def check(eval_cfg) -> None:
+    """Before a run: the package is installed, and the layer is known (bert-score's table, or eval.bertscore)."""
+    if importlib.util.find_spec("bert_score") is None:
         raise UserError("eval.metrics names bertscore, which needs the bert-score package: "
-                        "pip install 'peftsum[bertscore]'") from None
+                        "pip install 'peftsum[bertscore]'")
+    settings = eval_cfg.bertscore
+    if settings.num_layers is None:
+        from bert_score.utils import model2layers
+
+        if settings.model not in model2layers:
+            raise UserError(f"eval.bertscore.model {settings.model!r} is not in bert-score's table of models and "
+                            "layers: set eval.bertscore.num_layers (the layer whose embeddings are matched)")
+
+
+def bertscore_f1(predictions: list[str], references: list[str], articles: list[str], eval_cfg) -> list[float]:
+    check(eval_cfg)
+    import bert_score
+
     if not predictions:
         return []
     settings = eval_cfg.bertscore
@@ -31,5 +45,5 @@ def bertscore_f1(predictions: list[str], references: list[str], articles: list[s
     return [100.0 * float(x) for x in f1]
 
 
-register(Metric("bertscore", "BERTScore F1", "overlap", batch=bertscore_f1, needs_model=True,
+register(Metric("bertscore", "BERTScore F1", "overlap", batch=bertscore_f1, needs_model=True, check=check,
                 about="BERTScore F1 x 100 (bert-score, eval.bertscore.model, no baseline rescaling)"))

@@ -41,7 +41,9 @@ class Metric:
     batch: Callable[[list[str], list[str], list[str], object], list[float]] | None = None
     higher_is_better: bool | None = True  # None: a description (a length, a share of copied text), not a quality
     needs_reference: bool = True  # False: it describes the summary alone (the references get it too; summarize)
+    needs_article: bool = False  # reads the article: `report` loads the test split to add it to an older run
     needs_model: bool = False  # loads a model: off unless eval.metrics names it, never computed by `report`
+    check: Callable[[object], None] | None = None  # f(eval_cfg) before a run starts: what it needs is there
     fmt: str = ".2f"  # how tables print it
     about: str = ""  # one sentence for the report: what it measures and how
 
@@ -83,9 +85,9 @@ def registry() -> dict[str, Metric]:
     """Every registered metric by name, in the order of registration (the built-in ones first)."""
     global _loaded
     if not _loaded:
-        _loaded = True
         for module in BUILTIN:
             importlib.import_module(module)
+        _loaded = True
     return _REGISTRY
 
 
@@ -110,12 +112,35 @@ def selected(names: list[str] | None) -> list[Metric]:
     return [reg[n] for n in reg if n in chosen]
 
 
+def checked(names: list[str] | None, eval_cfg=None) -> list[Metric]:
+    """:func:`selected`, each metric's ``check`` run: before a run starts, not after its training."""
+    metrics = selected(names)
+    for m in metrics:
+        if m.check is not None:
+            m.check(eval_cfg)
+    return metrics
+
+
+def per_article(metrics: list[Metric], predictions: list[str], references: list[str], articles: list[str],
+                eval_cfg=None) -> dict[str, list[float]]:
+    """Each metric's value on each article: the per-example ones article by article (the metrics that share work,
+    ROUGE's four or the fragments' three, find it in their caches right away), the batch ones over the split."""
+    values: dict[str, list[float]] = {m.name: [] for m in metrics}
+    one = [m for m in metrics if m.batch is None]
+    for p, r, a in zip(predictions, references, articles):
+        for m in one:
+            values[m.name].append(float(m.per_example(p, r, a)))
+    for m in metrics:
+        if m.batch is not None:
+            values[m.name] = m.score(predictions, references, articles, eval_cfg)
+    return values
+
+
 def score_all(metrics: list[Metric], predictions: list[str], references: list[str], articles: list[str],
               eval_cfg=None) -> tuple[dict[str, list[float]], list[dict]]:
     """Each metric's values on the split, and for each article the reference's own values of the metrics that need
     no reference (what a reference summary is, the baseline every method's summaries are read against)."""
-    values = {m.name: m.score(predictions, references, articles, eval_cfg) for m in metrics}
-    own = [m for m in metrics if not m.needs_reference]
-    of_refs = {m.name: m.score(references, references, articles, eval_cfg) for m in own}
+    values = per_article(metrics, predictions, references, articles, eval_cfg)
+    of_refs = per_article([m for m in metrics if not m.needs_reference], references, references, articles, eval_cfg)
     per_reference = [{name: v[j] for name, v in of_refs.items()} for j in range(len(references))]
     return values, per_reference

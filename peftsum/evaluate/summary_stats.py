@@ -116,19 +116,19 @@ def length_ratio(summary: str, reference: str) -> float:
 for _n in (1, 2, 3, 4):
     register(Metric(f"novel_{_n}gram", f"novel {_n}-grams %", "summary",
                     per_example=lambda p, r, a, n=_n: novel_ngrams(p, a, n), higher_is_better=None,
-                    needs_reference=False, fmt=".1f",
+                    needs_reference=False, needs_article=True, fmt=".1f",
                     about="novel n-grams: the share of the summary's distinct n-grams (n = 1..4) absent from the "
                           "article" if _n == 1 else ""))
 register(Metric("coverage", "coverage", "summary", per_example=lambda p, r, a: fragment_stats(p, a)[0],
-                higher_is_better=None, needs_reference=False, fmt=".3f",
+                higher_is_better=None, needs_reference=False, needs_article=True, fmt=".3f",
                 about="coverage, density and compression: Grusky et al. (2018)'s greedy extractive fragments "
                       "(coverage: the share of summary words inside a fragment copied from the article; density: "
                       "the mean squared fragment length per summary word; compression: article words per summary "
                       "word)"))
 register(Metric("density", "density", "summary", per_example=lambda p, r, a: fragment_stats(p, a)[1],
-                higher_is_better=None, needs_reference=False))
+                higher_is_better=None, needs_reference=False, needs_article=True))
 register(Metric("compression", "compression", "summary", per_example=lambda p, r, a: fragment_stats(p, a)[2],
-                higher_is_better=None, needs_reference=False, fmt=".1f"))
+                higher_is_better=None, needs_reference=False, needs_article=True, fmt=".1f"))
 register(Metric("repeated_3gram", "repeated 3-grams %", "summary", per_example=lambda p, r, a: repetition(p),
                 higher_is_better=False, needs_reference=False, fmt=".1f",
                 about="repeated 3-grams: the share of the summary's word trigrams that repeat an earlier one"))

@@ -123,10 +123,11 @@ def card_data(results: RunResult, library: str) -> ModelCardData:
     source = results.config.data.source
     hub_data = is_hub_id(source)
     name = f"{results.model}-{results.method}-summarization"
+    quality = {k for k, m in registry().items() if m.group == "overlap"}  # the hub's metrics: scores, not descriptions
     evals = [EvalResult(task_type="summarization", dataset_type=source if hub_data else "local",
                         dataset_name=source if hub_data else "local data", dataset_split="test", metric_type=key,
                         metric_name=label, metric_value=round(results.eval.value(key), 4))
-             for key, label in _metric_labels(results).items()]
+             for key, label in _metric_labels(results).items() if key in quality]
     return ModelCardData(base_model=base_model_name(results), library_name=library, pipeline_tag="text-generation",
                          tags=["peftsum", "summarization", results.method], datasets=[source] if hub_data else None,
                          model_name=name, eval_results=evals)

@@ -32,7 +32,7 @@ from ..evaluate import cost as costs
 from ..evaluate.evaluation import evaluate_split
 from ..evaluate.generate import describe_decoding
 from ..evaluate.metrics import ROUGE_PROTOCOL, evaluate_loss
-from ..evaluate.registry import HEADLINE, selected
+from ..evaluate.registry import HEADLINE, checked
 from ..methods import CachedTrunk, ModelFree, Untrained, ZeroShot, build_method, method_class
 from ..methods.base import read_method_file
 from ..model.loading import is_quantized, load_base, load_tokenizer, n_positions, resolve_model_name
@@ -163,7 +163,7 @@ def run_experiment(cfg: Config, run_dir: str | Path, resume: bool = False, track
     """Train and evaluate one method into ``run_dir``.  With ``train.report_to`` the run is also one tracker run
     named ``run_name`` (default: the method) under ``tracking_root`` (default: the run directory)."""
     run_dir = Path(run_dir)
-    selected(cfg.eval.metrics)  # an unknown metric is refused before anything loads or trains
+    checked(cfg.eval.metrics, cfg.eval)  # an unknown metric, or one that cannot run, before anything trains
     accelerator = accelerator_for(cfg)
     device = accelerator.device
     main = accelerator.is_main_process

@@ -83,7 +83,7 @@ class DoraVariant(LoraVariant):
 
     @staticmethod
     def forward(layer: LoRALayer, y: torch.Tensor, h: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        dtype = update.dtype
+        dtype = h.dtype  # the input's (autocast gives the update a lower one): the norm and scale as PEFT takes them
         w = layer.dense_weight().to(dtype)
         with torch.no_grad():  # ||W + ΔW||_c, a constant to the backward (DoRA §4.3)
             norm = torch.linalg.norm(w + (layer.lora_A.to(dtype) @ layer.lora_B.to(dtype)) * layer.scaling, dim=0)

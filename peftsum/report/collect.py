@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,13 @@ import numpy as np
 from ..config import METHODS, PEFT_METHOD
 from ..data.prepare import test_articles
 from ..errors import UserError
-from ..evaluate.registry import Metric, registry
+from ..evaluate.registry import Metric, per_article, registry
 from ..experiment import RESULTS, RunResult, read_metrics, read_results
 from ..utils import read_jsonl
 from . import bootstrap
 
 ALPHA = 0.05
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,39 +102,42 @@ def aggregate(seed_runs: list[SeedRun]) -> MethodRuns:
     return MethodRuns(dataclasses.replace(first, **means), seed_runs, stds["eval"], stds["cost"])
 
 
-def complete_metrics(seed_runs: list[SeedRun], articles: Callable[[], dict[str, str]]) -> None:
-    """Score what a run's predictions lack of the metrics that need no model (a run made before a metric existed):
-    each article's value into its prediction row (and the reference's own into ``reference_metrics``), the mean into
-    ``eval.metrics``.  ``articles()`` gives the test articles by id; it is called only when something is missing."""
+def complete_metrics(seed_runs: list[SeedRun], articles: Callable[[], dict[str, str] | None]) -> None:
+    """Score what a run's predictions lack of the default metrics (a run made before a metric existed; a run whose
+    ``eval.metrics`` chose its own is left as it is): each article's value into its prediction row (and the
+    reference's own into ``reference_metrics``), the mean into ``eval.metrics``.  ``articles()`` gives the test
+    articles by id, or None where they cannot be read (offline, the source gone): it is called only when a missing
+    metric reads the article, and without them those metrics stay missing."""
     wanted = [m for m in registry().values() if m.default]
     for run in seed_runs:
         rows = run.predictions
-        missing = [m for m in wanted if rows and any(m.name not in p for p in rows)]
-        refs_missing = [m for m in wanted if not m.needs_reference and rows
-                        and any(m.name not in p.get("reference_metrics", {}) for p in rows)]
-        if not missing and not refs_missing:
+        if not rows or run.result.config.eval.metrics is not None:
             continue
-        by_id = articles()
-        lost = [p["id"] for p in rows if p["id"] not in by_id]
-        if lost:
-            raise UserError(f"{len(lost)} test articles of {run.result.config.method.name}'s predictions (e.g. "
-                            f"{lost[0]}) are not in its data source {run.result.config.data.source!r} any more: "
-                            "the statistics that need the article cannot be computed")
-        arts = [by_id[p["id"]] for p in rows]
+        missing = [m for m in wanted if any(m.name not in p for p in rows)]
+        refs_missing = [m for m in wanted if not m.needs_reference
+                        and any(m.name not in p.get("reference_metrics", {}) for p in rows)]
+        by_id = articles() if any(m.needs_article for m in [*missing, *refs_missing]) else {}
+        if by_id is None or any(p["id"] not in by_id for p in rows):
+            missing = [m for m in missing if not m.needs_article]
+            refs_missing = [m for m in refs_missing if not m.needs_article]
+        arts = [by_id.get(p["id"], "") for p in rows] if by_id else [""] * len(rows)
         preds, refs = [p["prediction"] for p in rows], [p["reference"] for p in rows]
-        for m in missing:
-            for p, v in zip(rows, m.score(preds, refs, arts)):
-                p[m.name] = v
-            run.result.eval.metrics[m.name] = float(np.mean([p[m.name] for p in rows]))
-        for m in refs_missing:
-            for p, v in zip(rows, m.score(refs, refs, arts)):
-                p.setdefault("reference_metrics", {})[m.name] = v
+        for name, values in per_article(missing, preds, refs, arts).items():
+            for p, v in zip(rows, values):
+                p[name] = v
+            run.result.eval.metrics[name] = float(np.mean(values))
+        for name, values in per_article(refs_missing, refs, refs, arts).items():
+            for p, v in zip(rows, values):
+                p.setdefault("reference_metrics", {})[name] = v
 
 
 def shown_metrics(runs: list[MethodRuns]) -> list[Metric]:
-    """The registered metrics every run's predictions hold, in the registry's order: what the report shows."""
-    tables = [s.predictions for r in runs for s in r.seeds]
-    return [m for name, m in registry().items() if all(rows and all(name in p for p in rows) for rows in tables)]
+    """The registered metrics every run holds, in the registry's order: what the report shows (from each article's
+    values in the predictions, or from results.json's mean where a run kept no predictions)."""
+    def has(run: SeedRun, name: str) -> bool:
+        return all(name in p for p in run.predictions) if run.predictions else name in run.result.eval.metrics
+
+    return [m for name, m in registry().items() if all(has(s, name) for r in runs for s in r.seeds)]
 
 
 def collect(out: Path) -> list[MethodRuns]:
@@ -144,9 +149,15 @@ def collect(out: Path) -> list[MethodRuns]:
         raise UserError(f"no finished runs ({RESULTS}) under {out}")
     loaded: dict = {}
 
-    def articles() -> dict[str, str]:  # the test articles, loaded once for every run that needs them
+    def articles() -> dict[str, str] | None:  # the test articles, loaded once for every run that needs them
         if "test" not in loaded:
-            loaded["test"] = test_articles(found[0][0].result.config.data)
+            try:
+                loaded["test"] = test_articles(found[0][0].result.config.data)
+            except Exception as e:  # offline, the source moved: the report goes on without what needs the article
+                loaded["test"] = None
+                log.warning("the test articles of %s could not be read (%s): the statistics that need the article "
+                            "are left out for runs made before they existed", found[0][0].result.config.data.source,
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
         return loaded["test"]
 
     for seed_runs in found:

@@ -214,6 +214,7 @@ class Probe:
     activation_bytes: int  # what one pass keeps for its backward
     validation_per_example: float  # seconds: the loop's validation (cached features for a frozen trunk)
     forward_per_example: float  # seconds: the trunk's forward (the final evaluation's loss)
+    cached: bool  # a frozen trunk whose features are cached (CachedTrunk)
     cache_per_example: float  # seconds: building the frozen trunk's feature cache (0 without one)
     state: dict  # exact bytes: weights, gradients, optimizer
     unit_bytes: int  # what one FSDP unit gathers whole
@@ -339,7 +340,7 @@ def _probe(mcfg: Config, model, method, tokenizer, ex: list[dict], mean_len: flo
     return Probe(step_seconds=step_s * math.ceil(bs / pass_size) * train_cfg.grad_accum,
                  passes_per_step=math.ceil(bs / pass_size) * train_cfg.grad_accum, pass_size=pass_size,
                  activation_bytes=activations, validation_per_example=val_per_ex, forward_per_example=fwd_per_ex,
-                 cache_per_example=fwd_per_ex if cached else 0.0, state=state, unit_bytes=gathered,
+                 cached=cached, cache_per_example=fwd_per_ex if cached else 0.0, state=state, unit_bytes=gathered,
                  generation_per_batch=prefill_s + per_token * (decoding.max_new_tokens - 1),
                  peak_memory_bytes=costs.peak_memory(dev), trainable=method.param_counts(model)["trainable"],
                  shape_flops=costs.flop_shape(model, method), seq_len=mean_len + method.num_virtual_tokens,
@@ -374,7 +375,7 @@ def _project(m: str, mcfg: Config, probe: Probe, n_train: int, sizes: dict, peak
         total_steps = min(total_steps, train_cfg.max_steps)
     epochs = total_steps / per_epoch
     train_s = total_steps * probe.step_seconds
-    cached = probe.cache_per_example > 0
+    cached = probe.cached
     if cached:  # the trunk runs once over the training and validation examples
         train_s += (n_train + n_early) * probe.cache_per_example
     evaluations = math.ceil(epochs) + 1 + (total_steps // train_cfg.eval_every_steps if train_cfg.eval_every_steps else 0)

@@ -341,7 +341,7 @@ class Trainer:
                 failed = max_over_processes(failed, self.device)
             if not failed:
                 break
-            self.back_off(failed, group)
+            self.back_off(failed)
             torch.set_rng_state(streams[0])
             if streams[1] is not None:
                 torch.cuda.set_rng_state_all(streams[1])
@@ -402,10 +402,11 @@ class Trainer:
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
+                tried = max(1, *(len(p) for p, _ in passes))  # a stand-in pass counts as one sequence
                 if self.fsdp:
-                    raise self.out_of_memory(max(len(p) for p, _ in passes), "train.fsdp: the processes "
-                                             "gather weights in every forward, so they cannot back off apart") from None
-                return loss_sum, max(len(p) for p, _ in passes)
+                    raise self.out_of_memory(tried, "train.fsdp: the processes gather weights in every forward, so "
+                                             "they cannot back off apart") from None
+                return loss_sum, tried
             if idx:
                 loss_sum += nll.detach().double()
         return loss_sum, 0
@@ -433,7 +434,7 @@ class Trainer:
                     offset += x.numel()
                 bucket, size = [], 0
 
-    def back_off(self, tried: int, group: list[list[int]]) -> None:
+    def back_off(self, tried: int) -> None:
         """Out of device memory at ``tried`` sequences per pass: drop the step's partial gradients and go on with
         half as many (Accelerate's ``find_executable_batch_size``, inside a step: the global batch and the
         accumulation stay as configured).  Said once per size; one sequence that does not fit ends the run."""
@@ -613,6 +614,9 @@ class Trainer:
                     s.epoch, s.group = epoch + 1, 0
                 s.stopped_reason = self.stop_reason()
                 self.checkpoint()
+                interrupted = self.interrupted(interrupt)  # a signal in the epoch's last step or its validation
+                if interrupted:
+                    raise stop(interrupted)
         finally:
             interrupt.restore()
             bar.close()

@@ -25,11 +25,12 @@ class MetricsFile:
         if not self.enabled:
             return
         line = (json.dumps(row) + "\n").encode("utf-8")
-        with open(self.path, "ab") as f:
+        with open(self.path, "ab", buffering=0) as f:  # unbuffered: a failed write fails here, not at close
             end = f.tell()
             try:
-                f.write(line)
-                f.flush()
+                view = memoryview(line)
+                while view:
+                    view = view[f.write(view):]
             except OSError as e:  # a full disk: the file ends at its last whole line, and the run stops
                 if not is_disk_full(e):
                     raise

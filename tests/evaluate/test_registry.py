@@ -49,10 +49,11 @@ def test_a_registered_metric_is_in_every_figure_of_a_run(toy, tiny_model_dir, de
     mean = np.mean([p["e_share"] for p in rows])
     assert result.eval.metrics["e_share"] == pytest.approx(mean) == read_results(tmp_path / "lead-3").eval.metrics["e_share"]
     assert final_values(result)["final/e_share"] == pytest.approx(mean)  # what the trackers log
-    card = model_card(result, "run")  # its table, and the hub's model-index metadata
-    assert "| letters e % |" in card.split("## Results", 1)[1]
+    card = model_card(result, "run")  # its table; the hub's model-index holds the scores, not the descriptions
+    assert "| letters e % |" in card.split("## Results", 1)[1] and f"| {mean:.2f} |" in card
     evals = {r.metric_type: (r.metric_name, r.metric_value) for r in ModelCard(card).data.eval_results}
-    assert evals["e_share"] == ("letters e %", pytest.approx(round(mean, 4)))
+    assert "e_share" not in evals and "novel_2gram" not in evals
+    assert evals["rougeLsum"] == ("ROUGE-L", pytest.approx(round(result.eval.metrics["rougeLsum"], 4)))
     # an unknown metric is refused before anything runs: one line, exit 2
     assert main(["train", "--preset", "demo", "--method", "lead-3", "--out", str(tmp_path / "x"),
                  "--set", "eval.metrics=rougeLsum,nonesuch"]) == 2
@@ -90,6 +91,30 @@ def test_a_metric_registered_later_reaches_an_older_comparisons_report(toy, comp
     summary = md.split("## What the summaries are", 1)[1]
     assert "letters e % |" in summary.splitlines()[4] and "| references |" in summary
     assert "letters e % diff [95% CI] (p Holm)" in md  # its paired differences, Holm-adjusted over the pairs
+
+
+def test_report_adds_what_an_older_run_lacks_from_the_articles_and_leaves_a_chosen_set(compared, tmp_path):
+    """A run made before the statistics existed (its rows without them): `report` reads the test articles again and
+    gives the same values the evaluation stores; a run whose eval.metrics chose its own set is left as it is."""
+    import json as json_
+
+    out = shutil.copytree(compared, tmp_path / "c")
+    stored = {p["id"]: p for p in read_jsonl(out / "lora" / "predictions.jsonl")}
+    rows = [{k: v for k, v in p.items() if k not in ("novel_2gram", "coverage", "reference_metrics")}
+            for p in stored.values()]
+    (out / "lora" / "predictions.jsonl").write_text("".join(json_.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(out)]) == 0
+    row = next(r for r in csv.DictReader(open(out / "results.csv")) if r["method"] == "lora")
+    for k in ("novel_2gram", "coverage"):
+        assert float(row[k]) == pytest.approx(np.mean([p[k] for p in stored.values()]))
+    from peftsum.config import load_config
+    from peftsum.report.collect import SeedRun, complete_metrics
+
+    chosen = read_results(out / "lora")
+    chosen.config.eval.metrics = ["rougeLsum"]
+    run = SeedRun(chosen, [dict(r) for r in rows], [])
+    complete_metrics([run], lambda: pytest.fail("a run with its own eval.metrics needs no articles"))
+    assert "novel_2gram" not in run.predictions[0] and load_config("demo").eval.metrics is None
 
 
 def test_the_default_set_needs_no_model_and_model_metrics_cost_no_import():

@@ -159,3 +159,14 @@ def test_dora_equals_peft_in_training_and_its_adapter_loads_in_peft(tiny_model_d
         m, model = ours[3], ours[4]
         m.merge_and_unload(model)  # DoRA's s (W + ΔW) folded into the plain base layers: the same outputs
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, ours[2], rtol=0, atol=1e-4)
+
+
+def test_dora_under_bf16_autocast_starts_as_the_base_layer():
+    """At initialisation DoRA's scale m / ||W + ΔW||_c is 1 under mixed precision too (the norm in the input's dtype,
+    not the bf16 update's), so the adapted layer gives the base layer's output."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 64)
+    lay = LoRALayer(lin, 4, 8.0, 0.0, dora=True)
+    x = torch.randn(32, 64)  # the norm taken in bf16 instead moves the scale off 1 by ~2^-9: outputs differ here
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(lay(x), lin(x))

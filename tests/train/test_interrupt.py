@@ -130,3 +130,28 @@ def test_sigterm_mid_compare_exits_143_and_the_same_command_gives_the_uninterrup
         assert b.eval == a.eval and b.training.steps == a.training.steps
         assert read_jsonl(tmp_path / "b" / m / "predictions.jsonl") == read_jsonl(tmp_path / "a" / m / "predictions.jsonl")
     assert without_seconds(read_jsonl(metrics)) == without_seconds(read_jsonl(tmp_path / "a" / "lora" / "metrics.jsonl"))
+
+
+def test_sigterm_in_the_last_step_still_stops_after_its_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    """The last step breaks out of the epoch before the per-step check: the signal is read again after the epoch's
+    validation and checkpoint, so the run stops there (exit 143) instead of going on into the final evaluation,
+    where the scheduler's SIGKILL would find it; the same run resumed only evaluates."""
+    from peftsum.errors import Preempted
+    from peftsum.experiment import run_experiment
+    from peftsum.train import metrics_file
+
+    real = metrics_file.MetricsFile.write
+
+    def signalled(self, row):
+        if row.get("type") == "train" and row["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(self, row)
+
+    monkeypatch.setattr(metrics_file.MetricsFile, "write", signalled)
+    cfg = tiny_cfg("lora", **{"train.max_steps": 3, "train.checkpoint_every_steps": 100})
+    with pytest.raises(Preempted):
+        run_experiment(cfg, tmp_path / "r")
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["state"]
+    assert state["step"] == 3 and state["stopped_reason"] == "max_steps" and not (tmp_path / "r" / "results.json").exists()
+    monkeypatch.setattr(metrics_file.MetricsFile, "write", real)
+    assert run_experiment(cfg, tmp_path / "r", resume=True).training.steps == 3

@@ -17,7 +17,7 @@ from .data.sources import load_articles
 from .data.text import clean_text, lead3
 from .errors import UserError
 from .evaluate.generate import Summary, generate_summaries
-from .evaluate.registry import selected
+from .evaluate.registry import per_article, selected
 from .experiment import Components, accelerator_for, load_components, load_trained
 from .methods import REGISTRY, ModelFree
 from .utils import atomic_path
@@ -71,8 +71,7 @@ def summarize_articles(parts: Components | None, articles: list[str], progress: 
 
 def article_statistics(summaries: list[str], articles: list[str]) -> list[dict[str, float]]:
     """Each summary's registered metrics that need neither a reference nor a model, against its article."""
-    metrics = [m for m in selected(None) if not m.needs_reference]
-    values = {m.name: m.score(summaries, summaries, articles) for m in metrics}
+    values = per_article([m for m in selected(None) if not m.needs_reference], summaries, summaries, articles)
     return [{k: v[j] for k, v in values.items()} for j in range(len(summaries))]
 
 

@@ -233,3 +233,18 @@ def raw_test_articles(demo_dir, ids):
 def eval_figure(results: dict, key: str):
     """A figure of a results.json's ``eval`` section by name: a metric (``rougeLsum``) or a field (``val_loss``)."""
     return results["eval"]["metrics"][key] if key in results["eval"]["metrics"] else results["eval"][key]
+
+
+def signal_at_step(monkeypatch, sig: int, step: int) -> None:
+    """A real signal to this process as the metrics line of training step ``step`` is written (mid-run, in-process);
+    ``monkeypatch.undo()`` takes it away."""
+    from peftsum.train import metrics_file
+
+    real = metrics_file.MetricsFile.write
+
+    def write(self, row):
+        if row.get("type") == "train" and row["step"] == step:
+            os.kill(os.getpid(), sig)
+        real(self, row)
+
+    monkeypatch.setattr(metrics_file.MetricsFile, "write", write)

@@ -31,9 +31,12 @@ def _with_ci(r: MethodRuns, m: Metric, spread: dict) -> str:
     """A method's mean of ``m`` (± its standard deviation over seeds) and its 95 % interval."""
     mean, lo, hi = r.ci[m.name]
     value = r.result.eval.metrics.get(m.name, mean)  # the mean over seeds of each seed's mean
-    text = f"{value:{m.fmt}}"
-    if spread.get(m.name) is not None:
-        text += f" ± {spread[m.name]:{m.fmt}}"
+    return _interval(m, value, lo, hi, spread.get(m.name))
+
+
+def _interval(m: Metric, value: float, lo: float | None, hi: float | None, sd: float | None = None) -> str:
+    """``value ± sd [lo, hi]`` in the metric's format (the parts that are there)."""
+    text = f"{value:{m.fmt}}" + (f" ± {sd:{m.fmt}}" if sd is not None else "")
     return f"{text} [{lo:{m.fmt}}, {hi:{m.fmt}}]" if lo is not None else text
 
 
@@ -81,8 +84,7 @@ def summary_table(runs: list[MethodRuns], boot: dict) -> list[list[str]]:
         spread = r.eval_std if len(r.seeds) > 1 else {}
         body.append([r.method, *(_with_ci(r, m, spread) for m in shown)])
     refs = boot.get("references", {})
-    body.append(["references", *(f"{refs[m.name][0]:{m.fmt}} [{refs[m.name][1]:{m.fmt}}, {refs[m.name][2]:{m.fmt}}]"
-                                 if m.name in refs else "–" for m in shown)])
+    body.append(["references", *(_interval(m, *refs[m.name]) if m.name in refs else "–" for m in shown)])
     return [["method", *(m.label for m in shown)], *body]
 
 

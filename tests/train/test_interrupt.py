@@ -138,20 +138,13 @@ def test_sigterm_in_the_last_step_still_stops_after_its_checkpoint(tiny_cfg, tmp
     where the scheduler's SIGKILL would find it; the same run resumed only evaluates."""
     from peftsum.errors import Preempted
     from peftsum.experiment import run_experiment
-    from peftsum.train import metrics_file
+    from tests.conftest import signal_at_step
 
-    real = metrics_file.MetricsFile.write
-
-    def signalled(self, row):
-        if row.get("type") == "train" and row["step"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real(self, row)
-
-    monkeypatch.setattr(metrics_file.MetricsFile, "write", signalled)
+    signal_at_step(monkeypatch, signal.SIGTERM, 3)
     cfg = tiny_cfg("lora", **{"train.max_steps": 3, "train.checkpoint_every_steps": 100})
     with pytest.raises(Preempted):
         run_experiment(cfg, tmp_path / "r")
     state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["state"]
     assert state["step"] == 3 and state["stopped_reason"] == "max_steps" and not (tmp_path / "r" / "results.json").exists()
-    monkeypatch.setattr(metrics_file.MetricsFile, "write", real)
+    monkeypatch.undo()
     assert run_experiment(cfg, tmp_path / "r", resume=True).training.steps == 3

@@ -24,7 +24,7 @@ from peftsum.experiment import run_experiment
 from peftsum.experiment.run import accelerator_for, load_components, load_trained
 from peftsum.train.loop import compile_blocks, eager, validation_subset
 from peftsum.utils import read_jsonl
-from tests.conftest import eval_figure, set_args, train_args, without_seconds
+from tests.conftest import eval_figure, set_args, signal_at_step, train_args, without_seconds
 
 SHORT = {"train.max_steps": 4, "data.train_size": 32}  # 4 steps an epoch
 # learning rates that move the tiny model in 6 steps
@@ -104,23 +104,14 @@ def test_early_stop_in_the_middle_of_an_epoch_checkpoints(tiny_cfg, tmp_path, mo
 
 
 def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_cfg, monkeypatch):
-    from peftsum.train import metrics_file as loop
-
     extra = {**TUNED, "train.max_steps": 6, "train.checkpoint_every_steps": 100}
     full = run_experiment(tiny_cfg("prompt-tuning", **extra), tmp_path / "a")
     # a real SIGINT (Ctrl-C) arrives during step 4: the loop finishes the step, checkpoints, stops
-    real = loop.MetricsFile.write
-
-    def boom(self, row):
-        if row.get("type") == "train" and row["step"] == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        real(self, row)
-
-    monkeypatch.setattr(loop.MetricsFile, "write", boom)
+    signal_at_step(monkeypatch, signal.SIGINT, 4)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(tiny_cfg("prompt-tuning", **extra), tmp_path / "b")
     assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "results.json").exists()
-    monkeypatch.setattr(loop.MetricsFile, "write", real)
+    monkeypatch.undo()
     resumed = run_experiment(tiny_cfg("prompt-tuning", **extra), tmp_path / "b", resume=True)
 
     assert without_seconds(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == without_seconds(read_jsonl(tmp_path / "b" / "metrics.jsonl"))

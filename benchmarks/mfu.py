@@ -38,8 +38,8 @@ def lora_step_flops_per_s(batch: int, steps: int, device, dtype, dropout: float 
     from peftsum.evaluate.cost import flop_shape, train_flops
     from peftsum.methods import build_method
     from peftsum.model.loading import set_dropout
-    from peftsum.train.loop import micro_batch_size
     from peftsum.train.loss import SummaryLM
+    from peftsum.train.strategies import micro_batch_size
 
     model = gpt2_small(n_layer=n_layer)
     set_dropout(model, dropout)

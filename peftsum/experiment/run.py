@@ -211,7 +211,7 @@ def _run(cfg, run_dir: Path, resume: bool, parts: Components, data, report, acce
         # rank 0 wrote the best weights (and a checkpoint) after the last validation: every rank waits for them,
         # or the others would evaluate their share of the test split with the previous best
         accelerator.wait_for_everyone()
-        if trainer.fsdp:  # the final evaluation runs on whole weights: the base unsharded again, as it was loaded
+        if trainer.parallel.sharded:  # the final evaluation runs on whole weights: the base unsharded again, as it was loaded
             final = trainer.trained_state()
             parts = load_components(cfg, device=accelerator.device)
             method, model = parts.method, parts.model

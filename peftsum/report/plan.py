@@ -42,10 +42,11 @@ from ..model.loading import (
     set_dropout,
 )
 from ..model.tokenizer import GPT2_FAMILY, hub_alias
-from ..train.loop import Trainer, micro_batch_size, steps_per_epoch, uncompile
+from ..train.loop import Trainer, steps_per_epoch, uncompile
 from ..train.loss import SummaryLM
 from ..train.metrics_file import MetricsFile
 from ..train.precision import compute_dtype
+from ..train.strategies import micro_batch_size
 from ..utils import release_memory
 
 CPU_PROBE_EXAMPLES = 4  # on a CPU: the validation examples and the prompts that are timed
@@ -324,7 +325,7 @@ def _probe(mcfg: Config, model, method, tokenizer, ex: list[dict], mean_len: flo
         val_per_ex = _timed(dev, trainer.validation_loss) / n_val
         # the final evaluation's loss runs the trunk; with a frozen trunk that is what building its feature
         # cache timed (the head on the summary positions adds a few per cent)
-        fwd_per_ex = trainer.cache_seconds / len(ds) if cached else val_per_ex
+        fwd_per_ex = trainer.inputs.setup_seconds / len(ds) if cached else val_per_ex
         state = costs.training_state_bytes(model, trainer.params, trainer.optimizer)
         # what one FSDP unit gathers whole: the root's own weights (embeddings, final norm) and the largest block
         units = [costs.tensor_bytes(b.parameters()) for b in decoder_blocks(model)]

@@ -1,7 +1,8 @@
 """The one training loop, for every method.
 
-Read :class:`Trainer` top to bottom: ``__init__`` sets up (optimizer, schedule, the batch plan, the
-frozen trunk's feature cache), ``resume`` restores a checkpoint, ``run`` goes epoch by epoch:
+Read :class:`Trainer` top to bottom: ``__init__`` sets up (optimizer, schedule, the batch plan, what a pass is fed
+and how the processes share a step: :mod:`~peftsum.train.strategies`), ``resume`` restores a checkpoint, ``run``
+goes epoch by epoch:
 fixed, seeded batches -> :meth:`Trainer.train_step` (token-weighted loss over an accumulation group,
 a batch possibly run as several forward passes, ``train.micro_batch_size``; clip; step; log) ->
 validation every ``eval_every_steps`` and at the end of each epoch (:meth:`Trainer.validate`), where
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import Config
-from ..data.collate import collate, epoch_batches, seq_lengths, to_device
+from ..data.collate import epoch_batches, seq_lengths
 from ..errors import OutOfMemory, TrainingDiverged
 from ..evaluate.cost import synchronize
 from ..evaluate.evaluation import prompts_of
@@ -38,23 +39,15 @@ from ..evaluate.generate import generate_summaries
 from ..evaluate.metrics import evaluate_loss
 from ..evaluate.registry import HEADLINE, get
 from ..methods.base import CachedTrunk, Method
-from ..model.arch import attention_heads, decoder_blocks
-from ..utils import (
-    free_device_memory,
-    is_out_of_memory,
-    max_over_processes,
-    rng_state,
-    save_file_atomic,
-    set_rng_state,
-)
+from ..model.arch import decoder_blocks
+from ..utils import free_device_memory, is_out_of_memory, rng_state, save_file_atomic, set_rng_state
 from .checkpoint import load_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
-from .features import FeatureCache, shard
 from .interrupt import DeferredInterrupt, stop
 from .loss import SummaryLM
 from .metrics_file import MetricsFile
-from .precision import clip_gradients, compute_dtype
-from .sharding import distribute_like, gather, is_fsdp, load_optimizer_state, optimizer_state, reshard
+from .precision import clip_gradients
+from .strategies import CachedFeatures, Inputs, TokenBatches, parallelism
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +83,6 @@ class TrainState:
         return dict(self.__dict__)
 
 
-# On CPU a forward pass holds at most this many bytes of one layer's attention scores (fp32, heads x T x T).
-# Measured (docs/performance.md section 4): GPT-2 small with its dropout, 1 sequence of ~600 tokens per pass
-# (17 MiB of scores) ran 1.1-1.5x faster than 4 (69 MiB); dropout keeps SDPA on its unfused path there.
-CPU_ATTENTION_BYTES = 32 * 2**20
-
-
-def micro_batch_size(train_cfg, device, model_config, seq_len: int) -> int | None:
-    """Sequences per forward/backward pass: ``train.micro_batch_size`` if set; on CPU as many as keep
-    one layer's attention scores within CPU_ATTENTION_BYTES; elsewhere the whole batch (None)."""
-    if train_cfg.micro_batch_size:
-        return train_cfg.micro_batch_size
-    if device.type != "cpu":
-        return None
-    return max(1, CPU_ATTENTION_BYTES // (4 * attention_heads(model_config) * seq_len * seq_len))
-
-
 def steps_per_epoch(examples: int, batch_size: int, processes: int, grad_accum: int) -> int:
     """Optimizer steps in an epoch: global batches of ``batch_size`` x ``processes`` (the last one smaller, dropped
     under several processes when it has fewer examples than processes: each needs a share), ``grad_accum`` of them a
@@ -113,13 +90,6 @@ def steps_per_epoch(examples: int, batch_size: int, processes: int, grad_accum: 
     full, rest = divmod(examples, batch_size * processes)
     batches = full + (1 if rest and (processes == 1 or rest >= processes) else 0)
     return math.ceil(batches / grad_accum)
-
-
-def _passes(idx: list[int], chunk: int | None) -> list[list[int]]:
-    """A rank's share of a batch, cut into forward passes of at most ``chunk`` sequences."""
-    if not chunk or len(idx) <= chunk:
-        return [idx]
-    return [idx[k: k + chunk] for k in range(0, len(idx), chunk)]
 
 
 def param_groups(method: Method, model, lr: float) -> list[dict]:
@@ -171,8 +141,8 @@ def validation_subset(val_ds, limit: int | None, seed: int):
 
 class Trainer:
     """The one training loop.  Set up from the config's sections, one named piece each (torchtune's recipe
-    layout): the data and batch plan, the optimizer, the schedule, Accelerate's preparation, how the best
-    weights are selected, the frozen trunk's feature cache."""
+    layout): the data and batch plan, the optimizer, the schedule, Accelerate's preparation and the processes'
+    arrangement (``parallel``), how the best weights are selected, what the passes are fed (``inputs``)."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, summary_lm: SummaryLM, method: Method, train_ds: Dataset,
                  val_ds: Dataset, accelerator: Accelerator, tokenizer, metrics_file: MetricsFile,
@@ -183,7 +153,7 @@ class Trainer:
         self.cfg, self.train_cfg, self.run_dir = cfg, cfg.train, Path(run_dir)
         self.summary_lm, self.model, self.method = summary_lm, summary_lm.model, method
         self.accelerator, self.device, self.autocast = accelerator, accelerator.device, accelerator.autocast
-        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.world = accelerator.num_processes
         self.tokenizer, self.pad_id, self.metrics_file = tokenizer, tokenizer.pad_token_id, metrics_file
         self.validation_hooks, self.validate_at_start = list(validation_hooks), validate_at_start
         self.state = TrainState()
@@ -193,12 +163,12 @@ class Trainer:
         self._setup_schedule()
         # what Accelerate prepared: the summary LM itself (one process), wrapped by DDP, or sharded in place (FSDP)
         self.prepared, self.optimizer = accelerator.prepare(summary_lm, self.optimizer)
-        # sharded (train.fsdp): the module is sharded in place; its parameters are now DTensor shards
-        self.fsdp = is_fsdp(accelerator)
+        # how the processes share a step (one, data parallel, sharded: then the parameters are now DTensor shards)
+        self.parallel = parallelism(accelerator, self.prepared, self.optimizer)
         self.compiled = compile_blocks(self.model) if self.train_cfg.compile else []
         self.params = [p for _, p in self.method.trainable_parameters(self.model)]
         self._setup_selection(val_ds)
-        self._setup_feature_cache()
+        self.inputs = self._setup_inputs()
 
     def _setup_data(self, train_ds: Dataset, val_ds: Dataset) -> None:
         """``train``/``data``: the batch plan, the same on every rank (each takes its share of every batch), and
@@ -208,7 +178,6 @@ class Trainer:
         self.val_ds = validation_subset(val_ds, train_cfg.val_limit, self.cfg.data.seed)
         self.lengths = seq_lengths(train_ds)
         self.target_lengths = [n - p for n, p in zip(self.lengths, train_ds["prompt_len"])]
-        self.global_batch = train_cfg.batch_size * self.world
         self.total_steps = steps_per_epoch(len(train_ds), train_cfg.batch_size, self.world,
                                            train_cfg.grad_accum) * train_cfg.epochs
         if train_cfg.max_steps is not None:
@@ -236,32 +205,21 @@ class Trainer:
         """Early stopping and the best weights by ``train.select_by``: the validation loss, or ROUGE-Lsum on a
         fixed, seeded subset of ``train.rouge_examples`` validation articles (another draw than val_limit's)."""
         train_cfg = self.train_cfg
-        self.select_by = train_cfg.select_by
-        self.stopping = EarlyStopping(train_cfg.patience, train_cfg.min_delta, maximize=self.select_by != "loss")
+        self.stopping = EarlyStopping(train_cfg.patience, train_cfg.min_delta, maximize=train_cfg.select_by != "loss")
         self.rouge_ds = None
-        if self.select_by != "loss":
+        if train_cfg.select_by != "loss":
             self.rouge_ds = validation_subset(val_ds, train_cfg.rouge_examples, self.cfg.data.seed + 1)
 
-    def _setup_feature_cache(self) -> None:
-        """A frozen trunk (:class:`~peftsum.methods.base.CachedTrunk`): its features once, then the head alone
-        trains on them.  Under several processes each computes and holds only the examples it owns
-        (:func:`~peftsum.train.features.shard`) and takes those of every batch."""
-        self.features = self.val_features = None
-        self.cache_seconds = 0.0
+    def _setup_inputs(self) -> Inputs:
+        """What a pass is fed: the examples' tokens, or, for a frozen trunk
+        (:class:`~peftsum.methods.base.CachedTrunk`), its features computed once, each process those of the examples
+        it owns."""
         if not isinstance(self.method, CachedTrunk):
-            return
-        dtype = compute_dtype(self.accelerator.mixed_precision)
-        batch = self.train_cfg.batch_size * 2
-        t0 = time.perf_counter()
-        # each process builds and keeps its shard of every split (one process: the whole split)
-        self.features = FeatureCache(self.summary_lm, self.train_ds, batch, self.device, self.pad_id, dtype,
-                                     self.autocast, shard(len(self.train_ds), self.rank, self.world))
-        synchronize(self.device)
-        self.cache_seconds = time.perf_counter() - t0  # part of training cost (the trunk's one forward pass)
-        self.val_features = FeatureCache(self.summary_lm, self.val_ds, batch, self.device, self.pad_id, dtype,
-                                         self.autocast, shard(len(self.val_ds), self.rank, self.world))
-        log.info("cached the frozen trunk's features: %.1f MB in %.1fs", self.features.nbytes() / 1e6,
-                 self.cache_seconds)
+            return TokenBatches(self.train_ds, self.train_cfg, self.device, self.pad_id, self.model.config,
+                                self.method.num_virtual_tokens)
+        return CachedFeatures(self.summary_lm, self.train_ds, self.val_ds, self.train_cfg.batch_size * 2, self.device,
+                              self.pad_id, self.accelerator.mixed_precision, self.autocast, self.accelerator.process_index,
+                              self.world)
 
     # --- resume -----------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -269,59 +227,24 @@ class Trainer:
         ckpt = load_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        if self.fsdp:  # every process takes its shard of the whole tensors the checkpoint holds
-            params = dict(self.model.named_parameters(remove_duplicate=False))
-            self.method.load_state_dict(self.model, distribute_like(ckpt["weights"], params))
-            load_optimizer_state(self.prepared, self.optimizer.optimizer, ckpt["optimizer"])
-        else:
-            self.method.load_state_dict(self.model, ckpt["weights"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.parallel.load(self.method, self.model, ckpt["weights"], ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler") and self.accelerator.scaler is not None:  # fp16's loss scale and its growth tracker
             self.accelerator.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["state"])
         self.stopping.load_state_dict(self.state.early_stopping)
         ranks = ckpt.get("rng_ranks") or []  # each process its own streams (another number of processes: rank 0's)
-        set_rng_state(ranks[self.rank] if len(ranks) == self.world else ckpt["rng"])
+        set_rng_state(ranks[self.accelerator.process_index] if len(ranks) == self.world else ckpt["rng"])
         self.metrics_file.truncate_to(self.state.metrics_lines)
         self.resumed = True
         log.info("resumed at epoch %d, step %d", self.state.epoch + 1, self.state.step)
         return True
 
     # --- one optimizer step ----------------------------------------------------------------
-    def share(self, batch: list[int]) -> list[int]:
-        """This process's part of a global batch: every ``world``-th example from its rank; with cached
-        features, the batch's examples whose features it holds."""
-        if self.features is not None:
-            return [i for i in batch if self.features.owns(i)]
-        return batch[self.rank::self.world]
-
     def forward_passes(self, idx: list[int]) -> list[list[int]]:
-        """Sequences per pass: the configured micro-batch (``micro_batch_size``; with cached features the whole
-        share), at most ``state.micro_batch`` once the device ran out of memory (:meth:`back_off`)."""
-        limit = self.state.micro_batch
-        if self.features is not None:  # the head alone: whole batches
-            return _passes(idx, limit)
-        longest = max(self.lengths[i] for i in idx) + self.method.num_virtual_tokens
-        chunk = micro_batch_size(self.train_cfg, self.device, self.model.config, longest)
-        return _passes(idx, min(chunk or len(idx), limit) if limit else chunk)
-
-    def passes(self, batch: list[int]) -> list[list[int]]:
-        """This process's forward passes over its share of a global batch.  Sharded, every forward gathers weights
-        with the other processes, so every process makes as many passes as the one that makes the most (an uneven
-        last batch leaves shares one example apart): its share cut into that many parts, a part it has no example
-        for being an empty list (:meth:`train_step` runs it on a stand-in example whose loss counts zero)."""
-        share = self.share(batch)
-        if not self.fsdp:
-            return self.forward_passes(share)
-        n = max(len(self.forward_passes(batch[r::self.world])) for r in range(self.world))  # every rank's share
-        return [part.tolist() for part in np.array_split(np.array(share, dtype=np.int64), n)]
-
-    def batch(self, idx: list[int]) -> dict:
-        if self.features is not None:
-            return self.features.batch(idx, self.device)
-        padded = collate([self.train_ds[i] for i in idx], self.pad_id)
-        return {k: to_device(padded[k], self.device) for k in ("input_ids", "attention_mask", "labels")}
+        """``idx`` in forward passes: as configured, at most ``state.micro_batch`` once the device ran out of memory
+        (:meth:`back_off`)."""
+        return self.inputs.forward_passes(idx, self.state.micro_batch)
 
     def train_step(self, group: list[list[int]]) -> dict:
         """One optimizer step over an accumulation group of global batches (lists of example indices):
@@ -337,21 +260,19 @@ class Trainer:
         streams = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         while True:
             loss_sum, failed = self.accumulate(group, n_target)
-            if self.world > 1 and not self.fsdp:  # every rank learns whether one ran out of memory
-                failed = max_over_processes(failed, self.device)
+            failed = self.parallel.agree(failed)  # every rank learns whether one ran out of memory
             if not failed:
                 break
             self.back_off(failed)
             torch.set_rng_state(streams[0])
             if streams[1] is not None:
                 torch.cuda.set_rng_state_all(streams[1])
-        if self.world > 1 and not self.fsdp:
-            self.average_gradients()
+        self.parallel.reduce_gradients(self.params)
         loss = self.accelerator.reduce(loss_sum.float(), "sum").item() / n_target  # gloo / NCCL reduce float32
         if not math.isfinite(loss):
             self._diverged(f"the training loss is {loss} at step {self.state.step + 1}")
         grad_norm, skipped = clip_gradients(self.accelerator, self.optimizer, self.params,
-                                            self.train_cfg.max_grad_norm, sharded=self.fsdp)
+                                            self.train_cfg.max_grad_norm, sharded=self.parallel.sharded)
         self.optimizer.step()  # fp16: the loss scaler keeps the weights when the gradients overflowed (skipped)
         if not skipped:
             self.scheduler.step()
@@ -382,20 +303,19 @@ class Trainer:
         (on the device) and, when a pass ran out of device memory, the most sequences a pass of the step held (0:
         none did).  Under data parallelism no pass synchronises: an out-of-memory error on one rank must not leave
         the others waiting in a gradient all-reduce, so the ranks first agree that every pass ran, then
-        :meth:`average_gradients`.  Sharded (FSDP), a forward is itself a collective: no back-off."""
+        reduce their gradients (:mod:`~peftsum.train.strategies`).  Sharded (FSDP), a forward is itself a collective:
+        no back-off."""
         # the summed NLL stays on the device (float64, as a host sum of the passes' values would be): the host
         # reads it once, for the log, and goes on preparing the next pass's batch while the device computes
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        passes = [(part, mb) for mb in group for part in self.passes(mb)]
-        local = self.world > 1 and not self.fsdp
+        passes = [(part, mb) for mb in group for part in self.parallel.passes(mb, self.inputs, self.state.micro_batch)]
         for j, (idx, mb) in enumerate(passes):
-            last = j == len(passes) - 1 and not local
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.prepared)
+            sync = self.parallel.pass_context(last=j == len(passes) - 1)
             weight = self.world / n_target if idx else 0.0  # an empty part: a stand-in pass that counts zero
             try:
                 with sync:
                     with self.autocast():
-                        nll, _ = self.prepared(**self.batch(idx or mb[:1]))
+                        nll, _ = self.prepared(**self.inputs.batch(idx or mb[:1]))
                     # DDP averages gradients over ranks, hence * world: the step's gradient is the gradient
                     # of (sum of NLL over the whole group) / (its number of summary tokens)
                     self.accelerator.backward(nll * weight)
@@ -403,36 +323,12 @@ class Trainer:
                 if not is_out_of_memory(e):
                     raise
                 tried = max(1, *(len(p) for p, _ in passes))  # a stand-in pass counts as one sequence
-                if self.fsdp:
-                    raise self.out_of_memory(tried, "train.fsdp: the processes gather weights in every forward, so "
-                                             "they cannot back off apart") from None
+                if self.parallel.cannot_back_off():
+                    raise self.out_of_memory(tried, self.parallel.cannot_back_off()) from None
                 return loss_sum, tried
             if idx:
                 loss_sum += nll.detach().double()
         return loss_sum, 0
-
-    def average_gradients(self, bucket_bytes: int = 25 * 2**20) -> None:
-        """Data parallelism: every rank's gradients replaced by their mean over the ranks, as DDP's all-reduce hook
-        computes it (each divided by the number of processes, then summed), in buckets of DDP's default size."""
-        if not torch.distributed.is_initialized():
-            return
-        grads = []
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-        bucket, size = [], 0
-        for k, g in enumerate(grads):
-            bucket.append(g)
-            size += g.numel() * g.element_size()
-            if size >= bucket_bytes or k == len(grads) - 1:
-                flat = torch.cat([x.reshape(-1) for x in bucket]).div_(self.world)
-                torch.distributed.all_reduce(flat)
-                offset = 0
-                for x in bucket:
-                    x.copy_(flat[offset: offset + x.numel()].view_as(x))
-                    offset += x.numel()
-                bucket, size = [], 0
 
     def back_off(self, tried: int) -> None:
         """Out of device memory at ``tried`` sequences per pass: drop the step's partial gradients and go on with
@@ -469,7 +365,7 @@ class Trainer:
     # --- validation and early stopping ------------------------------------------------------
     def validation_loss(self) -> float:
         return evaluate_loss(self.summary_lm, self.val_ds, self.train_cfg.batch_size * 2, self.device, self.pad_id,
-                             self.autocast, features=self.val_features)["loss"]
+                             self.autocast, features=self.inputs.validation_features)["loss"]
 
     def validation_rouge(self) -> float:
         """Mean ROUGE-Lsum of the summaries the evaluation's decoding generates for the selection subset."""
@@ -503,7 +399,7 @@ class Trainer:
             row.update(val_rougeLsum=value, selection_seconds=dt)
         self.metrics_file.write(row)
         if self.stopping.update(value, s.step, s.epoch + 1):
-            if self.fsdp or self.accelerator.is_main_process:  # sharded: every process takes part in gathering
+            if self.parallel.computes_state():
                 state = self.trained_state()
             if self.accelerator.is_main_process:
                 save_file_atomic(state, self.run_dir / BEST)
@@ -513,16 +409,11 @@ class Trainer:
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The method's trained tensors, whole (sharded: gathered, a collective every process calls)."""
-        if not self.fsdp:
-            return self.method.state_dict(self.model)
-        reshard(self.prepared)
-        return gather(self.method.state_dict(self.model))
+        return self.parallel.trained_state(self.method, self.model)
 
     def checkpoint(self) -> None:
-        if self.fsdp:  # whole weights and optimizer state, gathered by every process; process 0 writes them
-            weights, optimizer = self.trained_state(), optimizer_state(self.prepared, self.optimizer.optimizer)
-        elif self.accelerator.is_main_process:
-            weights, optimizer = self.trained_state(), self.optimizer.state_dict()
+        if self.parallel.computes_state():  # whole weights and optimizer state; process 0 writes them
+            weights, optimizer = self.trained_state(), self.parallel.optimizer_state()
         # every process's random streams: each draws its dropout for its own examples, so they differ
         rngs = gather_object([rng_state()]) if self.world > 1 else [rng_state()]
         if self.accelerator.is_main_process:
@@ -540,9 +431,7 @@ class Trainer:
         different steps (or only some of them): one all-reduced flag per step (the strongest request) makes every
         rank stop after the same step, where rank 0 checkpoints, and leave the same way, instead of one rank
         leaving while the others wait in the next step's all-reduce."""
-        if self.world == 1:
-            return interrupt.requested
-        return max_over_processes(interrupt.requested, self.device)
+        return self.parallel.agree(interrupt.requested)
 
     def stop_reason(self) -> str:
         """The one place that decides whether training stops, and why: the step limit (``max_steps``, or the
@@ -559,7 +448,7 @@ class Trainer:
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
         """The epoch's accumulation groups of global batches (fixed and seeded: the same on every rank)."""
         train_cfg = self.train_cfg
-        batches = epoch_batches(self.lengths, self.global_batch, train_cfg.seed, epoch, self.cfg.data.group_by_length)
+        batches = epoch_batches(self.lengths, train_cfg.batch_size * self.world, train_cfg.seed, epoch, self.cfg.data.group_by_length)
         if self.world > 1:  # every rank needs a share: drop a last batch smaller than the number of ranks
             batches = [b for b in batches if len(b) >= self.world]
         return [batches[i: i + train_cfg.grad_accum] for i in range(0, len(batches), train_cfg.grad_accum)]
@@ -571,7 +460,7 @@ class Trainer:
         validate, move the data position on, decide, checkpoint."""
         s, train_cfg = self.state, self.train_cfg
         if not self.resumed:
-            s.train_seconds += self.cache_seconds  # once per run, not again on resume
+            s.train_seconds += self.inputs.setup_seconds  # once per run, not again on resume
             if self.validate_at_start:  # the starting point, before any step
                 s.initial_val_loss = self.validation_loss()
                 self.metrics_file.write({"type": "eval", "split": "validation", "epoch": 0, "step": 0,
@@ -620,8 +509,7 @@ class Trainer:
         finally:
             interrupt.restore()
             bar.close()
-        if self.features is not None:
-            s.feature_cache_bytes = self.features.nbytes()
+        s.feature_cache_bytes = self.inputs.nbytes()
         return s
 
     # --- for the end of a run ----------------------------------------------------------------

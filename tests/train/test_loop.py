@@ -149,7 +149,7 @@ def test_micro_batches_give_the_whole_batch_trajectory(tiny_cfg, tmp_path):
     sums aside). 3 does not divide the batch of 8."""
     from types import SimpleNamespace
 
-    from peftsum.train.loop import _passes, micro_batch_size
+    from peftsum.train.strategies import _passes, micro_batch_size
 
     assert _passes([1, 2, 3, 4, 5, 6, 7, 8], 3) == [[1, 2, 3], [4, 5, 6], [7, 8]]
     assert _passes([1, 2], None) == [[1, 2]]

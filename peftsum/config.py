@@ -109,7 +109,6 @@ class LoraConfig:
     # module-name suffixes to adapt; null: the model type's attention projections (GPT-2 attn.c_attn; Llama,
     # Qwen2, Mistral q_proj,v_proj; GPT-NeoX query_key_value; ...: model.arch.default_lora_targets)
     targets: list[str] | None = None
-    backend: Literal["peftsum", "peft"] = "peftsum"
     # rank-stabilised LoRA (Kalajdzievski 2023, PEFT's use_rslora): the update scaled by alpha / sqrt(rank) instead
     # of alpha / rank, so its size does not shrink as the rank grows
     rslora: bool = False
@@ -126,7 +125,6 @@ class LoraConfig:
 class LastLayerConfig:
     blocks: int = non_negative(0)  # also train the last N transformer blocks and ln_f
     tied: bool = False  # the assignment's literal recipe: trains the tied input embeddings too
-    cache_features: bool = True  # frozen trunk: compute its hidden states once, train the head on them
     lr: float = positive(1e-4)
 
 
@@ -402,6 +400,16 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise AssertionError(f"unsupported annotation {tp}")
 
 
+# Keys that are the behaviour now: {key: (the value the behaviour is, what to use for another)}.  An older run's
+# config.yaml holding the behaviour's value still loads; another value is refused with what replaces it.
+REMOVED = {
+    "method.lora.backend": ("peftsum", "PEFT's own LoRA layers run as method peft with a LoraConfig JSON "
+                                       "(method.peft.config, peft_type LORA)"),
+    "method.last_layer.cache_features": (True, "a frozen trunk's features are always computed once (the same loss as "
+                                               "running the trunk at every step, a fraction of the work)"),
+}
+
+
 def _merge(obj, data: dict, prefix: str = "") -> None:
     if not isinstance(data, dict):
         raise UserError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
@@ -409,6 +417,11 @@ def _merge(obj, data: dict, prefix: str = "") -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in REMOVED:
+            kept, instead = REMOVED[full]
+            if value == kept:
+                continue
+            raise UserError(f"config key '{full}' is gone: {instead}")
         if key not in names:
             raise UserError(
                 f"unknown config key '{full}'; valid keys in '{prefix.rstrip('.') or '<root>'}': {', '.join(names)}"

@@ -51,6 +51,18 @@ def test_bad_config_gives_one_clear_message(override, message):
     assert message in str(e.value)
 
 
+def test_a_key_that_became_the_behaviour_loads_from_an_older_run_and_is_refused_otherwise(tmp_path):
+    """method.lora.backend and method.last_layer.cache_features are gone: an older run's config.yaml holding the
+    behaviour's value loads as before; another value says what replaces it."""
+    f = tmp_path / "config.yaml"
+    f.write_text("preset: demo\nmethod:\n  lora:\n    backend: peftsum\n  last_layer:\n    cache_features: true\n")
+    assert load_config(file=f).to_yaml() == load_config("demo").to_yaml()
+    with pytest.raises(UserError, match="'method.lora.backend' is gone: PEFT's own LoRA layers run as method peft"):
+        load_config("demo", overrides=[("method.lora.backend", "peft")])
+    with pytest.raises(UserError, match="'method.last_layer.cache_features' is gone"):
+        load_config("demo", overrides=[("method.last_layer.cache_features", False)])
+
+
 def test_bad_yaml_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("train: [1, 2\n")

@@ -7,7 +7,7 @@ from .base import CachedTrunk, Method, ModelFree, OwnTrunk, Untrained
 from .baselines import Lead3, ZeroShot
 from .full import Full
 from .last_layer import CachedLastLayer, LastLayer, frozen_trunk
-from .lora import LoRA, PeftLoRA, PeftQLoRA, QLoRA
+from .lora import LoRA, QLoRA
 from .peft_tuner import PeftTuner, peft_tuner_class
 from .prompt_tuning import PromptTuning
 
@@ -41,9 +41,7 @@ def method_class(cfg) -> type[Method]:
     """The class that runs ``cfg.method``, with the capabilities its settings give it (see
     :mod:`peftsum.methods.base`): callers ask ``issubclass(method_class(cfg), ModelFree)`` before anything is built."""
     m = cfg.method
-    if m.name in ("lora", "qlora") and m.lora.backend == "peft":
-        return PeftQLoRA if m.name == "qlora" else PeftLoRA
-    if m.name == "last-layer" and frozen_trunk(m.last_layer) and m.last_layer.cache_features:
+    if m.name == "last-layer" and frozen_trunk(m.last_layer):
         return CachedLastLayer
     if m.name == "peft":
         return peft_tuner_class(cfg)

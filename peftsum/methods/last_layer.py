@@ -5,8 +5,8 @@ GPT-2 ties ``lm_head.weight`` to ``transformer.wte.weight``.  The assignment's r
 sees, and needs a full backward pass through the trunk.  By default we *untie*: the head becomes a
 new parameter initialised as a copy of wte, and only it trains; wte and the trunk stay bit-identical.
 With a frozen trunk its final hidden states do not change during training, so the loop may compute
-them once and train the head on the cache (:class:`CachedLastLayer`, the class ``method_class`` picks when
-``cache_features`` is on): same loss, a fraction of the work.
+them once and train the head on the cache (:class:`CachedLastLayer`, the class ``method_class`` picks for a frozen
+trunk): the same loss, a fraction of the work.
 
 ``blocks: N`` also trains the last N transformer blocks and the final norm (GPT-2's ``ln_f``).  ``tied: true`` reproduces the
 assignment's literal recipe, with a warning that says what it trains.
@@ -86,5 +86,4 @@ class LastLayer(Method):
 
 
 class CachedLastLayer(CachedTrunk, LastLayer):
-    """Last-layer with a frozen trunk and ``method.last_layer.cache_features`` (the default): the loop trains the
-    head on the trunk's features, computed once."""
+    """Last-layer with a frozen trunk: the loop trains the head on the trunk's features, computed once."""

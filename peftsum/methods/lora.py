@@ -28,8 +28,8 @@ merged weight, beside plain LoRA's.  transformers' GPT-2 uses ``Conv1D`` whose w
 
 Saved in HF PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``, lora_A.weight
 = Aᵀ of shape [r, in], lora_B.weight = Bᵀ of shape [out, r]) so ``peft.PeftModel.from_pretrained``
-loads it.  ``method.lora.backend: peft`` selects :class:`PeftLoRA`, which injects PEFT's own LoRA layers
-instead of ours (the same interface, saved in the same format).
+loads it.  The tests hold these layers to PEFT's own (the same logits, gradients and DoRA, PEFT's layers
+injected with :meth:`LoRA.peft_config`); PEFT's own layers run as ``method: peft`` with a LoRA config.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ import math
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft import LoraConfig
 from peft.utils.integrations import dequantize_module_weight
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -171,7 +170,7 @@ def matches(name: str, targets: list[str]) -> bool:
 
 
 class LoRA(Method):
-    """LoRA with peftsum's own :class:`LoRALayer` (``method.lora.backend: peftsum``, the default)."""
+    """LoRA: :class:`LoRALayer` on the target modules, saved as a PEFT adapter."""
 
     name = "lora"
     adapter_folder = True
@@ -250,7 +249,7 @@ class LoRA(Method):
         own = self.peft_state_dict(model)
         if set(own) != set(state):
             extra = sorted(set(state) - set(own))[:1] or sorted(set(own) - set(state))[:1]
-            raise UserError(f"adapter does not match method.lora.targets/backend of this run (e.g. {extra[0]})")
+            raise UserError(f"adapter does not match method.lora.targets of this run (e.g. {extra[0]})")
         with torch.no_grad():
             self._copy_peft_state(model, state)
 
@@ -314,43 +313,3 @@ class QLoRA(LoRA):
                  "al. 2023, bitsandbytes): only the frozen weights change, so its row beside LoRA's shows what 4-bit "
                  "weights cost in quality and save in memory.")
     in_defaults = False  # it needs bitsandbytes: compare --methods names it
-
-
-class PeftLoRA(LoRA):
-    """LoRA with PEFT's own layers injected (``method.lora.backend: peft``): the cross-check of ours."""
-
-    def _adapt(self, model: nn.Module) -> None:
-        self.resolve_targets(model)  # the same targets and the same clear error when nothing matches
-        inject_adapter_in_model(self.peft_config(), model)
-        for n, p in model.named_parameters():
-            p.requires_grad_("lora_" in n)
-
-    def peft_state_dict(self, model) -> dict[str, torch.Tensor]:
-        # PEFT names its parameters transformer.h.0.attn.c_attn.lora_A.default.weight (and DoRA's
-        # ...lora_magnitude_vector.default.weight), and its files ...lora_A.weight (...lora_magnitude_vector)
-        return {PEFT_PREFIX + n.replace(".default", "").replace(f"{MAGNITUDE}.weight", MAGNITUDE): p.detach()
-                for n, p in model.named_parameters() if "lora_" in n}
-
-    def _copy_peft_state(self, model, state: dict[str, torch.Tensor]) -> None:
-        params = dict(model.named_parameters())
-        for k, v in state.items():
-            name = k[len(PEFT_PREFIX):]
-            name = name + ".default.weight" if name.endswith(MAGNITUDE) else name.replace(".weight", ".default.weight")
-            params[name].copy_(v)
-
-    def merge_and_unload(self, model: nn.Module) -> nn.Module:
-        return merge_peft_layers(model)
-
-
-def merge_peft_layers(model: nn.Module) -> nn.Module:
-    """Fold every layer PEFT injected (LoRA, IA³, ...) into its base layer and put the base layer back."""
-    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]:
-        module.merge()
-        replace_module(model, name, module.get_base_layer())
-    return model
-
-
-class PeftQLoRA(PeftLoRA):
-    """QLoRA with PEFT's own layers (its bitsandbytes LoRA layers): ``method.lora.backend: peft``."""
-
-    name = "qlora"

@@ -39,10 +39,10 @@ from torch import nn
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from ..errors import UserError
-from ..model.arch import cache_kwarg, trunk
+from ..model.arch import cache_kwarg, replace_module, trunk
 from ..utils import safe_load_file, save_file_atomic
 from .base import Method, OwnTrunk
-from .lora import PEFT_PREFIX, merge_peft_layers
+from .lora import PEFT_PREFIX
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -66,6 +66,14 @@ def read_peft_config(path: str | Path) -> PeftConfig:
         return get_peft_config(data)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"method.peft.config {path}: PEFT does not accept it: {str(e).splitlines()[0]}") from None
+
+
+def merge_peft_layers(model: nn.Module) -> nn.Module:
+    """Fold every layer PEFT injected (LoRA, IA³, ...) into its base layer and put the base layer back."""
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]:
+        module.merge()
+        replace_module(model, name, module.get_base_layer())
+    return model
 
 
 class PeftTuner(Method):

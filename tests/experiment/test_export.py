@@ -85,7 +85,8 @@ def _card_summaries(out: Path, run: Path, demo_dir: Path, tmp_path: Path, n: int
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, compared, tiny_model_dir, demo_dir):
-    """The shared compare's runs, copied (these tests move and export them), and LoRA on PEFT's own layers."""
+    """The shared compare's runs, copied (these tests move and export them), and LoRA on PEFT's own layers (method
+    peft with a LoRA config)."""
     from peftsum.config import load_config
     from tests.conftest import tiny_overrides
 
@@ -94,10 +95,14 @@ def runs(tmp_path_factory, compared, tiny_model_dir, demo_dir):
     for name in [*METHODS, "zero-shot"]:
         shutil.copytree(compared / name, root / name)
         out[name] = root / name
+    config = root / "lora.json"
+    config.write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"],
+                                  "fan_in_fan_out": True}))
     cfg = load_config("demo", None, tiny_overrides(tiny_model_dir, demo_dir, **{
-        "method.name": "lora", "train.max_steps": 3, "eval.limit": 6, "method.lora.backend": "peft"}))
-    run_experiment(cfg, root / "lora-peft-backend")
-    out["lora-peft-backend"] = root / "lora-peft-backend"
+        "method.name": "peft", "method.peft.config": str(config), "train.max_steps": 3,
+        "eval.limit": 6}))
+    run_experiment(cfg, root / "peft-lora")
+    out["peft-lora"] = root / "peft-lora"
     return out
 
 
@@ -125,7 +130,7 @@ def _loss_without_peftsum(out: Path, examples: Path, base: str = "-") -> float:
 @pytest.mark.parametrize("method, merge, kind", [
     ("lora", True, "model"),  # the fast suite's case; the others load in a fresh process too (slow)
     *(pytest.param(*case, marks=pytest.mark.slow) for case in [
-        ("lora", False, "adapter"), ("lora-peft-backend", True, "model"), ("prompt-tuning", True, "adapter"),
+        ("lora", False, "adapter"), ("peft-lora", True, "model"), ("prompt-tuning", True, "adapter"),
         ("last-layer", True, "model"), ("full", True, "model")]),
 ])
 def test_export_loads_without_peftsum_with_the_same_test_loss(runs, tmp_path, tiny_model_dir, demo_dir, capsys, method,

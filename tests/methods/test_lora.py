@@ -1,12 +1,14 @@
 """LoRA (methods/lora.py): targets by suffix, the start at the base model, merging, nn.Linear, dropout, rsLoRA's
-scale, and equality with PEFT's own LoRA layers (DoRA included: outputs, gradients, saved adapters, merging)."""
+scale, and equality with PEFT's own LoRA layers, injected from our LoraConfig (DoRA included: outputs, gradients,
+saved adapters, merging)."""
 
 import copy
 import math
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import PeftModel, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from peftsum.methods import build_method
@@ -78,37 +80,42 @@ def test_rslora_scales_by_the_square_root_of_the_rank():
     assert LoRALayer(lin, 64, 16.0, 0.0, rslora=True).scaling == pytest.approx(16 / math.sqrt(64))
 
 
+def with_peft_layers(model_dir, method, state: dict) -> torch.nn.Module:
+    """The base model with PEFT's own LoRA layers injected from our method's LoraConfig, holding our adapter's
+    tensors (``state``: PEFT's file names), the LoRA tensors trainable."""
+    model = load_model(str(model_dir))
+    inject_adapter_in_model(method.peft_config(), model)
+    set_peft_model_state_dict(model, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()})
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n)
+    return model
+
+
 @pytest.mark.parametrize("rslora", [False, True])
-def test_our_lora_equals_peft_backend(tiny_model_dir, tokenizer, rslora):
+def test_our_lora_equals_peft_layers(tiny_model_dir, tokenizer, rslora):
     """Our LoRA layers and PEFT's, with the same A and B, give the same logits (rsLoRA: PEFT's use_rslora)."""
     ids, mask = text_batch(tokenizer, ["Floods hit homes.", "A new rail line opens in May, officials said."])
-    outs = []
-    state = None
-    for backend in ("peftsum", "peft"):
-        model = load_model(str(tiny_model_dir)).eval()
-        m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.backend": backend,
-                                                                     "method.lora.rslora": rslora,
-                                                                     "method.lora.rank": 4}))
-        m.prepare_model(model)
-        model.eval()
-        if state is None:
-            with torch.no_grad():
-                for lay in m.layers(model).values():
-                    lay.lora_B.normal_(0, 0.05)
-            state = m.peft_state_dict(model)
-        else:
-            m.load_peft_state_dict(model, state)
-        outs.append(summary_logits(model, m, ids, mask))
-    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    model = load_model(str(tiny_model_dir)).eval()
+    m = build_method(method_cfg("lora", str(tiny_model_dir), **{"method.lora.rslora": rslora, "method.lora.rank": 4}))
+    m.prepare_model(model)
+    model.eval()
+    with torch.no_grad():
+        for lay in m.layers(model).values():
+            lay.lora_B.normal_(0, 0.05)
+    peft = with_peft_layers(tiny_model_dir, m, m.peft_state_dict(model)).eval()
+    assert any(isinstance(x, BaseTunerLayer) for x in peft.modules())
+    ours = summary_logits(model, m, ids, mask)
+    assert not torch.allclose(ours, summary_logits(load_model(str(tiny_model_dir)).eval(), m, ids, mask), atol=1e-3)
+    assert torch.allclose(ours, summary_logits(peft, m, ids, mask), atol=1e-5)
     if rslora:  # the scale matters here: alpha / r would give other logits
         assert m.peft_config().use_rslora
 
 
 def peft_format_grads(method, model) -> dict[str, torch.Tensor]:
-    """The trained tensors' gradients under the names and layouts of PEFT's adapter file."""
-    if method.settings.backend == "peft":
-        return {k: p.grad for k, p in zip(method.peft_state_dict(model),
-                                          (p for n, p in model.named_parameters() if "lora_" in n), strict=True)}
+    """The trained tensors' gradients under the names and layouts of PEFT's adapter file (our layers, or PEFT's)."""
+    if not method.layers(model):
+        return {PEFT_PREFIX + n.replace(".default", "").replace("lora_magnitude_vector.weight", "lora_magnitude_vector"):
+                p.grad for n, p in model.named_parameters() if "lora_" in n}
     out = {}
     for n, lay in method.layers(model).items():
         out[f"{PEFT_PREFIX}{n}.lora_A.weight"] = lay.lora_A.grad.T
@@ -120,34 +127,31 @@ def peft_format_grads(method, model) -> dict[str, torch.Tensor]:
 def test_dora_equals_peft_in_training_and_its_adapter_loads_in_peft(tiny_model_dir, tokenizer, tmp_path):
     """DoRA (method.lora.dora) against PEFT's use_dora, with A, B and the magnitudes moved off their start: the same
     loss and gradients in training with dropout (PEFT's dropped-input arrangement), the same logits in eval, and our
-    saved adapter gives those logits in PeftModel; merging keeps them and unmerging restores the base weights."""
+    saved adapter gives those logits in PeftModel; merging keeps them."""
     ids, mask = text_batch(tokenizer, ["Floods hit homes.", "A new rail line opens in May, officials said."])
     labels = ids.masked_fill(mask == 0, -100)
-    results, state = {}, None
-    for backend in ("peftsum", "peft"):
-        model = load_model(str(tiny_model_dir))
-        m = build_method(method_cfg("lora", str(tiny_model_dir), **{
-            "method.lora.backend": backend, "method.lora.dora": True, "method.lora.rank": 4,
-            "method.lora.dropout": 0.2, "method.lora.targets": ["c_attn", "mlp.c_fc"]}))
-        m.prepare_model(model)
-        if state is None:
-            with torch.no_grad():
-                for lay in m.layers(model).values():
-                    lay.lora_B.normal_(0, 0.05)
-                    lay.lora_magnitude.mul_(1 + 0.1 * torch.randn_like(lay.lora_magnitude))
-            state = m.peft_state_dict(model)
-            m.save_adapter(model, tmp_path / "dora")
-        else:
-            m.load_peft_state_dict(model, state)
-        model.train()
+    model = load_model(str(tiny_model_dir))
+    m = build_method(method_cfg("lora", str(tiny_model_dir), **{
+        "method.lora.dora": True, "method.lora.rank": 4, "method.lora.dropout": 0.2,
+        "method.lora.targets": ["c_attn", "mlp.c_fc"]}))
+    m.prepare_model(model)
+    with torch.no_grad():
+        for lay in m.layers(model).values():
+            lay.lora_B.normal_(0, 0.05)
+            lay.lora_magnitude.mul_(1 + 0.1 * torch.randn_like(lay.lora_magnitude))
+    m.save_adapter(model, tmp_path / "dora")
+    peft = with_peft_layers(tiny_model_dir, m, m.peft_state_dict(model))
+    results = {}
+    for name, net in (("ours", model), ("peft", peft)):
+        net.train()
         torch.manual_seed(7)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = net(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
-        model.eval()
+        net.eval()
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        results[backend] = (loss.item(), peft_format_grads(m, model), logits, m, model)
-    ours, peft = results["peftsum"], results["peft"]
+            logits = net(input_ids=ids, attention_mask=mask).logits
+        results[name] = (loss.item(), peft_format_grads(m, net), logits)
+    ours, peft = results["ours"], results["peft"]
     assert ours[0] == pytest.approx(peft[0], rel=1e-6)
     assert ours[1].keys() == peft[1].keys() and any("magnitude" in k for k in ours[1])
     for k in ours[1]:
@@ -156,7 +160,6 @@ def test_dora_equals_peft_in_training_and_its_adapter_loads_in_peft(tiny_model_d
     with torch.no_grad():
         loaded = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), tmp_path / "dora").eval()
         torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, ours[2], rtol=0, atol=1e-5)
-        m, model = ours[3], ours[4]
         m.merge_and_unload(model)  # DoRA's s (W + ΔW) folded into the plain base layers: the same outputs
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, ours[2], rtol=0, atol=1e-4)
 

@@ -331,7 +331,7 @@ def build_results(cfg, run_dir, parts: Components, trainer: Trainer | None, scor
                           articles_truncated=truncated)
     return RunResult(method=method.name, model=cfg.model.name, preset=cfg.preset, config=cfg, params=params,
                      eval=scores, cost=cost, training=training, protocol=protocol, data=summary,
-                     method_hyperparameters=method.describe(), versions=versions(), peftsum=__version__)
+                     method_hyperparameters=method.describe(parts.model), versions=versions(), peftsum=__version__)
 
 
 def versions() -> dict:

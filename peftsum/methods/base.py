@@ -177,8 +177,9 @@ class Method:
     def load(self, model: nn.Module, run_dir: Path) -> None:
         """Load weights written by :meth:`save` onto a prepared base model."""
 
-    def describe(self) -> dict:
-        """Hyperparameters of the method, for the report."""
+    def describe(self, model: nn.Module | None) -> dict:
+        """Hyperparameters of the method, for the report; ``model``: the model it prepared (None: a method that uses
+        none)."""
         section = self.cfg.method_section()
         out = dataclasses.asdict(section) if section is not None else {}
         if self.cfg.quantization() != "none":
@@ -194,9 +195,9 @@ class Method:
         run directory moved to another machine names nothing of this one."""
         return self.cfg.model.name
 
-    def write_method_file(self, run_dir: Path, extra: dict | None = None) -> None:
+    def write_method_file(self, run_dir: Path, model: nn.Module | None, extra: dict | None = None) -> None:
         write_json(Path(run_dir) / METHOD_FILE, {"method": self.name, "base_model": self.base_model_name(),
-                                                 **self.describe(), **(extra or {})})
+                                                 **self.describe(model), **(extra or {})})
 
     # --- a standalone copy (``peftsum export``) -----------------------------------------------
     def export(self, model: nn.Module, folder: Path, merge: bool = True) -> tuple[str, str]:
@@ -214,9 +215,9 @@ class Untrained:
     weights to export.  What it saves is the method file that says what ran."""
 
     def save(self, model: nn.Module, run_dir: Path) -> None:
-        self.write_method_file(run_dir)
+        self.write_method_file(run_dir, model)
 
-    def describe(self) -> dict:
+    def describe(self, model: nn.Module | None) -> dict:
         return {}
 
     def export(self, model: nn.Module, folder: Path, merge: bool = True) -> tuple[str, str]:

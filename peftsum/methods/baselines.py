@@ -29,7 +29,7 @@ class ZeroShot(Untrained, Method):
         return self.cfg.eval.decoding
 
     def save(self, model, run_dir: Path) -> None:
-        self.write_method_file(run_dir, {"protocol": self.cfg.method.zero_shot.protocol})
+        self.write_method_file(run_dir, model, {"protocol": self.cfg.method.zero_shot.protocol})
 
 
 class Lead3(ModelFree, Method):

@@ -20,7 +20,7 @@ class Full(Method):
 
     def save(self, model, run_dir: Path) -> None:
         save_file_atomic(self.state_dict(model), Path(run_dir) / "model.safetensors", {"format": "pt"})
-        self.write_method_file(run_dir)
+        self.write_method_file(run_dir, model)
 
     def load(self, model, run_dir: Path) -> None:
         self.load_state_dict(model, safe_load_file(Path(run_dir) / "model.safetensors"))

@@ -79,7 +79,7 @@ class LastLayer(Method):
     def save(self, model, run_dir: Path) -> None:
         run_dir = Path(run_dir)
         save_file_atomic(self.state_dict(model), run_dir / "last_layer.safetensors", {"format": "pt"})
-        self.write_method_file(run_dir)
+        self.write_method_file(run_dir, model)
 
     def load(self, model, run_dir: Path) -> None:
         self.load_state_dict(model, safe_load_file(Path(run_dir) / "last_layer.safetensors"))

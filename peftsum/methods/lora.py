@@ -29,7 +29,7 @@ merged weight, beside plain LoRA's.  transformers' GPT-2 uses ``Conv1D`` whose w
 Saved in HF PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``, lora_A.weight
 = Aᵀ of shape [r, in], lora_B.weight = Bᵀ of shape [out, r]) so ``peft.PeftModel.from_pretrained``
 loads it.  The tests hold these layers to PEFT's own (the same logits, gradients and DoRA, PEFT's layers
-injected with :meth:`LoRA.peft_config`); PEFT's own layers run as ``method: peft`` with a LoRA config.
+injected from :meth:`LoRA.peft_config`); PEFT's own layers run as ``method: peft`` with a LoRA config.
 """
 
 from __future__ import annotations
@@ -186,24 +186,24 @@ class LoRA(Method):
     def __init__(self, cfg, tokenizer=None, compute_dtype=None):
         super().__init__(cfg, tokenizer, compute_dtype)
         self.settings = cfg.method.lora
-        # set once by resolve_targets() when the model is prepared (the model's type picks the default targets)
-        self.targets: list[str] | None = None
-        self.fan_in_fan_out: bool | None = None  # GPT-2's Conv1D stores [in, out]; nn.Linear [out, in]
 
-    def resolve_targets(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """Once, as the model is prepared: the module-name suffixes to adapt (``method.lora.targets``, or the model
-        type's default), whether their weights are stored [in, out], and the (name, module) pairs they match."""
-        self.targets = list(self.settings.targets or default_lora_targets(model))
-        found = [(n, m) for n, m in model.named_modules() if matches(n, self.targets)]
+    def targets(self, model: nn.Module) -> list[str]:
+        """The module-name suffixes adapted in ``model``: ``method.lora.targets``, or its model type's default."""
+        return list(self.settings.targets or default_lora_targets(model))
+
+    def target_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The (name, module) pairs the targets match: the frozen layers, or the :class:`LoRALayer` around them once
+        the model is prepared."""
+        targets = self.targets(model)
+        found = [(n, m) for n, m in model.named_modules() if matches(n, targets)]
         if not found:
-            raise UserError(f"method.lora.targets {self.targets} match no module of the "
-                            f"{model.config.model_type} model (GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, "
-                            "mlp.c_proj; Llama: q_proj, k_proj, v_proj, o_proj, ...)")
-        self.fan_in_fan_out = isinstance(found[0][1], Conv1D)
+            raise UserError(f"method.lora.targets {targets} match no module of the {model.config.model_type} model "
+                            "(GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj; Llama: q_proj, k_proj, v_proj, "
+                            "o_proj, ...)")
         return found
 
-    def describe(self) -> dict:
-        return {**super().describe(), "targets": self.targets}
+    def describe(self, model: nn.Module) -> dict:
+        return {**super().describe(model), "targets": self.targets(model)}
 
     def lr_scale(self, name: str) -> float:
         """LoRA+ (``method.lora.lr_ratio``): B learns ``lr_ratio`` times faster than A, as PEFT's
@@ -211,16 +211,17 @@ class LoRA(Method):
         return self.settings.lr_ratio if "lora_B" in name or "lora_magnitude" in name else 1.0
 
     def _adapt(self, model: nn.Module) -> None:
-        for name, module in self.resolve_targets(model):
+        for name, module in self.target_modules(model):
             replace_module(model, name, LoRALayer(module, self.settings.rank, self.settings.alpha, self.settings.dropout,
                                                   self.settings.rslora, self.settings.dora))
 
-    def peft_config(self) -> LoraConfig:
-        if self.targets is None:
-            raise RuntimeError("LoRA.peft_config() needs the prepared model (prepare_model resolves the targets)")
+    def peft_config(self, model: nn.Module) -> LoraConfig:
+        """PEFT's config of this adapter on ``model``; its layers' weights stored [in, out] (GPT-2's Conv1D) or not."""
+        _, first = self.target_modules(model)[0]
+        base = first.base if isinstance(first, LoRALayer) else first
         return LoraConfig(r=self.settings.rank, lora_alpha=self.settings.alpha, lora_dropout=self.settings.dropout,
-                          target_modules=list(self.targets), fan_in_fan_out=self.fan_in_fan_out, task_type="CAUSAL_LM",
-                          use_rslora=self.settings.rslora, use_dora=self.settings.dora,
+                          target_modules=self.targets(model), fan_in_fan_out=isinstance(base, Conv1D),
+                          task_type="CAUSAL_LM", use_rslora=self.settings.rslora, use_dora=self.settings.dora,
                           base_model_name_or_path=self.base_model_name(), bias="none")
 
     def layers(self, model: nn.Module) -> dict[str, LoRALayer]:
@@ -256,11 +257,11 @@ class LoRA(Method):
     def save_adapter(self, model, folder: Path) -> None:
         """The adapter in PEFT's format: ``adapter_model.safetensors`` and ``adapter_config.json``."""
         save_file_atomic(self.peft_state_dict(model), Path(folder) / "adapter_model.safetensors", {"format": "pt"})
-        self.peft_config().save_pretrained(str(folder))
+        self.peft_config(model).save_pretrained(str(folder))
 
     def save(self, model, run_dir: Path) -> None:
         self.save_adapter(model, run_dir)
-        self.write_method_file(run_dir)
+        self.write_method_file(run_dir, model)
 
     def merge_and_unload(self, model: nn.Module) -> nn.Module:
         """Fold every ΔW into its base weight and put the plain base layers back: the base architecture with

@@ -112,7 +112,7 @@ class PeftTuner(Method):
         for p in model.peft_prompt_encoder.parameters():
             p.requires_grad_(True)
 
-    def describe(self) -> dict:
+    def describe(self, model: nn.Module | None) -> dict:
         d = {k: v for k, v in self.peft_config.to_dict().items() if v is not None and k not in
              ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "task_type", "auto_mapping")}
         return {"config": Path(self.settings.config).name, **{k: str(v) if not isinstance(
@@ -143,7 +143,7 @@ class PeftTuner(Method):
 
     def save(self, model, run_dir: Path) -> None:
         self.save_adapter(model, run_dir)
-        self.write_method_file(run_dir)
+        self.write_method_file(run_dir, model)
 
     def load(self, model, run_dir: Path) -> None:
         state = safe_load_file(Path(run_dir) / "adapter_model.safetensors")

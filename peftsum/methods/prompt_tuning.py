@@ -97,7 +97,7 @@ class PromptTuning(Method):
 
     def save(self, model, run_dir: Path) -> None:
         self.save_adapter(model, run_dir)
-        self.write_method_file(run_dir)
+        self.write_method_file(run_dir, model)
 
     def export(self, model, folder: Path, merge: bool = True) -> tuple[str, str]:
         self.save_adapter(model, folder)

@@ -84,7 +84,7 @@ def with_peft_layers(model_dir, method, state: dict) -> torch.nn.Module:
     """The base model with PEFT's own LoRA layers injected from our method's LoraConfig, holding our adapter's
     tensors (``state``: PEFT's file names), the LoRA tensors trainable."""
     model = load_model(str(model_dir))
-    inject_adapter_in_model(method.peft_config(), model)
+    inject_adapter_in_model(method.peft_config(model), model)
     set_peft_model_state_dict(model, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()})
     for n, p in model.named_parameters():
         p.requires_grad_("lora_" in n)
@@ -108,7 +108,7 @@ def test_our_lora_equals_peft_layers(tiny_model_dir, tokenizer, rslora):
     assert not torch.allclose(ours, summary_logits(load_model(str(tiny_model_dir)).eval(), m, ids, mask), atol=1e-3)
     assert torch.allclose(ours, summary_logits(peft, m, ids, mask), atol=1e-5)
     if rslora:  # the scale matters here: alpha / r would give other logits
-        assert m.peft_config().use_rslora
+        assert m.peft_config(model).use_rslora
 
 
 def peft_format_grads(method, model) -> dict[str, torch.Tensor]:

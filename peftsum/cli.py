@@ -4,20 +4,23 @@ Errors a user can cause raise :class:`UserError`: one line on stderr, exit statu
 (3 when training diverges, 4 out of device memory, 5 a full disk: ``peftsum.errors``).  Ctrl-C exits 130 and
 SIGTERM 143 (training saves a checkpoint first and says how to continue).
 
-Each command is declared once, with ``@command`` beside the function that runs it (:data:`COMMANDS`); the function
-imports the package's layers it needs when it runs, so that ``peftsum --help`` and a usage error answer at once,
-without loading torch, transformers and datasets.
+Each command is declared once, with ``@command`` beside the function that runs it (:data:`COMMANDS`).  The function
+takes what it reads as typed parameters named as its arguments' destinations (``settings``: the config's
+:class:`Settings`), and imports the package's layers it needs when it runs, so that ``peftsum --help`` and a usage
+error answer at once, without loading torch, transformers and datasets.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import (
     METHODS,
@@ -40,7 +43,10 @@ class Command:
     name: str
     help: str
     arguments: tuple
-    run: Callable[[argparse.Namespace, list], int]
+    run: Callable[..., int]
+
+    def parameters(self) -> list[str]:
+        return list(inspect.signature(self.run).parameters)
 
 
 COMMANDS: dict[str, Command] = {}
@@ -87,8 +93,49 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def dispatch(args, overrides) -> int:
-    return COMMANDS[args.command].run(args, overrides)
+@dataclass(frozen=True)
+class Settings:
+    """What builds a command's config: a preset, a YAML file, the shortcuts (--data, --model, the columns,
+    --report-to) and the overrides (``--set KEY=VALUE``, ``--section.key value``), later ones winning."""
+
+    preset: str | None = None
+    config: str | None = None
+    data: str | None = None
+    model: str | None = None
+    text_column: str | None = None
+    summary_column: str | None = None
+    report_to: str | None = None
+    overrides: list[tuple[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, dotted: list[tuple[str, Any]]) -> Settings:
+        given = {k: getattr(args, k, None) for k in ("preset", "config", "data", "model", "text_column",
+                                                     "summary_column", "report_to")}
+        return cls(**given, overrides=[*dotted, *(parse_override(s) for s in getattr(args, "set", []))])
+
+    def given(self) -> bool:
+        """Did the command line give any setting?"""
+        return bool(self.overrides) or any(getattr(self, k) is not None for k in
+                                           ("preset", "config", "data", "model", "text_column", "summary_column"))
+
+    def load(self, extra: list[tuple[str, Any]] = (), method: str | None = None, max_steps: int | None = None):
+        """The validated config: the preset, the file, the model (its own tokenizer unless an override names one),
+        ``extra`` (a command's own flags as config keys), the overrides, then the shortcuts."""
+        ov: list[tuple[str, Any]] = [("model.name", self.model), ("model.tokenizer", None)] if self.model else []
+        ov += [*extra, *self.overrides]
+        ov += [(k, v) for k, v in (("data.source", self.data), ("data.text_column", self.text_column),
+                                   ("data.summary_column", self.summary_column), ("method.name", method)) if v]
+        ov += [(k, v) for k, v in (("train.max_steps", max_steps), ("train.report_to", self.report_to)) if v is not None]
+        return load_config(self.preset, self.config, ov)
+
+
+def dispatch(args: argparse.Namespace, dotted: list[tuple[str, Any]]) -> int:
+    """Run the command with the parameters its function names: each argument's value, ``settings`` the config's."""
+    c = COMMANDS[args.command]
+    names = c.parameters()
+    if dotted and "settings" not in names:
+        raise UserError(f"{c.name} takes no config settings ({dotted[0][0]}): it reads them from the run it is given")
+    return c.run(**{n: Settings.of(args, dotted) if n == "settings" else getattr(args, n) for n in names})
 
 
 def _split_dotted(argv: list[str]) -> tuple[list[str], list[tuple[str, object]]]:
@@ -108,26 +155,6 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[tuple[str, object]]]
             rest.append(a)
         i += 1
     return rest, overrides
-
-
-def config_from_args(args, overrides, method: str | None = None, max_steps: int | None = None):
-    ov = []
-    if getattr(args, "model", None):  # the model's own tokenizer, unless an override below names one
-        ov += [("model.name", args.model), ("model.tokenizer", None)]
-    ov += list(overrides) + [parse_override(s) for s in args.set]
-    if getattr(args, "data", None):
-        ov.append(("data.source", args.data))
-    if getattr(args, "text_column", None):
-        ov.append(("data.text_column", args.text_column))
-    if getattr(args, "summary_column", None):
-        ov.append(("data.summary_column", args.summary_column))
-    if method:
-        ov.append(("method.name", method))
-    if max_steps is not None:
-        ov.append(("train.max_steps", max_steps))
-    if getattr(args, "report_to", None) is not None:
-        ov.append(("train.report_to", args.report_to))
-    return load_config(args.preset, args.config, ov)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +221,8 @@ def _quiet_libraries(verbose: bool) -> None:
          arg("--train-sizes", metavar="N1,N2",
              help="a grid over training-set sizes (grid.train_sizes): each a seeded subset of the same training "
                   "split, validation and test unchanged"))
-def cmd_compare(args, overrides) -> int:
+def cmd_compare(settings: Settings, methods: str | None, out: str, max_steps: int | None, rerun: str, seeds: int,
+                models: str | None, train_sizes: str | None) -> int:
     from .experiment import compare_methods
     from .methods import default_methods
     from .report.render import build_report
@@ -202,28 +230,27 @@ def cmd_compare(args, overrides) -> int:
     from .train.tracking import resolve_trackers
     from .utils import is_main_process
 
-    cfg = config_from_args(args, [*overrides, *_grid_overrides(args)], max_steps=args.max_steps)
+    cfg = settings.load(_grid_overrides(models, train_sizes), max_steps=max_steps)
     resolve_trackers(cfg.train.report_to)
-    methods, rerun = _method_list(args.methods, default_methods()), _method_list(args.rerun)
-    out = Path(args.out)
+    names, redo, folder = _method_list(methods, default_methods()), _method_list(rerun), Path(out)
     if cfg.grid.models or cfg.grid.train_sizes:
-        return _compare_grid(args, cfg, methods, rerun, out)
-    seconds = _interruptible(lambda: compare_methods(cfg, methods, out, rerun, args.seeds), out)
+        return _compare_grid(cfg, names, redo, folder, seeds)
+    seconds = _interruptible(lambda: compare_methods(cfg, names, folder, redo, seeds), folder)
     if is_main_process():
-        adopt_sweep(args.config, out)
-        build_report(out)
-        print(f"compare finished in {seconds:.0f}s; report: {out / 'report.html'} (also .md, .pdf)", flush=True)
+        adopt_sweep(settings.config, folder)
+        build_report(folder)
+        print(f"compare finished in {seconds:.0f}s; report: {folder / 'report.html'} (also .md, .pdf)", flush=True)
     return 0
 
 
-def _compare_grid(args, cfg, methods, rerun, out: Path) -> int:
+def _compare_grid(cfg, methods: list[str], rerun: list[str], out: Path, seeds: int) -> int:
     from .experiment.grid import compare_grid
     from .report.render import build_report
     from .report.scale import build_grid_report
     from .utils import is_main_process
 
     models, sizes = cfg.grid.models or [cfg.model.name], cfg.grid.train_sizes or [cfg.data.train_size]
-    seconds, complete = _interruptible(lambda: compare_grid(cfg, methods, models, sizes, out, rerun, args.seeds,
+    seconds, complete = _interruptible(lambda: compare_grid(cfg, methods, models, sizes, out, rerun, seeds,
                                                             on_cell=build_report, on_grid=build_grid_report), out)
     if is_main_process() and complete:
         print(f"this worker's share of the grid took {seconds:.0f}s; scale report: {out / 'report.html'} (also .md), "
@@ -237,20 +264,19 @@ def _compare_grid(args, cfg, methods, rerun, out: Path) -> int:
          arg("--steps", type=int, help="optimizer steps of each trial (sweep.steps)"),
          arg("--storage", help="Optuna storage URL shared by workers (default: a journal file in --out)"),
          REPORT_TO, arg("--out", default="runs/sweep", help="output directory"))
-def cmd_sweep(args, overrides) -> int:
+def cmd_sweep(settings: Settings, methods: str | None, trials: int | None, steps: int | None, storage: str | None,
+              out: str) -> int:
     from .experiment.sweep import sweep
     from .methods import default_methods
     from .report.sweep import write_sweep_report
     from .train.tracking import resolve_trackers
     from .utils import is_main_process
 
-    extra = [(k, v) for k, v in (("sweep.trials", args.trials), ("sweep.steps", args.steps)) if v is not None]
-    cfg = config_from_args(args, [*overrides, *extra])
+    cfg = settings.load([(k, v) for k, v in (("sweep.trials", trials), ("sweep.steps", steps)) if v is not None])
     resolve_trackers(cfg.train.report_to)
-    out = Path(args.out)
-    studies = sweep(cfg, _method_list(args.methods, default_methods(trained_only=True)), out, args.storage)
+    studies = sweep(cfg, _method_list(methods, default_methods(trained_only=True)), Path(out), storage)
     if is_main_process():
-        for p in write_sweep_report(cfg, studies, out):
+        for p in write_sweep_report(cfg, studies, Path(out)):
             print(p)
     return 0
 
@@ -258,35 +284,35 @@ def cmd_sweep(args, overrides) -> int:
 @command("train", "train (and evaluate) one method", *SETTINGS, METHOD,
          arg("--out", help="run directory (default runs/<method>)"), arg("--max-steps", type=int),
          arg("--resume", action="store_true", help="continue from the run directory's checkpoint"), REPORT_TO)
-def cmd_train(args, overrides) -> int:
+def cmd_train(settings: Settings, method: str | None, out: str | None, max_steps: int | None, resume: bool) -> int:
     from .experiment import run_experiment
     from .experiment.rundir import resume_config
     from .train.tracking import resolve_trackers
     from .utils import is_main_process
 
-    out = Path(args.out or f"runs/{args.method}")
-    if args.resume and (out / "config.yaml").is_file():  # the run's own config, as it started
-        asked = ((lambda method: config_from_args(args, overrides, method, args.max_steps))
-                 if _asks_for_settings(args, overrides) else None)
-        report_to = [t for t in args.report_to.split(",") if t.strip()] if args.report_to is not None else None
-        cfg = resume_config(out, args.method, asked, args.max_steps, report_to)
+    folder = Path(out or f"runs/{method}")
+    if resume and (folder / "config.yaml").is_file():  # the run's own config, as it started
+        asked = (lambda name: settings.load(method=name, max_steps=max_steps)) if settings.given() else None
+        report_to = ([t for t in settings.report_to.split(",") if t.strip()] if settings.report_to is not None
+                     else None)
+        cfg = resume_config(folder, method, asked, max_steps, report_to)
     else:
-        if not args.method and not any(k == "method.name" for k, _ in overrides):
+        if not method and not any(k == "method.name" for k, _ in settings.overrides):
             raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
-        cfg = config_from_args(args, overrides, args.method, args.max_steps)
+        cfg = settings.load(method=method, max_steps=max_steps)
     resolve_trackers(cfg.train.report_to)  # a missing tracker package: said before anything runs
-    results = _interruptible(lambda: run_experiment(cfg, out, resume=args.resume), out)
+    results = _interruptible(lambda: run_experiment(cfg, folder, resume=resume), folder)
     if is_main_process():  # several processes: only rank 0 prints
-        _print_results(results, out)
+        _print_results(results, folder)
     return 0
 
 
 @command("eval", "evaluate a finished run on a split", arg("run_dir"),
          arg("--split", choices=("validation", "test"), default="test"), arg("--limit", type=int))
-def cmd_eval(args, overrides) -> int:
+def cmd_eval(run_dir: str, split: str, limit: int | None) -> int:
     from .experiment import evaluate_saved
 
-    res = evaluate_saved(Path(args.run_dir), args.split, args.limit)
+    res = evaluate_saved(Path(run_dir), split, limit)
     for k, v in {**{k: v for k, v in res.items() if k != "metrics"}, **res.get("metrics", {})}.items():
         print(f"{k:>12}: {v:.4f}" if isinstance(v, float) else f"{k:>12}: {v}")
     return 0
@@ -296,10 +322,10 @@ def cmd_eval(args, overrides) -> int:
          arg("out", help="a new folder"),
          arg("--merge", action=argparse.BooleanOptionalAction, default=True,
              help="LoRA: merge into the base weights (default) or, with --no-merge, keep a PEFT adapter"))
-def cmd_export(args, overrides) -> int:
+def cmd_export(run_dir: str, out: str, merge: bool) -> int:
     from .experiment.export import export_run
 
-    r = export_run(Path(args.run_dir), Path(args.out), args.merge)
+    r = export_run(Path(run_dir), Path(out), merge)
     print(f"exported {r['kind']} -> {r['path']}" + (f"\n{r['note']}" if r["note"] else ""))
     return 0
 
@@ -315,19 +341,21 @@ def cmd_export(args, overrides) -> int:
          arg("--metrics", action="store_true",
              help="also each summary's statistics against its article (novel n-grams, extractive fragments, "
                   "repetition, length): after the summary, or as 'metrics' in each JSON line"))
-def cmd_summarize(args, overrides) -> int:
+def cmd_summarize(run: str, file: str, input: str | None, output: str | None, text_column: str | None,
+                  id_column: str | None, model: str | None, preset: str | None, metrics: bool) -> int:
     from .summarize import summarize_cli
 
-    summarize_cli(args)
+    summarize_cli(run, file, input=input, output=output, text_column=text_column, id_column=id_column, model=model,
+                  preset=preset, metrics=metrics)
     return 0
 
 
 @command("data", "print per-split statistics of a data source", *SETTINGS)
-def cmd_data(args, overrides) -> int:
+def cmd_data(settings: Settings) -> int:
     from .data.stats import compute_stats, format_stats
     from .model.loading import load_tokenizer, resolve_model_name
 
-    cfg = config_from_args(args, overrides)
+    cfg = settings.load()
     tokenizer = load_tokenizer(cfg.model.tokenizer or resolve_model_name(cfg.model.name), cfg.model.trust_remote_code)
     print(format_stats(compute_stats(cfg.data, tokenizer, reserve=cfg.virtual_token_reserve(),
                                      generated=cfg.generation_tokens())))
@@ -337,25 +365,24 @@ def cmd_data(args, overrides) -> int:
 @command("demo-data", "write the synthetic demo corpus as train/validation/test CSV", arg("dir"),
          arg("--train", type=int, default=2000), arg("--validation", type=int, default=300),
          arg("--test", type=int, default=300), arg("--seed", type=int, default=1234))
-def cmd_demo_data(args, overrides) -> int:
+def cmd_demo_data(dir: str, train: int, validation: int, test: int, seed: int) -> int:
     from .data.demo import write_demo_corpus
 
-    out = write_demo_corpus(args.dir, {"train": args.train, "validation": args.validation, "test": args.test},
-                            args.seed)
-    print(f"wrote {args.train} / {args.validation} / {args.test} examples to {out}/{{train,validation,test}}.csv")
+    out = write_demo_corpus(dir, {"train": train, "validation": validation, "test": test}, seed)
+    print(f"wrote {train} / {validation} / {test} examples to {out}/{{train,validation,test}}.csv")
     return 0
 
 
 @command("report", "rebuild the comparison report from the run directories", arg("dir"),
          arg("--analysis", action="store_true", help="also fill docs/analysis.md's results section"),
          arg("--analysis-file", default="docs/analysis.md"))
-def cmd_report(args, overrides) -> int:
+def cmd_report(dir: str, analysis: bool, analysis_file: str) -> int:
     from .experiment.grid import GRID
     from .report.render import build_report
     from .report.scale import build_grid_report
 
-    build = build_grid_report if (Path(args.dir) / GRID).is_file() else build_report  # a grid: its scale report
-    paths = build(Path(args.dir), analysis_file=Path(args.analysis_file) if args.analysis else None)
+    build = build_grid_report if (Path(dir) / GRID).is_file() else build_report  # a grid: its scale report
+    paths = build(Path(dir), analysis_file=Path(analysis_file) if analysis else None)
     for p in paths:
         print(p)
     return 0
@@ -376,31 +403,33 @@ def cmd_report(args, overrides) -> int:
              help="with --levers: also each method's memory per process under train.fsdp over N processes"),
          arg("--models", metavar="M1,M2", help="project compare's grid over these models (grid.models)"),
          arg("--train-sizes", metavar="N1,N2", help="... and training-set sizes (grid.train_sizes)"))
-def cmd_plan(args, overrides) -> int:
+def cmd_plan(settings: Settings, methods: str | None, device: str | None, steps: int | None, shape: str,
+             levers: bool, device_memory: str | None, processes: int, models: str | None,
+             train_sizes: str | None) -> int:
     from .methods import default_methods
     from .report.plan import plan
 
-    if args.steps is not None and args.steps < 1:  # no timed pass: nothing to project from
-        raise UserError(f"--steps must be at least 1 (timed passes per method), got {args.steps}")
+    if steps is not None and steps < 1:  # no timed pass: nothing to project from
+        raise UserError(f"--steps must be at least 1 (timed passes per method), got {steps}")
     memory = None
-    if args.device_memory is not None:
+    if device_memory is not None:
         from .evaluate.cost import parse_bytes
 
         try:
-            memory = parse_bytes(args.device_memory)
+            memory = parse_bytes(device_memory)
         except ValueError as e:
             raise UserError(f"--device-memory: {e}") from None
-    cfg = config_from_args(args, [*overrides, *_grid_overrides(args)])
-    if args.processes < 1:
-        raise UserError(f"--processes must be at least 1, got {args.processes}")
-    print(plan(cfg, _method_list(args.methods, default_methods(trained_only=True)), args.device, args.steps, args.shape, args.levers, memory,
-               args.processes))
+    cfg = settings.load(_grid_overrides(models, train_sizes))
+    if processes < 1:
+        raise UserError(f"--processes must be at least 1, got {processes}")
+    print(plan(cfg, _method_list(methods, default_methods(trained_only=True)), device, steps, shape, levers, memory,
+               processes))
     return 0
 
 
-def _grid_overrides(args) -> list[tuple[str, str]]:
+def _grid_overrides(models: str | None, train_sizes: str | None) -> list[tuple[str, str]]:
     """``--models`` / ``--train-sizes``: the config's grid (comma-separated, parsed as the config's lists)."""
-    return [(k, text) for k, text in (("grid.models", args.models), ("grid.train_sizes", args.train_sizes)) if text]
+    return [(k, text) for k, text in (("grid.models", models), ("grid.train_sizes", train_sizes)) if text]
 
 
 def _method_list(text: str | None, default: tuple[str, ...] = ()) -> list[str]:
@@ -414,12 +443,6 @@ def _method_list(text: str | None, default: tuple[str, ...] = ()) -> list[str]:
         raise UserError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(METHODS)}, or peft:FILE for a PEFT "
                         "config file")
     return methods
-
-
-def _asks_for_settings(args, overrides) -> bool:
-    """Did the command line give any setting (preset, config file, data, model, overrides)?"""
-    given = (args.preset, args.config, args.data, args.model, args.text_column, args.summary_column)
-    return bool(overrides or args.set or any(v is not None for v in given))
 
 
 def _interruptible(fn, out: Path):

@@ -37,25 +37,24 @@ def read_article(file: str) -> str:
     return text
 
 
-def _components(args) -> Components | None:
-    """The run's model, or a baseline's by its name (zero-shot: the base model); None for a method without a model
-    (Lead-3)."""
-    baseline = REGISTRY.get(args.run)
+def _components(run: str, model: str | None, preset: str | None) -> Components | None:
+    """The run's model, or a baseline's by its name (zero-shot: the base model, ``model`` or the preset's); None for a
+    method without a model (Lead-3)."""
+    baseline = REGISTRY.get(run)
     if baseline is not None and not baseline.trained():
         if issubclass(baseline, ModelFree):
             return None
-        overrides = [("method.name", args.run)]
-        if args.model:
-            overrides += [("model.name", args.model), ("model.tokenizer", None)]
-        cfg = load_config(args.preset or ("demo" if not args.model else None), None, overrides)
+        overrides = [("method.name", run)]
+        if model:
+            overrides += [("model.name", model), ("model.tokenizer", None)]
+        cfg = load_config(preset or ("demo" if not model else None), None, overrides)
         parts = load_components(cfg, accelerator_for(cfg).device)
         parts.model.eval()
         return parts
-    run = Path(args.run)
-    if not run.is_dir():
+    if not Path(run).is_dir():
         names = " / ".join(m for m, cls in REGISTRY.items() if not cls.trained())
-        raise UserError(f"{args.run!r} is neither a run directory nor one of {names}")
-    parts = load_trained(run)
+        raise UserError(f"{run!r} is neither a run directory nor one of {names}")
+    parts = load_trained(Path(run))
     return None if isinstance(parts.method, ModelFree) else parts
 
 
@@ -75,28 +74,32 @@ def article_statistics(summaries: list[str], articles: list[str]) -> list[dict[s
     return [{k: v[j] for k, v in values.items()} for j in range(len(summaries))]
 
 
-def summarize_cli(args) -> None:
-    if args.input is None and args.output is not None:
+def summarize_cli(run: str, file: str = "-", *, input: str | None = None, output: str | None = None,
+                  text_column: str | None = None, id_column: str | None = None, model: str | None = None,
+                  preset: str | None = None, metrics: bool = False) -> None:
+    """``peftsum summarize``: one article (``file``, - for stdin) printed, or ``input``'s articles as JSON lines
+    (to ``output`` or stdout); ``metrics``: each summary's statistics against its article too."""
+    if input is None and output is not None:
         raise UserError("--output goes with --input FILE (a CSV / JSONL / Parquet file or a folder of .txt files)")
-    if args.input is None:
-        article = read_article(args.file)
-        text = summarize_articles(_components(args), [article])[0][0]
+    if input is None:
+        article = read_article(file)
+        text = summarize_articles(_components(run, model, preset), [article])[0][0]
         print(text)
-        if args.metrics:
+        if metrics:
             labels = {m.name: m for m in selected(None)}
             print("\n" + "\n".join(f"{labels[k].label}: {v:{labels[k].fmt}}"
                                     for k, v in article_statistics([text], [article])[0].items()))
         return
-    rows = load_articles(args.input, args.text_column or "article", args.id_column or "id")
-    parts = _components(args)
+    rows = load_articles(input, text_column or "article", id_column or "id")
+    parts = _components(run, model, preset)
     summaries = summarize_articles(parts, [r["article"] for r in rows], progress=True)
-    stats = article_statistics([s.text for s in summaries], [r["article"] for r in rows]) if args.metrics else None
+    stats = article_statistics([s.text for s in summaries], [r["article"] for r in rows]) if metrics else None
     lines = "".join(json.dumps({"id": r["id"], "prediction": text, "generated_tokens": n,
                                 **({"metrics": stats[j]} if stats else {})}) + "\n"
                     for j, (r, (text, n, _)) in enumerate(zip(rows, summaries)))
-    if args.output is None:
+    if output is None:
         sys.stdout.write(lines)
         return
-    with atomic_path(args.output) as tmp:
+    with atomic_path(output) as tmp:
         tmp.write_text(lines, encoding="utf-8")
-    print(f"wrote {len(rows)} summaries to {args.output}", file=sys.stderr)
+    print(f"wrote {len(rows)} summaries to {output}", file=sys.stderr)

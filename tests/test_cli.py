@@ -105,3 +105,37 @@ def test_a_model_folder_without_a_tokenizer(tmp_path, demo_dir, capsys):
 def test_plan_refuses_zero_steps(capsys):
     assert main(["plan", "--preset", "demo", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_each_command_function_takes_its_declared_arguments_typed():
+    """A command's function names exactly what it reads: its arguments' destinations (``settings`` for the config's
+    flags and overrides), each annotated; the parser declares no argument the function leaves unread."""
+    import argparse
+    import inspect
+
+    from peftsum.cli import COMMANDS, SETTINGS, build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
+    setting_dests = {add(argparse.ArgumentParser()).dest for add in SETTINGS}
+    setting_dests |= {"report_to"}
+    for name, c in COMMANDS.items():
+        dests = {a.dest for a in subparsers[name]._actions if a.dest != "help"}
+        params = inspect.signature(c.run).parameters
+        assert all(p.annotation is not inspect.Parameter.empty for p in params.values()), name
+        takes = set(params) - {"settings"}
+        if "settings" in params:
+            dests -= setting_dests
+        assert takes == dests, (name, takes ^ dests)
+
+
+def test_dotted_settings_go_to_the_config_and_a_command_without_one_refuses_them(capsys, tmp_path):
+    """``--section.key value`` reaches the config of a command that builds one (here `data`, after the shortcuts'
+    and --set's checks); a command that reads a finished run takes none: one clear line, exit 2."""
+    from peftsum.cli import Settings
+
+    s = Settings(preset="demo", data="demo", overrides=[("train.lr", 0.5), ("data.source", "x")])
+    cfg = s.load(method="lora", max_steps=7)
+    assert (cfg.train.lr, cfg.method.name, cfg.train.max_steps, cfg.data.source) == (0.5, "lora", 7, "demo")
+    assert s.given() and not Settings().given()
+    assert main(["eval", str(tmp_path), "--train.lr", "3e-4"]) == 2
+    assert "eval takes no config settings (train.lr)" in capsys.readouterr().err

@@ -52,7 +52,7 @@ _step = loop.Trainer.train_step
 
 def train_step(self, group):  # Ctrl-C reaches rank 1 alone, during its second step
     row = _step(self, group)
-    if self.rank == 1 and self.state.step == 2:
+    if self.accelerator.process_index == 1 and self.state.step == 2:
         os.kill(os.getpid(), signal.SIGINT)
     return row
 

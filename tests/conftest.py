@@ -100,7 +100,7 @@ def demo_dir(tmp_path_factory) -> Path:
 def tiny_overrides(model_dir, data_dir, **extra):
     ov = {"model.name": str(model_dir), "model.tokenizer": None, "data.source": str(data_dir),
           "data.train_size": 64, "data.val_size": 16, "data.test_size": 16, "data.max_source_tokens": 96,
-          "data.max_target_tokens": 48, "train.epochs": 1, "train.batch_size": 8, "train.progress": False,
+          "data.max_target_tokens": 24, "train.epochs": 1, "train.batch_size": 8, "train.progress": False,
           "train.checkpoint_every_steps": 2, "eval.decoding.max_new_tokens": 12, "eval.batch_size": 8,
           "eval.bootstrap": 200}
     ov.update(extra)

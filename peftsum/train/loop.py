@@ -260,7 +260,7 @@ class Trainer:
         streams = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         while True:
             loss_sum, failed = self.accumulate(group, n_target)
-            failed = self.parallel.agree(failed)  # every rank learns whether one ran out of memory
+            failed = self.parallel.agree_on_failure(failed)  # every rank learns whether one ran out of memory
             if not failed:
                 break
             self.back_off(failed)
@@ -315,7 +315,7 @@ class Trainer:
             try:
                 with sync:
                     with self.autocast():
-                        nll, _ = self.prepared(**self.inputs.batch(idx or mb[:1]))
+                        nll, _ = self.prepared(**self.inputs.batch(idx or self.inputs.stand_in(mb)))
                     # DDP averages gradients over ranks, hence * world: the step's gradient is the gradient
                     # of (sum of NLL over the whole group) / (its number of summary tokens)
                     self.accelerator.backward(nll * weight)

@@ -80,6 +80,11 @@ class Inputs:
     def batch(self, idx: list[int]) -> dict:
         raise NotImplementedError
 
+    def stand_in(self, batch: list[int]) -> list[int]:
+        """What a pass runs where this process has no example of ``batch`` (its loss counts zero; its backward takes
+        part in the gradients' synchronisation): the batch's first example."""
+        return batch[:1]
+
     def nbytes(self) -> int:
         """Bytes held for the whole run (a feature cache)."""
         return 0
@@ -131,6 +136,11 @@ class CachedFeatures(Inputs):
     def batch(self, idx: list[int]) -> dict:
         return self.train.batch(idx, self.device)
 
+    def stand_in(self, batch: list[int]) -> list[int]:
+        """None: the batch's examples may all be another process's, whose features this one does not hold; an empty
+        batch of features runs the head on nothing."""
+        return []
+
     def nbytes(self) -> int:
         return self.train.nbytes()
 
@@ -150,6 +160,10 @@ class Parallelism:
         """The largest of every process's ``value`` (an interrupt request, a failed pass size): every process
         decides alike."""
         return value if self.world == 1 else max_over_processes(value, self.accelerator.device)
+
+    def agree_on_failure(self, tried: int) -> int:
+        """The largest pass size any process failed at (0: none failed), where a step can back off."""
+        return self.agree(tried)
 
     def passes(self, batch: list[int], inputs: Inputs, limit: int | None) -> list[list[int]]:
         """This process's forward passes over its share of a global batch."""
@@ -233,6 +247,9 @@ class FullySharded(Parallelism):
 
     def cannot_back_off(self) -> str:
         return "train.fsdp: the processes gather weights in every forward, so they cannot back off apart"
+
+    def agree_on_failure(self, tried: int) -> int:
+        return tried  # a failed pass raised already (:meth:`cannot_back_off`): no collective to spend on it
 
     def trained_state(self, method, model) -> dict[str, torch.Tensor]:
         """Gathered from the shards: a collective every process calls."""

@@ -60,3 +60,10 @@ def test_each_process_caches_only_its_shard(tiny_cfg):
     nll.backward()
     head = parts.model.get_output_embeddings().weight
     assert n == 0 and nll.item() == 0.0 and head.grad is not None and not head.grad.any()
+    # the loop's inputs for rank 1 of 2: a batch of rank 0's examples alone is, on rank 1, a pass of the head on
+    # nothing (its stand-in), not one on an example whose features rank 1 does not hold
+    from peftsum.train.strategies import CachedFeatures
+
+    inputs = CachedFeatures(lm, ds, ds, 4, cpu, tok.pad_token_id, "no", contextlib.nullcontext, 1, 2)
+    assert inputs.share([0, 2], 1, 2) == [] and inputs.stand_in([0, 2]) == []
+    assert inputs.batch(inputs.stand_in([0, 2]))["features"].shape[0] == 0

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 @dataclass(frozen=True)
 class Settings:
     """What builds a command's config: a preset, a YAML file, the shortcuts (--data, --model, the columns,
-    --report-to) and the overrides (``--set KEY=VALUE``, ``--section.key value``), later ones winning."""
+    --report-to) and the overrides (``--section.key value`` and ``--set KEY=VALUE``), in :meth:`load`'s order."""
 
     preset: str | None = None
     config: str | None = None
@@ -105,24 +105,30 @@ class Settings:
     text_column: str | None = None
     summary_column: str | None = None
     report_to: str | None = None
-    overrides: list[tuple[str, Any]] = field(default_factory=list)
+    overrides: list[tuple[str, Any]] = field(default_factory=list)  # --section.key value
+    sets: list[tuple[str, Any]] = field(default_factory=list)  # --set KEY=VALUE
 
     @classmethod
     def of(cls, args: argparse.Namespace, dotted: list[tuple[str, Any]]) -> Settings:
         given = {k: getattr(args, k, None) for k in ("preset", "config", "data", "model", "text_column",
                                                      "summary_column", "report_to")}
-        return cls(**given, overrides=[*dotted, *(parse_override(s) for s in getattr(args, "set", []))])
+        return cls(**given, overrides=list(dotted), sets=[parse_override(s) for s in getattr(args, "set", [])])
 
     def given(self) -> bool:
         """Did the command line give any setting?"""
-        return bool(self.overrides) or any(getattr(self, k) is not None for k in
-                                           ("preset", "config", "data", "model", "text_column", "summary_column"))
+        return bool(self.overrides or self.sets) or any(getattr(self, k) is not None for k in (
+            "preset", "config", "data", "model", "text_column", "summary_column"))
+
+    def names(self, key: str) -> bool:
+        """Does an override set ``key``?"""
+        return any(k == key for k, _ in (*self.overrides, *self.sets))
 
     def load(self, extra: list[tuple[str, Any]] = (), method: str | None = None, max_steps: int | None = None):
-        """The validated config: the preset, the file, the model (its own tokenizer unless an override names one),
-        ``extra`` (a command's own flags as config keys), the overrides, then the shortcuts."""
+        """The validated config: the preset, the file, then, later ones winning: the model (its own tokenizer unless
+        an override names one), the ``--section.key`` overrides, ``extra`` (a command's own flags as config keys),
+        ``--set``, the shortcuts, ``method`` and ``max_steps``."""
         ov: list[tuple[str, Any]] = [("model.name", self.model), ("model.tokenizer", None)] if self.model else []
-        ov += [*extra, *self.overrides]
+        ov += [*self.overrides, *extra, *self.sets]
         ov += [(k, v) for k, v in (("data.source", self.data), ("data.text_column", self.text_column),
                                    ("data.summary_column", self.summary_column), ("method.name", method)) if v]
         ov += [(k, v) for k, v in (("train.max_steps", max_steps), ("train.report_to", self.report_to)) if v is not None]
@@ -134,7 +140,7 @@ def dispatch(args: argparse.Namespace, dotted: list[tuple[str, Any]]) -> int:
     c = COMMANDS[args.command]
     names = c.parameters()
     if dotted and "settings" not in names:
-        raise UserError(f"{c.name} takes no config settings ({dotted[0][0]}): it reads them from the run it is given")
+        raise UserError(f"{c.name} takes no --section.key settings (got --{dotted[0][0]})")
     return c.run(**{n: Settings.of(args, dotted) if n == "settings" else getattr(args, n) for n in names})
 
 
@@ -290,6 +296,8 @@ def cmd_train(settings: Settings, method: str | None, out: str | None, max_steps
     from .train.tracking import resolve_trackers
     from .utils import is_main_process
 
+    if resume and not (out or method):
+        raise UserError("train --resume needs the run: --out RUN_DIR (or --method for runs/<method>)")
     folder = Path(out or f"runs/{method}")
     if resume and (folder / "config.yaml").is_file():  # the run's own config, as it started
         asked = (lambda name: settings.load(method=name, max_steps=max_steps)) if settings.given() else None
@@ -297,9 +305,10 @@ def cmd_train(settings: Settings, method: str | None, out: str | None, max_steps
                      else None)
         cfg = resume_config(folder, method, asked, max_steps, report_to)
     else:
-        if not method and not any(k == "method.name" for k, _ in settings.overrides):
+        if not method and not settings.names("method.name"):
             raise UserError("train needs --method (one of: " + ", ".join(METHODS) + ")")
         cfg = settings.load(method=method, max_steps=max_steps)
+        folder = Path(out or f"runs/{cfg.method.name}")
     resolve_trackers(cfg.train.report_to)  # a missing tracker package: said before anything runs
     results = _interruptible(lambda: run_experiment(cfg, folder, resume=resume), folder)
     if is_main_process():  # several processes: only rank 0 prints

@@ -8,6 +8,7 @@ overrides (``--train.lr 3e-4`` or ``--set train.lr=3e-4``).  Unknown keys and ba
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any, Literal
 import yaml
 
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 METHODS = ("zero-shot", "lead-3", "prompt-tuning", "lora", "qlora", "last-layer", "full")
 PEFT_METHOD = "peft"  # any PEFT tuner from its config file (method.peft.config); compare: --methods peft:FILE
@@ -400,14 +403,18 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise AssertionError(f"unsupported annotation {tp}")
 
 
-# Keys that are the behaviour now: {key: (the value the behaviour is, what to use for another)}.  An older run's
-# config.yaml holding the behaviour's value still loads; another value is refused with what replaces it.
+# Keys that are the behaviour now: {key: (the value the behaviour is, what to use for another)}.  They are dropped
+# where they appear (an older run's config.yaml, which holds every method's section, loads); another value than the
+# behaviour's is said once, with what replaces it.
 REMOVED = {
     "method.lora.backend": ("peftsum", "PEFT's own LoRA layers run as method peft with a LoraConfig JSON "
                                        "(method.peft.config, peft_type LORA)"),
     "method.last_layer.cache_features": (True, "a frozen trunk's features are always computed once (the same loss as "
                                                "running the trunk at every step, a fraction of the work)"),
 }
+
+
+_SAID: set[tuple[str, Any]] = set()
 
 
 def _merge(obj, data: dict, prefix: str = "") -> None:
@@ -419,9 +426,10 @@ def _merge(obj, data: dict, prefix: str = "") -> None:
         full = f"{prefix}{key}"
         if full in REMOVED:
             kept, instead = REMOVED[full]
-            if value == kept:
-                continue
-            raise UserError(f"config key '{full}' is gone: {instead}")
+            if value != kept and (full, value) not in _SAID:
+                _SAID.add((full, value))
+                log.warning("config key '%s' is gone (%r ignored): %s", full, value, instead)
+            continue
         if key not in names:
             raise UserError(
                 f"unknown config key '{full}'; valid keys in '{prefix.rstrip('.') or '<root>'}': {', '.join(names)}"

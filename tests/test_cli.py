@@ -48,6 +48,8 @@ def test_missing_column_via_the_real_cli(bad_csv_dir, tmp_path):
     (["train", "--method", "lora", "--preset", "demo", "--train.lrr", "1"], "unknown config key 'train.lrr'"),
     (["train", "--method", "lora", "--preset", "demo", "--model", "/no/such/model"], "model directory not found"),
     (["eval", "/no/such/run"], "not a peftsum run directory"),
+    (["train", "--resume", "--preset", "demo"], "train --resume needs the run: --out RUN_DIR"),
+    (["train", "--preset", "demo"], "train needs --method"),
 ])
 def test_usage_and_input_errors(args, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # train's default run directory is runs/<method> here
@@ -133,9 +135,12 @@ def test_dotted_settings_go_to_the_config_and_a_command_without_one_refuses_them
     and --set's checks); a command that reads a finished run takes none: one clear line, exit 2."""
     from peftsum.cli import Settings
 
-    s = Settings(preset="demo", data="demo", overrides=[("train.lr", 0.5), ("data.source", "x")])
-    cfg = s.load(method="lora", max_steps=7)
+    s = Settings(preset="demo", data="demo", overrides=[("train.lr", 0.5), ("data.source", "x"),
+                                                         ("sweep.trials", 3)], sets=[("train.epochs", 2)])
+    cfg = s.load([("sweep.trials", 5), ("train.epochs", 9)], method="lora", max_steps=7)
     assert (cfg.train.lr, cfg.method.name, cfg.train.max_steps, cfg.data.source) == (0.5, "lora", 7, "demo")
-    assert s.given() and not Settings().given()
+    # later wins: --section.key, then a command's own flag (sweep --trials), then --set, then the shortcuts
+    assert (cfg.sweep.trials, cfg.train.epochs) == (5, 2)
+    assert s.given() and not Settings().given() and Settings(sets=[("method.name", "lora")]).names("method.name")
     assert main(["eval", str(tmp_path), "--train.lr", "3e-4"]) == 2
-    assert "eval takes no config settings (train.lr)" in capsys.readouterr().err
+    assert "eval takes no --section.key settings (got --train.lr)" in capsys.readouterr().err

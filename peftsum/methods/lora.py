@@ -237,22 +237,19 @@ class LoRA(Method):
                 out[f"{PEFT_PREFIX}{n}.{MAGNITUDE}"] = m.lora_magnitude.detach()
         return out
 
-    def _copy_peft_state(self, model, state: dict[str, torch.Tensor]) -> None:
-        layers = self.layers(model)
-        for k, v in state.items():
-            mod, kind = k[len(PEFT_PREFIX):].removesuffix(".weight").rsplit(".", 1)
-            if kind == MAGNITUDE:
-                layers[mod].lora_magnitude.copy_(v)
-            else:
-                getattr(layers[mod], kind).copy_(v.T)
-
     def load_peft_state_dict(self, model, state: dict[str, torch.Tensor]) -> None:
         own = self.peft_state_dict(model)
         if set(own) != set(state):
             extra = sorted(set(state) - set(own))[:1] or sorted(set(own) - set(state))[:1]
             raise UserError(f"adapter does not match method.lora.targets of this run (e.g. {extra[0]})")
+        layers = self.layers(model)
         with torch.no_grad():
-            self._copy_peft_state(model, state)
+            for k, v in state.items():
+                mod, kind = k[len(PEFT_PREFIX):].removesuffix(".weight").rsplit(".", 1)
+                if kind == MAGNITUDE:
+                    layers[mod].lora_magnitude.copy_(v)
+                else:
+                    getattr(layers[mod], kind).copy_(v.T)
 
     def save_adapter(self, model, folder: Path) -> None:
         """The adapter in PEFT's format: ``adapter_model.safetensors`` and ``adapter_config.json``."""

@@ -215,8 +215,8 @@ class Trainer:
         (:class:`~peftsum.methods.base.CachedTrunk`), its features computed once, each process those of the examples
         it owns."""
         if not isinstance(self.method, CachedTrunk):
-            return TokenBatches(self.train_ds, self.train_cfg, self.device, self.pad_id, self.model.config,
-                                self.method.num_virtual_tokens)
+            return TokenBatches(self.train_ds, self.lengths, self.train_cfg, self.device, self.pad_id,
+                                self.model.config, self.method.num_virtual_tokens)
         return CachedFeatures(self.summary_lm, self.train_ds, self.val_ds, self.train_cfg.batch_size * 2, self.device,
                               self.pad_id, self.accelerator.mixed_precision, self.autocast, self.accelerator.process_index,
                               self.world)

@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from ..data.collate import collate, seq_lengths, to_device
+from ..data.collate import collate, to_device
 from ..evaluate.cost import synchronize
 from ..model.arch import attention_heads
 from ..utils import max_over_processes
@@ -93,10 +93,11 @@ class Inputs:
 class TokenBatches(Inputs):
     """The examples' tokens, collated and padded on the host, moved to the device per pass."""
 
-    def __init__(self, train_ds, train_cfg, device, pad_id: int, model_config, num_virtual_tokens: int):
-        self.train_ds, self.train_cfg, self.device, self.pad_id = train_ds, train_cfg, device, pad_id
-        self.model_config, self.num_virtual_tokens = model_config, num_virtual_tokens
-        self.lengths = seq_lengths(train_ds)
+    def __init__(self, train_ds, lengths: list[int], train_cfg, device, pad_id: int, model_config,
+                 num_virtual_tokens: int):
+        """``lengths``: each example's token count (the loop's batch plan has them already)."""
+        self.train_ds, self.lengths, self.train_cfg = train_ds, lengths, train_cfg
+        self.device, self.pad_id, self.model_config, self.num_virtual_tokens = device, pad_id, model_config, num_virtual_tokens
 
     def forward_passes(self, idx: list[int], limit: int | None) -> list[list[int]]:
         """The configured micro-batch (:func:`micro_batch_size`, for this batch's longest sequence), at most
